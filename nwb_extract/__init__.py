@@ -1,0 +1,1 @@
+"""nwb_extract."""
