@@ -21,12 +21,10 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 
 
 def _namespaces():
-    import array_api_strict
-
-    yield pytest.param("numpy", None, id="numpy")
-    yield pytest.param("array_api_strict", "CPU_DEVICE", id="strict-CPU_DEVICE")
-    yield pytest.param("array_api_strict", "device1", id="strict-device1")
-    yield pytest.param("cupy", None, id="cupy")
+    yield pytest.param(("numpy", None), id="numpy")
+    yield pytest.param(("array_api_strict", "CPU_DEVICE"), id="strict-CPU_DEVICE")
+    yield pytest.param(("array_api_strict", "device1"), id="strict-device1")
+    yield pytest.param(("cupy", None), id="cupy")
 
 
 def make_namespace(name: str, device_name: str | None):

@@ -8,8 +8,8 @@ imports NumPy, SciPy or CuPy. It has three parts:
     :func:`from_numpy`, :func:`is_numpy`, :func:`is_cupy`;
 (b) non-standard kernels, each with one NumPy/SciPy and one CuPy/cupyx implementation behind one function
     (:func:`median_filter`, :func:`correlate`, :func:`binary_dilation`, :func:`label`, :func:`cubic_spline`,
-    :func:`normal_cdf`). Any other namespace (``array_api_strict``) goes through a host round trip to NumPy, which
-    is how the tests prove that engine code outside these kernels is standard-only;
+    :func:`linear_sum_assignment`, :func:`normal_cdf`). Any other namespace (``array_api_strict``) goes through a
+    host round trip to NumPy, which is how the tests prove that engine code outside these kernels is standard-only;
 (c) stopgaps written in the standard itself (:func:`quantile` with MATLAB's Hazen rule, :func:`median`).
 
 CuPy is never imported at module load; the CuPy branches are written against ``cupy`` / ``cupyx.scipy`` and run
@@ -252,6 +252,42 @@ def cubic_spline(values: Any, positions: Any, new_positions: Any, axis: int) -> 
     host = to_numpy(values)
     out = CubicSpline(pos, host.astype(np.float64), axis=axis, bc_type="not-a-knot", extrapolate=True)(new)
     return from_numpy(out.astype(host.dtype), xp, device)
+
+
+def linear_sum_assignment(cost: Any) -> tuple[Any, Any]:
+    """Optimal assignment minimising the total ``cost`` of a small ``(K1, K2)`` matrix (Hungarian method).
+
+    ``scipy.optimize.linear_sum_assignment``: returns ``(rows, cols)``, int64 arrays of length ``min(K1, K2)`` in
+    ``cost``'s namespace and on its device, ``rows`` increasing. Every namespace solves on the host: the matrix is
+    cells x cells (small), the solver is sequential, and cupyx has no equivalent, so for CuPy the matrix is copied
+    to the host and the indices back to the device.
+    """
+    from scipy.optimize import linear_sum_assignment as _lsa
+
+    xp, device = get_namespace_and_device(cost)
+    rows, cols = _lsa(to_numpy(cost))  # host step for every backend (see docstring)
+    return (from_numpy(rows.astype(np.int64), xp, device), from_numpy(cols.astype(np.int64), xp, device))
+
+
+def column_histogram(bins: Any, n_bins: int) -> Any:
+    """Counts of the integer bin indices in each column of ``bins`` ``(L, m)``: int64 ``(n_bins, m)``.
+
+    Indices outside ``0 .. n_bins-1`` are not counted. One ``bincount`` over ``bins + n_bins * column``
+    (``numpy.bincount`` / ``cupy.bincount``), O(L·m), where the standard would need one pass per bin.
+    """
+    xp, device = get_namespace_and_device(bins)
+    m = bins.shape[1]
+    if is_cupy(xp):
+        import cupy as lib
+    else:
+        lib = np
+    host = bins if is_cupy(xp) or is_numpy(xp) else to_numpy(bins)
+    valid = (host >= 0) & (host < n_bins)
+    flat = (host + n_bins * lib.arange(m, dtype=lib.int64)[None, :])[valid]
+    counts = lib.bincount(flat, minlength=n_bins * m).reshape(m, n_bins).T
+    if is_cupy(xp) or is_numpy(xp):
+        return lib.ascontiguousarray(counts)
+    return from_numpy(np.ascontiguousarray(counts), xp, device)
 
 
 def normal_cdf(x: Any) -> Any:

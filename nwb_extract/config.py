@@ -1,0 +1,1027 @@
+"""EXTRACT configuration: every parameter of the reference ``get_defaults`` in one table (spec §10).
+
+:class:`ExtractConfig` holds the run's settings under EXTRACT's own names and with the reference code's
+defaults, so a MATLAB user's config loads unchanged; ``cfg.thresholds`` is EXTRACT's nested ``thresholds`` struct
+and ``cfg.python`` the Python-only settings (array backend, GPU index, chunking, seed, progress, tiling rule).
+
+One table is the single source of truth: :data:`PARAMETERS` (top level), :data:`THRESHOLD_PARAMETERS` and
+:data:`PYTHON_PARAMETERS` give, for each key, its type, default, bounds or allowed values, a one-line description
+and whether the reference pipeline uses it. Validation, :func:`parameter_table` (docs, ``nwb-extract config``) and
+the MATLAB loader all read these tables.
+
+Python representation of MATLAB values (also accepted on input, so a config written by MATLAB loads as is):
+
+===========================================  ==================================================================
+MATLAB                                       Python
+===========================================  ==================================================================
+``[]`` (optional scalar or array)            ``None`` (``num_iter_stop_quality_checks``: the empty tuple ``()``;
+                                             ``downsample_time_by`` / ``downsample_space_by``: ``'auto'``, which
+                                             the reference treats the same as ``[]``)
+logical, or 0/1 double for a flag            ``bool``
+``Inf``                                      ``math.inf`` (JSON ``Infinity``, YAML ``.inf``)
+``S_init`` H x W x K, or P x K column-major  read-only float32 array ``(K, H, W)`` (cells, rows, cols)
+``T_init`` K x n                             read-only float32 array ``(n, K)`` (frames, cells), like result traces
+``movie_mask`` / ``is_pixel_valid`` H x W    read-only bool array ``(H, W)``
+``F_per_pixel`` H x W                        read-only float32 array ``(H, W)``
+``filter_sigma``, ``kappa_iter_nums``        read-only 1-D float64 arrays
+===========================================  ==================================================================
+
+Configs are immutable: ``cfg.replace(**changes)`` returns a validated copy. A nested group is changed with a
+dict that is merged into it, e.g. ``cfg.replace(thresholds={"T_min_snr": 5})``; Python settings may also be given
+as flat keys (``cfg.replace(backend="numpy")``), and are always stored in ``cfg.python``.
+:meth:`ExtractConfig.resolved` applies the derived overrides of spec §1.1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import yaml
+
+from nwb_extract.engine.backend import BACKENDS
+from nwb_extract.errors import ConfigError
+
+__all__ = [
+    "PARAMETERS",
+    "PYTHON_PARAMETERS",
+    "THRESHOLD_PARAMETERS",
+    "TRACE_KINDS",
+    "TRACE_KIND_TO_OPTION",
+    "TRACE_OPTION_TO_KIND",
+    "ConfigWarning",
+    "ExtractConfig",
+    "Param",
+    "PythonSettings",
+    "Thresholds",
+    "parameter_table",
+    "primary_trace_kind",
+]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trace names (architecture.md, "Trace names")
+
+#: Result keys of the three trace kinds every run computes, EXTRACT's default first.
+TRACE_KINDS = ("baseline_adjusted", "nonneg", "raw")
+
+#: ``trace_output_option`` -> result key of the trace kind it selects (``none``: no traces).
+TRACE_OPTION_TO_KIND = MappingProxyType({
+    "baseline_adjusted": "baseline_adjusted",
+    "nonneg": "nonneg",
+    "no_constraint": "raw",
+    "least_squares": "least_squares",
+    "nonnegative_least_squares": "nonnegative_least_squares",
+    "none": None,
+})
+
+#: Result key of each of :data:`TRACE_KINDS` -> its ``trace_output_option`` value (``raw`` <-> ``no_constraint``).
+TRACE_KIND_TO_OPTION = MappingProxyType({kind: option for option, kind in TRACE_OPTION_TO_KIND.items()
+                                         if kind in TRACE_KINDS})
+
+# ``raw`` is EXTRACT's README name of the unconstrained traces; the reference code maps it to baseline_adjusted
+# with a warning, we follow the README (architecture.md, docs/decisions.md).
+_TRACE_OPTION_ALIASES = {"raw": "no_constraint"}
+
+
+def primary_trace_kind(trace_output_option: str) -> str | None:
+    """Result key of the primary trace kind for a ``trace_output_option`` value (the alias ``raw`` included).
+
+    Returns ``None`` for ``none`` (hyperparameter tuning: no traces are written).
+    """
+    option = _TRACE_OPTION_ALIASES.get(trace_output_option, trace_output_option)
+    if option not in TRACE_OPTION_TO_KIND:
+        raise ConfigError(f"unknown trace_output_option {trace_output_option!r}; "
+                          f"choose one of {', '.join(TRACE_OPTION_TO_KIND)} (or the alias 'raw')")
+    return TRACE_OPTION_TO_KIND[option]
+
+
+class ConfigWarning(UserWarning):
+    """A config read from a MATLAB file had a key the reference EXTRACT no longer knows; it was dropped."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The parameter table
+
+# ``Param.status`` values: why a parameter has no effect on the numbers this package computes.
+PLOTTING = "plotting only"
+UNUSED = "unused by the reference pipeline"
+DEVICE = "MATLAB device/parallel setup; python.backend and python.device take precedence"
+INTERACTIVE = "interactive in MATLAB; pass movie_mask instead"
+INTERNAL = "filled internally by the pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One configuration key: the row of the parameter table that validation, docs and the MATLAB loader read.
+
+    Attributes
+    ----------
+    name : EXTRACT's name of the key (without the group prefix).
+    kind : ``bool`` | ``int`` | ``float`` | ``choice`` (string) | ``int_or_auto`` | ``int_tuple`` | ``array``.
+    default : immutable default (number, string, tuple or None); ``None`` means the key is optional (MATLAB ``[]``).
+    description : one line, with units.
+    low, high : inclusive bounds of numbers and array elements (``low_open``: ``low`` itself is excluded).
+    allow_inf : whether ``inf`` is a valid value (floats only).
+    choices : allowed values of ``choice`` keys, and of small enumerated ``int`` keys (which also accept bools).
+    aliases : ``((alias, value), ...)`` accepted and normalised to ``value`` (``choice`` keys).
+    shape : array axes, symbolic (``"K"``, ``"H"``, ``"W"``, ``"n"``: checked for consistency across keys) or fixed.
+    dtype : NumPy dtype name arrays are stored as.
+    status : empty when the pipeline uses the key, else why it has no numerical effect (:data:`PLOTTING`, ...).
+    in_defaults : False for the keys that ``get_defaults`` leaves absent (written to ``.mat`` only when set).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    allow_inf: bool = False
+    choices: tuple = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    shape: tuple = ()
+    dtype: str = ""
+    status: str = ""
+    in_defaults: bool = True
+
+    @property
+    def optional(self) -> bool:
+        """True when ``None`` (MATLAB ``[]``) is a valid value."""
+        return self.default is None
+
+    def requirement(self) -> str:
+        """What a valid value looks like, in words (used in error messages and in :func:`parameter_table`)."""
+        if self.kind == "bool":
+            text = "true or false (0 or 1)"
+        elif self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+            if self.aliases:
+                text += " (alias " + ", ".join(f"{a!r} for {v!r}" for a, v in self.aliases) + ")"
+        elif self.kind == "int" and self.choices:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        elif self.kind == "int_or_auto":
+            text = f"an integer {self.bounds_text()} or 'auto'"
+        elif self.kind == "int_tuple":
+            text = f"a list of integers {self.bounds_text()}"
+        elif self.kind == "array":
+            axes = ", ".join(str(a) for a in self.shape)
+            bounds = self.bounds_text()
+            text = f"a {self.dtype} array of shape ({axes})" + (f" with elements {bounds}" if bounds else "")
+        else:
+            noun = "an integer" if self.kind == "int" else "a number"
+            text = f"{noun} {self.bounds_text()}".rstrip()
+            if self.allow_inf:
+                text += " (inf allowed)"
+        return text + (" or None" if self.optional and self.kind not in ("int_tuple", "int_or_auto") else "")
+
+    def bounds_text(self) -> str:
+        """The bounds in words ('> 0', 'in [0, 1]'), or '' when unbounded."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"<= {self.high:g}"
+        return ""
+
+
+_FILTER_TYPES = ("butter", "gauss", "wiener", "movavg", "median", "gaus", "none")
+_TRACE_OPTIONS = tuple(TRACE_OPTION_TO_KIND)
+_POS = {"low": 0.0, "low_open": True}
+_NONNEG = {"low": 0.0}
+_UNIT = {"low": 0.0, "high": 1.0}
+
+#: Top-level EXTRACT parameters (spec §10), in the spec's order; ``thresholds`` is :data:`THRESHOLD_PARAMETERS`.
+PARAMETERS: tuple[Param, ...] = (
+    Param("avg_cell_radius", "float", 6.0, "typical cell radius (px); sets filter scales, overlap, tiling, areas",
+          **_POS),
+    Param("downsample_time_by", "int_or_auto", 1, "temporal block-average factor for cell finding and refinement",
+          low=1),
+    Param("dendrite_aware", "bool", False, "disable the eccentricity and size checks (§1.1)"),
+    Param("remove_duplicate_cells", "bool", True, "remove duplicates across partition overlaps (§1.4)"),
+    Param("T_dup_thresh", "float", 0.9, "partition dedup pass 1: trace-correlation threshold"),
+    Param("S_corr_thresh", "float", 0.1, "partition dedup: image-correlation grouping threshold"),
+    Param("use_gpu", "bool", True, "GPU computation (python.backend='auto' uses NumPy when false)", status=DEVICE),
+    Param("parallel_cpu", "bool", False, "partitions in parallel on CPU workers (forces use_gpu off)", status=DEVICE),
+    Param("multi_gpu", "bool", False, "partitions in parallel on several GPUs (forces parallel_cpu off)",
+          status=DEVICE),
+    Param("num_workers", "int", None, "worker count for the parallel modes", low=1, status=DEVICE, in_defaults=False),
+    Param("use_sparse_arrays", "bool", False, "sparse spatial weights in the outputs"),
+    Param("compact_output", "bool", False, "drop eliminated/trash components from the per-partition summaries"),
+    Param("hyperparameter_tuning_flag", "bool", False, "one refinement step, all metrics, no elimination, no FRR"),
+    Param("verbose", "int", 2, "logging level (0 silent ... 3 most detailed)", choices=(0, 1, 2, 3)),
+    Param("num_partitions_x", "int", None, "partitions along columns (both _x and _y needed, else automatic)",
+          low=1, in_defaults=False),
+    Param("num_partitions_y", "int", None, "partitions along rows (both _x and _y needed, else automatic)",
+          low=1, in_defaults=False),
+    Param("preprocess", "bool", True, "run the preprocessing of §3 (baseline, high-pass)"),
+    Param("skip_dff", "bool", False, "skip the baseline subtraction (F = max(baseline, 1))"),
+    Param("spatial_highpass_cutoff", "float", 5.0, "high-pass corner = f_c / value (§3.2); inf disables",
+          allow_inf=True, **_POS),
+    Param("F_per_pixel", "array", None, "baseline fluorescence map, used when preprocess is false", shape=("H", "W"),
+          dtype="float32", in_defaults=False),
+    Param("spatial_lowpass_cutoff", "float", 2.0, "cell-finding low-pass corner = f_c * value (§3.2); inf disables",
+          allow_inf=True, **_POS),
+    Param("cellfind_min_snr", "float", 1.0, "cell-finding seed threshold in noise units", **_NONNEG),
+    Param("cellfind_max_steps", "int", 1000, "maximum cell-finding candidates per partition", **_NONNEG),
+    Param("cellfind_kappa_std_ratio", "float", 0.7, "kappa / noise std in cell finding", **_POS),
+    Param("cellfind_adaptive_kappa", "bool", False, "adaptive kappa for the trace update in cell finding"),
+    Param("init_with_gaussian", "bool", False, "Gaussian instead of correlation-image initialisation in cell finding"),
+    Param("avg_yield_threshold", "float", 0.1, "cell-finding yield stop; window = round(1 / value)", **_POS),
+    Param("visualize_cellfinding", "bool", False, "live cell-finding plots", status=PLOTTING),
+    Param("S_init", "array", None, "initial cell images; skips cell finding", shape=("K", "H", "W"),
+          dtype="float32"),
+    Param("kappa_std_ratio", "float", 0.7, "kappa / noise std in refinement and final regression", **_POS),
+    Param("adaptive_kappa", "int", 1, "0 none; 1 adaptive kappa in the final regression; 2 also refinement T-step",
+          choices=(0, 1, 2)),
+    Param("max_iter", "int", 6, "cell-refinement iterations", **_NONNEG),
+    Param("l1_penalty_factor", "float", 0.0, "l1 penalty strength of the T-step (§6.5)", **_NONNEG),
+    Param("regression_only", "bool", False, "trace estimation only, for the given S_init"),
+    Param("trace_output_option", "choice", "baseline_adjusted",
+          "final robust regression (§8.2): the primary trace kind",
+          choices=_TRACE_OPTIONS, aliases=tuple(_TRACE_OPTION_ALIASES.items())),
+    Param("trace_quantile", "float", 0.25, "quantile of the baseline_adjusted lower bound", **_UNIT),
+    Param("cellfind_max_iter", "int", 10, "alternations and inner iterations in cell finding", **_NONNEG),
+    Param("max_iter_S", "int", 100, "ADMM iterations per refinement S-step", **_NONNEG),
+    Param("max_iter_T", "int", 100, "ADMM iterations per refinement T-step", **_NONNEG),
+    Param("max_iter_T_final", "int", 100, "ADMM iterations in the final robust regression", **_NONNEG),
+    Param("T_init", "array", None, "initial traces for S_init (frames, cells)", shape=("n", "K"), dtype="float32"),
+    Param("num_iter_stop_quality_checks", "int_tuple", (), "refinement iterations (1-based) that skip quality control",
+          low=1),
+    Param("cellfind_filter_type", "choice", "butter", "filter of the cell-finding movie copy (§3.5)",
+          choices=_FILTER_TYPES),
+    Param("moving_radius_spatial", "float", 3.0, "'movavg' filter spatial size (px)", **_NONNEG),
+    Param("moving_radius_temporal", "float", 3.0, "'movavg' filter temporal size (frames)", **_NONNEG),
+    Param("cellfind_spatial_highpass_cutoff", "float", math.inf, "extra high-pass of the cell-finding filter",
+          allow_inf=True, **_POS),
+    Param("baseline_quantile", "float", None, "pixel baseline: mean (None), median (0.5) or this quantile", **_UNIT),
+    Param("temporal_denoising", "bool", False, "per-pixel wavelet denoising along time (slow)"),
+    Param("remove_background", "bool", False, "run correct_baseline (§3.3)"),
+    Param("second_df", "float", None, "final per-pixel median (0.5) or quantile subtraction; None skips", **_UNIT),
+    Param("T_corr_thresh", "float", 0.8, "partition dedup pass 2: trace-correlation threshold"),
+    Param("fix_zero_FOV_strips", "bool", False, "zero-edge trimming inside preprocessing (§13.5)"),
+    Param("medfilt_outlier_pixels", "bool", False, "replace outlier pixels by their neighbourhood median (§3.7)"),
+    Param("visualize_cellfinding_show_bad_cells", "bool", False, "show rejected candidates", status=PLOTTING),
+    Param("visualize_cellfinding_full_range", "bool", False, "full colour range", status=PLOTTING),
+    Param("visualize_cellfinding_min", "float", 0.2, "lower colour quantile", status=PLOTTING, **_UNIT),
+    Param("visualize_cellfinding_max", "float", 0.99, "upper colour quantile", status=PLOTTING, **_UNIT),
+    Param("filter_sigma", "array", (2.0, 2.0, 10.0), "'gaus' filter sigmas (rows px, cols px, frames)", shape=(3,),
+          dtype="float64", **_POS),
+    Param("adaptive_kappa_filter", "bool", False, "adaptive kappa in the S-step"),
+    Param("downsample_space_by", "int_or_auto", 1, "spatial block-average factor", low=1),
+    Param("use_default_gpu", "bool", False, "skip GPU selection", status=DEVICE),
+    Param("pick_gpu", "int", None, "GPU index (1-based, MATLAB)", low=1, status=DEVICE),
+    Param("min_radius_after_downsampling", "float", 5.0, "target radius (px) of automatic spatial downsampling",
+          **_POS),
+    Param("min_tau_after_downsampling", "float", 5.0, "target decay (frames) of automatic time downsampling", **_POS),
+    Param("reestimate_S_if_downsampled", "bool", False,
+          "re-estimate images at full resolution (broken in MATLAB, §13)"),
+    Param("reestimate_T_if_downsampled", "bool", True, "final regression at the full frame rate"),
+    Param("low_cell_area_flag", "bool", False, "Gaussian instead of median smoothing of cell images"),
+    Param("crop_circular", "bool", False, "draw a circular movie mask", status=INTERACTIVE),
+    Param("arbitrary_mask", "bool", False, "draw a polygon movie mask", status=INTERACTIVE),
+    Param("movie_mask", "array", None, "pixels to keep (multiplies the movie, restricts noise medians)",
+          shape=("H", "W"), dtype="bool"),
+    Param("smoothing_ratio_x2y", "float", 1.0, "anisotropy of the cell-finding low-pass", **_POS),
+    Param("num_frames", "int", None, "frames read from a file movie (None: all)", low=1),
+    Param("is_pixel_valid", "array", None, "pixels with non-zero temporal std", shape=("H", "W"), dtype="bool",
+          status=INTERNAL),
+    Param("save_all_found", "bool", False, "keep the pre-refinement images and traces of cell finding"),
+    Param("cellfind_numpix_threshold", "int", 9, "minimum connected seed-region size (px)", **_NONNEG),
+    Param("high2low_brightness_ratio", "float", math.inf, "dim-seed stop ratio of cell finding", allow_inf=True,
+          **_POS),
+    Param("plot_loss", "bool", False, "record solver losses (and plot them in MATLAB)"),
+    Param("T_lower_snr_threshold", "float", 10.0, "trace SNR lower threshold", status=UNUSED),
+    Param("smooth_T", "bool", False, "smooth traces in refinement; median-3 after the full-rate regression"),
+    Param("smooth_S", "bool", True, "replace cell images by their smoothed version each iteration"),
+    Param("avg_event_tau", "float", 10.0, "calcium event decay (frames): auto time downsampling, baseline windows",
+          **_POS),
+    Param("pre_mask_on", "bool", False, "fixed S-step mask from the initial images"),
+    Param("pre_mask_radius", "float", 0.0, "dilation radius (px) of the fixed S-step mask", **_NONNEG),
+    Param("minimal_checks", "bool", False, "relax the quality checks (§1.1)"),
+    Param("cellfind_check_min_magnitude", "bool", True, "stop cell finding on the minimum-magnitude rule"),
+    Param("frr_check_every_step", "bool", False, "recompute the baseline bound every final-regression iteration"),
+    Param("frr_edge_case_flag", "bool", False, "alternative tile minimum handling (§6.8)"),
+    Param("show_progress", "bool", False, "MATLAB progress bar (see python.progress)", status=PLOTTING),
+    Param("TOL_sub", "float", 1e-6, "solver sub-problem tolerance", status=UNUSED, **_NONNEG),
+    Param("TOL_main", "float", 1e-2, "refinement convergence tolerance", **_NONNEG),
+    Param("kappa_iter_nums", "array", None, "fractions of the final-regression iterations that re-estimate kappa "
+          "(None: 0.5, 0.7, 0.9)", shape=("m",), dtype="float64", **_UNIT),
+    Param("skip_parpool_calculations", "bool", False, "skip device and worker-pool setup", status=DEVICE),
+)
+
+#: EXTRACT's nested ``thresholds`` struct (spec §7.3, §10); size limits are multiples of pi * r^2.
+THRESHOLD_PARAMETERS: tuple[Param, ...] = (
+    Param("T_min_snr", "float", 7.0, "minimum trace SNR (cell finding and refinement)", **_NONNEG),
+    Param("size_lower_limit", "float", 0.1, "minimum cell area, x pi r^2", **_NONNEG),
+    Param("size_upper_limit", "float", 10.0, "maximum cell area, x pi r^2", allow_inf=True, **_NONNEG),
+    Param("spatial_corrupt_thresh", "float", 1.5, "maximum spatial corruption", allow_inf=True),
+    Param("eccent_thresh", "float", 6.0, "maximum eccentricity", allow_inf=True, **_NONNEG),
+    Param("T_dup_corr_thresh", "float", 0.95, "trace-duplicate merge threshold"),
+    Param("S_dup_corr_thresh", "float", 0.8, "image-duplicate threshold"),
+    Param("low_ST_index_thresh", "float", -1.0, "spatio-temporal index check; -1 disables all ST metrics"),
+    Param("confidence_thresh", "float", 0.8, "classifier confidence", status=UNUSED),
+    Param("high_ST_index_thresh", "float", 0.8, "legacy labeler threshold", status=UNUSED),
+    Param("low_ST_corr_thresh", "float", 0.0, "spatio-temporal correlation check (only when ST metrics are on)"),
+    Param("temporal_corrupt_thresh", "float", 0.7, "maximum temporal corruption"),
+)
+
+#: Python-only settings (no MATLAB counterpart), stored in ``cfg.python``.
+PYTHON_PARAMETERS: tuple[Param, ...] = (
+    Param("backend", "choice", "auto", "array backend; 'auto': CuPy when use_gpu and a GPU is found, else NumPy; "
+          "numpy/cupy override use_gpu", choices=BACKENDS),
+    Param("device", "int", None, "CUDA device index for the cupy backend (None: the current device)", **_NONNEG),
+    Param("chunk_frames", "int", 1000, "frames per read from lazy movie sources", low=1),
+    Param("seed", "int", 0, "seed of every random draw", **_NONNEG),
+    Param("progress", "bool", True, "progress bars (also off when verbose is 0 or output is not a terminal)"),
+    Param("tiling", "choice", "deterministic", "tiling of the T/S steps: 'deterministic' (§6.6 CPU rule, same "
+          "result on every device) or 'memory' (from free GPU memory, like MATLAB's GPU path)",
+          choices=("deterministic", "memory")),
+)
+
+
+def parameter_table() -> str:
+    """The parameter tables as Markdown (key, default, allowed values, description, status), for docs and the CLI."""
+    lines = ["| key | default | allowed | description | note |", "|---|---|---|---|---|"]
+    for prefix, params in (("", PARAMETERS), ("thresholds.", THRESHOLD_PARAMETERS), ("python.", PYTHON_PARAMETERS)):
+        for p in params:
+            default = "None" if p.default is None else repr(_plain(p.default))
+            lines.append(f"| {prefix}{p.name} | {default} | {p.requirement()} | {p.description} | {p.status} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation of single values
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _invalid(key: str, value: Any, param: Param, source: str, detail: str = "") -> ConfigError:
+    return ConfigError(f"{source}config key {key!r} must be {param.requirement()} ({param.description}), "
+                       f"got {_short(value)}{detail}")
+
+
+def _is_empty(value: Any) -> bool:
+    """MATLAB ``[]``: None or an empty list/tuple/array."""
+    if value is None:
+        return True
+    return isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == 0
+
+
+def _scalar(value: Any) -> Any:
+    """Python scalar of a NumPy scalar or one-element array (MATLAB's 1 x 1 values); anything else unchanged."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.size == 1):
+        return value.item()
+    return value
+
+
+def _in_bounds(param: Param, x: float) -> bool:
+    if param.low is not None and (x < param.low or (param.low_open and x == param.low)):
+        return False
+    return param.high is None or x <= param.high
+
+
+def _check_bool(param: Param, value: Any, key: str, source: str) -> bool:
+    v = _scalar(value)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    raise _invalid(key, value, param, source)
+
+
+def _check_int(param: Param, value: Any, key: str, source: str) -> int:
+    v = _scalar(value)
+    if isinstance(v, bool) and not param.choices:
+        raise _invalid(key, value, param, source)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int):
+        raise _invalid(key, value, param, source)
+    if (param.choices and v not in param.choices) or not _in_bounds(param, v):
+        raise _invalid(key, value, param, source)
+    return int(v)
+
+
+def _check_float(param: Param, value: Any, key: str, source: str) -> float:
+    v = _scalar(value)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _invalid(key, value, param, source)
+    v = float(v)
+    if math.isnan(v) or (math.isinf(v) and not param.allow_inf) or not _in_bounds(param, v):
+        raise _invalid(key, value, param, source)
+    return v
+
+
+def _check_choice(param: Param, value: Any, key: str, source: str) -> str:
+    v = _scalar(value)
+    if isinstance(v, str):
+        v = dict(param.aliases).get(v, v)
+        if v in param.choices:
+            return v
+        close = difflib.get_close_matches(v, [str(c) for c in param.choices], n=1)
+        raise _invalid(key, value, param, source, f"; did you mean {close[0]!r}?" if close else "")
+    raise _invalid(key, value, param, source)
+
+
+def _check_int_or_auto(param: Param, value: Any, key: str, source: str) -> int | str:
+    v = _scalar(value)
+    if isinstance(v, str):
+        if v == "auto":
+            return v
+        raise _invalid(key, value, param, source)
+    return _check_int(param, value, key, source)
+
+
+def _check_int_tuple(param: Param, value: Any, key: str, source: str) -> tuple[int, ...]:
+    items = np.ravel(np.asarray(value, dtype=object)).tolist() if isinstance(value, (list, tuple, np.ndarray)) \
+        else [value]
+    try:
+        return tuple(_check_int(param, item, key, source) for item in items)
+    except ConfigError:
+        raise _invalid(key, value, param, source) from None
+
+
+def _check_array(param: Param, value: Any, key: str, source: str) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise _invalid(key, value, param, source) from None
+    fixed_ok = all(isinstance(n, str) or n == m for n, m in zip(param.shape, a.shape))
+    if a.ndim != len(param.shape) or not fixed_ok:
+        axes = ", ".join(str(s) for s in param.shape)
+        raise _invalid(key, value, param, source, f" (expected {len(param.shape)} axes ({axes}))")
+    if param.dtype == "bool":
+        if a.dtype != bool and not (a.dtype.kind in "iuf" and np.isin(a, (0, 1)).all()):
+            raise _invalid(key, value, param, source, " (elements must be true/false or 0/1)")
+    elif a.dtype.kind not in "iuf" or not np.isfinite(a).all() or not _array_in_bounds(param, a):
+        raise _invalid(key, value, param, source, " (elements must be finite numbers"
+                                                  f"{' ' + param.bounds_text() if param.bounds_text() else ''})")
+    out = np.array(a, dtype=param.dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def _array_in_bounds(param: Param, a: np.ndarray) -> bool:
+    # the bounds are an interval, so the extreme elements decide
+    return a.size == 0 or (_in_bounds(param, float(a.min())) and _in_bounds(param, float(a.max())))
+
+
+_CHECKS = {
+    "bool": _check_bool,
+    "int": _check_int,
+    "float": _check_float,
+    "choice": _check_choice,
+    "int_or_auto": _check_int_or_auto,
+    "int_tuple": _check_int_tuple,
+    "array": _check_array,
+}
+
+
+def _validate(param: Param, value: Any, key: str, source: str) -> Any:
+    """The stored form of ``value`` for ``param``, or a :class:`ConfigError` naming ``key``, value and fix."""
+    if _is_empty(value):
+        if param.optional:
+            return None
+        if param.kind == "int_tuple":
+            return ()
+        if param.kind == "int_or_auto":
+            return "auto"
+        raise _invalid(key, value, param, source, " (this key cannot be empty)")
+    return _CHECKS[param.kind](param, value, key, source)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able plain form: arrays and tuples -> (nested) lists, NumPy scalars -> Python scalars."""
+    if isinstance(value, (np.ndarray, tuple)):
+        return np.asarray(value).tolist() if isinstance(value, np.ndarray) else list(value)
+    return value
+
+
+def _suggest(key: str, names: list[str], group: str) -> str:
+    prefix, _, name = key.rpartition(".")
+    if group == "" and prefix in ("", "thresholds") and name in {p.name for p in THRESHOLD_PARAMETERS}:
+        hint = f"; {name} is in the thresholds group: pass thresholds={{{name!r}: ...}}"
+    elif group == "" and prefix == "python" and name in _PYTHON_NAMES:
+        hint = f"; pass python={{{name!r}: ...}} or the flat key {name!r}"
+    else:
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+    where = f" in {group}" if group else ""
+    return f"unknown config key {key!r}{where}{hint} (nwb_extract.config.parameter_table() lists every key)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Immutable groups
+
+
+def _restore(cls: type, values: dict) -> Any:
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "_values", values)
+    return obj
+
+
+def _unpickle(cls: type, values: dict) -> Any:
+    """:func:`_restore` for pickle and deepcopy, which hand back writeable array copies."""
+    for value in values.values():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
+    return _restore(cls, values)
+
+
+class _Group:
+    """Immutable, validated mapping of the keys of one parameter table, read as attributes."""
+
+    __slots__ = ("_values",)
+    _PARAMS: tuple[Param, ...] = ()
+    _PREFIX = ""
+
+    def __init__(self, **settings: Any) -> None:
+        object.__setattr__(self, "_values", self._merge(self._defaults(), settings, "error", ""))
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        return {p.name: _validate(p, p.default, cls._PREFIX + p.name, "") for p in cls._PARAMS}
+
+    @classmethod
+    def _merge(cls, base: dict[str, Any], settings: Mapping[str, Any], unknown: str, source: str) -> dict[str, Any]:
+        """``base`` updated with validated ``settings``; unknown keys raise (``"error"``) or warn and are dropped."""
+        params = {p.name: p for p in cls._PARAMS}
+        values = dict(base)
+        for key, value in settings.items():
+            if key not in params:
+                _unknown(key, list(params), cls._PREFIX.rstrip("."), unknown, source)
+                continue
+            values[key] = _validate(params[key], value, cls._PREFIX + key, source)
+        return values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(_suggest(name, list(self._values), self._PREFIX.rstrip("."))) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; use ExtractConfig.replace({name}=...)")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._values))
+
+    def __reduce__(self):
+        return _unpickle, (type(self), self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(self._values[k], other._values[k]) for k in self._values)
+
+    __hash__ = None  # mutable-looking array values; configs are compared, not hashed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able dict (arrays as nested lists, tuples as lists, ``inf`` kept as a float)."""
+        return {k: v.to_dict() if isinstance(v, _Group) else _plain(v) for k, v in self._values.items()}
+
+    def __repr__(self) -> str:
+        defaults = type(self)()._values
+        changed = [f"{k}={_short(v)}" if isinstance(v, np.ndarray) else f"{k}={v!r}"
+                   for k, v in self._values.items() if not _same(v, defaults[k])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype \
+            and np.array_equal(a, b)
+    return type(a) is type(b) and a == b
+
+
+def _unknown(key: Any, names: list[str], group: str, unknown: str, source: str) -> None:
+    if not isinstance(key, str):
+        raise ConfigError(f"{source}config keys must be strings, got {key!r}")
+    if unknown == "warn":
+        where = f"{group}." if group else ""
+        warnings.warn(f"{source}ignoring config key '{where}{key}': the reference EXTRACT (1.3.0) does not know it",
+                      ConfigWarning, stacklevel=5)
+        return
+    raise ConfigError(source + _suggest(key, names, group))
+
+
+class Thresholds(_Group):
+    """EXTRACT's ``thresholds`` struct (spec §7.3): quality-control thresholds, see :data:`THRESHOLD_PARAMETERS`."""
+
+    __slots__ = ()
+    _PARAMS = THRESHOLD_PARAMETERS
+    _PREFIX = "thresholds."
+
+
+class PythonSettings(_Group):
+    """Python-only settings (no MATLAB counterpart), see :data:`PYTHON_PARAMETERS`."""
+
+    __slots__ = ()
+    _PARAMS = PYTHON_PARAMETERS
+    _PREFIX = "python."
+
+
+_PYTHON_NAMES = frozenset(p.name for p in PYTHON_PARAMETERS)
+_GROUPS = {"thresholds": Thresholds, "python": PythonSettings}
+_SHAPED = [p for p in PARAMETERS if p.kind == "array" and any(isinstance(a, str) for a in p.shape)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ExtractConfig
+
+
+class ExtractConfig(_Group):
+    """The EXTRACT configuration: every key of :data:`PARAMETERS` as an attribute, plus two groups.
+
+    ``ExtractConfig(**settings)`` validates ``settings`` over the reference defaults (spec §10). ``thresholds``
+    and ``python`` are given as dicts (merged into the group's defaults); Python settings are also accepted as flat
+    keys (``backend="numpy"``). Unknown keys, wrong types and out-of-range values raise
+    :class:`~nwb_extract.errors.ConfigError` naming the key, the value and what is allowed. Instances are immutable
+    and compare by value; see the module docstring for the Python form of MATLAB values.
+
+    Examples
+    --------
+    >>> cfg = ExtractConfig(avg_cell_radius=5, thresholds={"T_min_snr": 10}, backend="numpy")
+    >>> cfg.thresholds.T_min_snr, cfg.python.backend
+    (10.0, 'numpy')
+    >>> cfg.replace(trace_output_option="raw").trace_output_option
+    'no_constraint'
+    """
+
+    __slots__ = ()
+    _PARAMS = PARAMETERS
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        values = super()._defaults()
+        values.update({name: group() for name, group in _GROUPS.items()})
+        return values
+
+    @classmethod
+    def _merge(cls, base: dict[str, Any], settings: Mapping[str, Any], unknown: str, source: str) -> dict[str, Any]:
+        flat, nested = {}, {name: {} for name in _GROUPS}
+        for key, value in settings.items():
+            if key in _GROUPS:
+                if isinstance(value, _GROUPS[key]):
+                    value = value._values
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{source}config key {key!r} must be a dict of {key} settings, got "
+                                      f"{_short(value)}")
+                _add_unique(nested[key], value, key, source)
+            elif key in _PYTHON_NAMES:
+                _add_unique(nested["python"], {key: value}, "python", source)
+            else:
+                flat[key] = value
+        values = super()._merge(base, flat, unknown, source)
+        for name, group in _GROUPS.items():
+            values[name] = _restore(group, group._merge(base[name]._values, nested[name], unknown, source))
+        _check_shapes(values, source)
+        return values
+
+    # -- changes and derived overrides
+
+    def replace(self, **changes: Any) -> ExtractConfig:
+        """A validated copy with ``changes`` applied; ``thresholds={...}`` / ``python={...}`` merge into the group."""
+        return _restore(ExtractConfig, self._merge(self._values, changes, "error", ""))
+
+    def resolved(self) -> ExtractConfig:
+        """A copy with the derived overrides of spec §1.1 applied (computed from the current values, so the order
+        of earlier edits does not matter; ``resolved()`` of a resolved config changes nothing).
+
+        - ``dendrite_aware``: ``eccent_thresh = inf``, ``size_lower_limit = 0``, ``size_upper_limit = inf``;
+        - ``hyperparameter_tuning_flag``: ``trace_output_option = 'none'``;
+        - ``minimal_checks``: ``size_upper_limit = eccent_thresh = spatial_corrupt_thresh = inf``,
+          ``low_ST_index_thresh = -1``;
+        - ``regression_only``: ``max_iter = 0``, ``remove_duplicate_cells = True``, ``downsample_time_by = 1``
+          (a :class:`ConfigError` without ``S_init``);
+        - ``parallel_cpu``: ``use_gpu = False``; then ``multi_gpu``: ``parallel_cpu = False`` (the reference's order);
+        - ours: ``python.backend = 'auto'`` with ``use_gpu`` false becomes ``'numpy'``.
+        """
+        changes: dict[str, Any] = {}
+        thresholds: dict[str, Any] = {}
+        if self.dendrite_aware:
+            thresholds.update(eccent_thresh=math.inf, size_lower_limit=0.0, size_upper_limit=math.inf)
+        if self.hyperparameter_tuning_flag:
+            changes["trace_output_option"] = "none"
+        if self.minimal_checks:
+            thresholds.update(size_upper_limit=math.inf, eccent_thresh=math.inf, spatial_corrupt_thresh=math.inf,
+                              low_ST_index_thresh=-1.0)
+        if self.regression_only:
+            if self.S_init is None:
+                raise ConfigError("regression_only=True needs S_init: pass the cell images as S_init (cells, rows, "
+                                  "cols), or set regression_only=False to find cells")
+            changes.update(max_iter=0, remove_duplicate_cells=True, downsample_time_by=1)
+        use_gpu, parallel_cpu = self.use_gpu, self.parallel_cpu
+        if parallel_cpu:
+            use_gpu = False
+        if self.multi_gpu:
+            parallel_cpu = False
+        changes.update(use_gpu=use_gpu, parallel_cpu=parallel_cpu)
+        if self.python.backend == "auto" and not use_gpu:
+            changes["backend"] = "numpy"
+        return self.replace(thresholds=thresholds, **changes)
+
+    # -- plain data
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> ExtractConfig:
+        """Config from a (nested) dict as :meth:`to_dict` writes it; MATLAB ``[]`` may appear as ``[]`` or None."""
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"a config must be a mapping of keys to values, got {_short(settings)}")
+        return _restore(cls, cls._merge(cls._defaults(), settings, "error", ""))
+
+    def to_json(self) -> str:
+        """JSON text of :meth:`to_dict` (``inf`` written as ``Infinity``, as Python's and MATLAB's readers accept)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ExtractConfig:
+        """Config from JSON text (the inverse of :meth:`to_json`)."""
+        try:
+            settings = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config is not valid JSON: {err}") from None
+        return cls.from_dict(settings)
+
+    def to_yaml(self) -> str:
+        """YAML text of :meth:`to_dict` (``inf`` written as ``.inf``)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ExtractConfig:
+        """Config from YAML text; numbers like ``1e-6`` are read as floats (YAML 1.2), not strings."""
+        try:
+            settings = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config is not valid YAML: {err}") from None
+        return cls.from_dict({} if settings is None else settings)
+
+    # -- files
+
+    def save(self, path: str | Path) -> None:
+        """Write the config to ``path``; the suffix picks the format: ``.json``, ``.yaml``/``.yml`` or ``.mat``.
+
+        ``.mat`` files (MATLAB v5) hold a struct ``config`` in MATLAB's orientation that EXTRACT reads as is, and
+        the Python settings in a second struct ``nwb_extract_python``.
+        """
+        path = Path(path)
+        suffix = _suffix(path)
+        if suffix == ".mat":
+            from scipy.io import savemat
+
+            python = {k: np.zeros((0, 0)) if v is None else v for k, v in self.python.to_dict().items()}
+            savemat(path, {"config": self.to_matlab(), _MAT_PYTHON_VARIABLE: python},
+                    long_field_names=True, do_compression=True)
+        else:
+            path.write_text(self.to_json() if suffix == ".json" else self.to_yaml(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExtractConfig:
+        """Read a config written by :meth:`save` (or by MATLAB, for ``.mat``); the suffix picks the format."""
+        path = Path(path)
+        suffix = _suffix(path)
+        if suffix == ".mat":
+            return cls.from_mat(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        try:
+            return cls.from_json(text) if suffix == ".json" else cls.from_yaml(text)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    # -- MATLAB
+
+    def to_matlab(self) -> dict[str, Any]:
+        """The EXTRACT fields in MATLAB's form, for ``scipy.io.savemat``: ``S_init`` (H, W, K), ``T_init`` (K, n),
+        ``[]`` for None (keys that ``get_defaults`` leaves absent are omitted), nested ``thresholds``."""
+        out: dict[str, Any] = {}
+        for p in PARAMETERS:
+            value = self._values[p.name]
+            if value is None and not p.in_defaults:
+                continue
+            out[p.name] = _to_matlab_orientation(p.name, value)
+        out["thresholds"] = self.thresholds.to_dict()
+        return out
+
+    @classmethod
+    def from_mat(cls, path: str | Path, variable: str | None = None, *,
+                 frame_shape: tuple[int, int] | None = None) -> ExtractConfig:
+        """Config from a MATLAB ``.mat`` file holding an EXTRACT config struct (``save(file, 'config')``).
+
+        Reads v5/v7 files (``scipy.io.loadmat``) and v7.3 files (HDF5, ``h5py``). ``variable`` names the struct;
+        None picks the one named ``config``, else the only struct in the file. Keys the reference no longer knows
+        are dropped with a :class:`ConfigWarning`. Arrays are reoriented (module docstring); ``frame_shape``
+        ``(H, W)`` is needed only for an ``S_init`` stored as pixels x cells without ``movie_mask`` or
+        ``F_per_pixel`` to take the frame shape from.
+        """
+        path = Path(path)
+        source = f"{path}: "
+        structs = _read_mat_structs(path, source)
+        python = structs.pop(_MAT_PYTHON_VARIABLE, {})
+        struct = _select_struct(structs, variable, source)
+        settings = _from_matlab_orientation(struct, frame_shape, source)
+        values = cls._merge(cls._defaults(), settings, "warn", source)
+        values["python"] = _restore(PythonSettings, PythonSettings._merge(values["python"]._values, python,
+                                                                           "warn", source))
+        return _restore(cls, values)
+
+
+def _add_unique(target: dict[str, Any], settings: Mapping[str, Any], group: str, source: str) -> None:
+    for key, value in settings.items():
+        if key in target:
+            raise ConfigError(f"{source}{group}.{key} is given twice (as a flat key and inside {group}={{...}}); "
+                              "give it once")
+        target[key] = value
+
+
+def _check_shapes(values: dict[str, Any], source: str) -> None:
+    """Cross-key check of the symbolic array axes (K cells, H rows, W cols, n frames) of the arrays given."""
+    bound: dict[str, tuple[int, str]] = {}
+    for p in _SHAPED:
+        a = values[p.name]
+        if a is None:
+            continue
+        for axis, n in zip(p.shape, a.shape):
+            if axis in bound and bound[axis][0] != n:
+                first_n, first = bound[axis]
+                raise ConfigError(f"{source}inconsistent array shapes: {first} gives {axis}={first_n} but "
+                                  f"{p.name} gives {axis}={n} (shapes: S_init (K, H, W), T_init (n, K), movie_mask, "
+                                  "F_per_pixel and is_pixel_valid (H, W)); pass arrays of one movie and cell set")
+            bound.setdefault(axis, (n, p.name))
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    suffix = ".yaml" if suffix == ".yml" else suffix
+    if suffix not in (".json", ".yaml", ".mat"):
+        raise ConfigError(f"cannot tell the config format of {path}: use a .json, .yaml, .yml or .mat file")
+    return suffix
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads YAML 1.2 floats without a dot (``1e-6``) as floats."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MATLAB files
+
+_MAT_PYTHON_VARIABLE = "nwb_extract_python"
+
+
+def _to_matlab_orientation(name: str, value: Any) -> Any:
+    if value is None or (isinstance(value, tuple) and not value):
+        return np.zeros((0, 0))
+    if name == "S_init":
+        return np.moveaxis(value, 0, -1)  # (K, H, W) -> H x W x K
+    if name == "T_init":
+        return value.T  # (n, K) -> K x n
+    if name == "num_iter_stop_quality_checks":
+        return np.asarray(value, dtype=float)
+    return value
+
+
+def _read_mat_structs(path: Path, source: str) -> dict[str, dict[str, Any]]:
+    """Every struct variable of a MAT file as a dict of MATLAB-shaped values (v7.3 through h5py, else scipy)."""
+    import h5py
+
+    if not path.exists():
+        raise ConfigError(f"{source}no such file")
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            return {name: _h5_struct(f[name], source) for name in f
+                    if not name.startswith("#") and _h5_class(f[name]) == "struct"}
+    from scipy.io import loadmat
+
+    try:
+        contents = loadmat(path, squeeze_me=False, struct_as_record=True, chars_as_strings=True)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        raise ConfigError(f"{source}not a readable MATLAB file ({err})") from None
+    return {name: _v5_struct(value, source) for name, value in contents.items()
+            if not name.startswith("__") and isinstance(value, np.ndarray) and value.dtype.names}
+
+
+def _select_struct(structs: dict[str, dict], variable: str | None, source: str) -> dict[str, Any]:
+    if variable is not None:
+        if variable not in structs:
+            raise ConfigError(f"{source}no struct variable {variable!r}; structs in the file: "
+                              f"{', '.join(structs) or 'none'}")
+        return structs[variable]
+    if "config" in structs:
+        return structs["config"]
+    if len(structs) == 1:
+        return next(iter(structs.values()))
+    raise ConfigError(f"{source}found {len(structs)} struct variables ({', '.join(structs) or 'none'}); name the "
+                      "EXTRACT config with variable=...")
+
+
+def _matlab_value(a: np.ndarray) -> Any:
+    """A MATLAB-shaped numeric array as Python: ``[]`` -> None, 1 x 1 -> scalar, else the array."""
+    if a.size == 0:
+        return None
+    return a.item() if a.size == 1 else a
+
+
+def _v5_struct(a: np.ndarray, source: str) -> dict[str, Any]:
+    if a.size != 1:
+        raise ConfigError(f"{source}struct arrays of size {a.shape} are not EXTRACT configs; save one struct")
+    record = a.reshape(-1)[0]
+    return {name: _v5_value(record[name], source) for name in a.dtype.names}
+
+
+def _v5_value(a: np.ndarray, source: str) -> Any:
+    if a.dtype.names:
+        return _v5_struct(a, source)
+    if a.dtype.kind == "U":
+        return "".join(a.reshape(-1).tolist())
+    if a.dtype.kind == "O":  # cell array
+        return [_v5_value(item, source) for item in a.reshape(-1, order="F")]
+    return _matlab_value(a)
+
+
+def _h5_class(obj: Any) -> str:
+    cls = obj.attrs.get("MATLAB_class", b"")
+    return cls.decode() if isinstance(cls, bytes) else str(cls)
+
+
+def _h5_struct(group: Any, source: str) -> dict[str, Any]:
+    return {name: _h5_value(group[name], source) for name in group}
+
+
+def _h5_value(obj: Any, source: str) -> Any:
+    """A v7.3 (HDF5) MATLAB value: datasets are stored with their axes reversed, chars as uint16 codes."""
+    import h5py
+
+    cls = _h5_class(obj)
+    if isinstance(obj, h5py.Group):
+        if cls != "struct":
+            raise ConfigError(f"{source}{obj.name}: MATLAB class {cls!r} is not supported in a config")
+        return _h5_struct(obj, source)
+    if "MATLAB_sparse" in obj.attrs:
+        raise ConfigError(f"{source}{obj.name}: sparse arrays are not supported; save full(...) instead")
+    if obj.attrs.get("MATLAB_empty", 0):
+        return "" if cls == "char" else None
+    a = np.asarray(obj[()]).T
+    if cls == "char":
+        return "".join(chr(c) for c in a.reshape(-1, order="F"))
+    if cls == "cell":
+        return [_h5_value(obj.file[ref], source) for ref in a.reshape(-1, order="F")]
+    if cls == "logical":
+        a = a.astype(bool)
+    return _matlab_value(a)
+
+
+def _from_matlab_orientation(struct: dict[str, Any], frame_shape: tuple[int, int] | None,
+                             source: str) -> dict[str, Any]:
+    """MATLAB field values -> our orientation (module docstring table)."""
+    settings = dict(struct)
+    if frame_shape is None:
+        shaped = [settings.get(k) for k in ("movie_mask", "F_per_pixel", "is_pixel_valid")]
+        frame_shape = next((a.shape for a in shaped if isinstance(a, np.ndarray) and a.ndim == 2), None)
+    if isinstance(settings.get("S_init"), (np.ndarray, float, int)):
+        settings["S_init"] = _S_init_from_matlab(np.asarray(settings["S_init"]), frame_shape, source)
+    if isinstance(settings.get("T_init"), (np.ndarray, float, int)):
+        settings["T_init"] = np.atleast_2d(settings["T_init"]).T  # K x n -> (n, K)
+    for name in ("filter_sigma", "kappa_iter_nums", "num_iter_stop_quality_checks"):
+        if isinstance(settings.get(name), np.ndarray):
+            settings[name] = settings[name].reshape(-1)
+    return settings
+
+
+def _S_init_from_matlab(a: np.ndarray, frame_shape: tuple[int, int] | None, source: str) -> np.ndarray:
+    """MATLAB ``S_init`` (H x W x K, H x W for one cell, or P x K column-major) -> (K, H, W)."""
+    if a.ndim == 3:
+        return np.moveaxis(a, -1, 0)
+    if frame_shape is None:
+        raise ConfigError(f"{source}S_init is a 2-D array of shape {a.shape}: pixels x cells (P x K) or one H x W "
+                          "image cannot be told apart; pass frame_shape=(H, W) to ExtractConfig.from_mat")
+    h, w = frame_shape
+    a2 = np.atleast_2d(a)
+    if a2.shape == (h, w):
+        return a2[None]
+    if a2.shape[0] == h * w:
+        return np.moveaxis(a2.reshape(h, w, a2.shape[1], order="F"), -1, 0)
+    raise ConfigError(f"{source}S_init of shape {a.shape} fits neither H x W = {frame_shape} nor P x K with "
+                      f"P = {h * w}; check frame_shape")

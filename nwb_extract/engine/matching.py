@@ -1,0 +1,168 @@
+"""Matching two sets of footprints by the Pearson correlation of their images (spec §11.3, §1.4).
+
+Used by partition stitching (``regression_only``: map the found cells back onto ``S_init``, §1.4) and by
+:mod:`nwb_extract.metrics` (matching to ground truth). Footprint sets follow the engine's cells-first
+convention: an array ``(K, ...)`` whose first axis indexes cells and whose remaining axes (``(H, W)`` for images,
+``(P,)`` for flattened pixels) are flattened into pixels. Only :func:`pearson_columns` takes pixel-by-cell
+matrices ``(P, K)``, as the spec's ``pearson_cols`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nwb_extract.engine import backend
+
+
+def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None) -> Any:
+    """Pearson correlation between the columns of ``X`` and the columns of ``Y`` (spec §0 ``pearson_cols``).
+
+    Population z-scores (ddof = 0) as in EXTRACT's ``match_sets``. A constant column (``max == min``, checked
+    exactly so a float32 mean that misses a constant by an ulp cannot produce noise correlations) has no defined
+    correlation and gets 0 against everything, so the result never contains NaN.
+
+    Parameters
+    ----------
+    X : real array of shape (P, K1)
+        One variable per column (e.g. footprints as pixels x cells).
+    Y : real array of shape (P, K2), optional
+        Second set, same namespace and number of rows; ``None`` correlates ``X`` with itself.
+    xp : namespace, optional
+        Array namespace, when the caller already has it.
+
+    Returns
+    -------
+    C : array of shape (K1, K2)
+        ``C[i, j] = corr(X[:, i], Y[:, j])`` in [-1, 1]; float64 when an input is float64, else float32.
+    """
+    xp, device = backend.get_namespace_and_device(X, Y, xp=xp)
+    if Y is None:
+        Y = X
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"need X (P, K1) and Y (P, K2) with the same P; got {X.shape} and {Y.shape}")
+    dtype = xp.float64 if xp.float64 in (X.dtype, Y.dtype) else xp.float32
+    unit_x = _unit_columns(xp.astype(X, dtype), xp)
+    unit_y = unit_x if Y is X else _unit_columns(xp.astype(Y, dtype), xp)
+    return xp.clip(xp.matmul(xp.permute_dims(unit_x, (1, 0)), unit_y), -1.0, 1.0)
+
+
+def _unit_columns(X: Any, xp: Any) -> Any:
+    """Columns of ``X`` centred and scaled to unit Euclidean norm; constant columns become zero."""
+    centred = X - xp.mean(X, axis=0, keepdims=True)
+    norm = xp.sqrt(xp.sum(centred * centred, axis=0, keepdims=True))
+    varies = (xp.max(X, axis=0, keepdims=True) > xp.min(X, axis=0, keepdims=True)) & (norm > 0)
+    return xp.where(varies, centred / xp.where(varies, norm, xp.ones_like(norm)), xp.zeros_like(centred))
+
+
+def footprint_correlation(F1: Any, F2: Any, *, xp: Any = None) -> Any:
+    """Pearson correlation matrix between two footprint sets (cells first).
+
+    Parameters
+    ----------
+    F1 : real array of shape (K1, ...)
+        First set; axes after the first are flattened into pixels (``(K1, H, W)`` or ``(K1, P)``).
+    F2 : real array of shape (K2, ...)
+        Second set, same pixel count.
+
+    Returns
+    -------
+    C : array of shape (K1, K2)
+        Image correlations, see :func:`pearson_columns`.
+    """
+    xp, _ = backend.get_namespace_and_device(F1, F2, xp=xp)
+    if F1.ndim < 2 or F2.ndim < 2 or F1.shape[1:] != F2.shape[1:]:
+        raise ValueError(f"footprint sets must be (K, ...) with the same image shape; got {F1.shape} and {F2.shape}")
+    return pearson_columns(_pixels_by_cells(F1, xp), _pixels_by_cells(F2, xp), xp=xp)
+
+
+def _pixels_by_cells(F: Any, xp: Any) -> Any:
+    """``(K, ...)`` footprints as a ``(P, K)`` matrix."""
+    return xp.permute_dims(xp.reshape(F, (F.shape[0], math.prod(F.shape[1:]))), (1, 0))
+
+
+def match_sets(F1: Any, F2: Any, threshold: float, *, xp: Any = None) -> Any:
+    """EXTRACT's greedy footprint matching (``match_sets``, spec §11.3).
+
+    Repeatedly takes the largest remaining image correlation, stops when it is ``<= threshold``, records the
+    pair and removes its row and column. Ties go to the first entry in MATLAB's column-major order of the
+    ``(K1, K2)`` matrix (lowest ``F2`` index, then lowest ``F1`` index). Pairs are sorted by ``F1`` index.
+
+    Parameters
+    ----------
+    F1 : real array of shape (K1, ...)
+        First footprint set (cells first; ``(K1, H, W)`` or ``(K1, P)``).
+    F2 : real array of shape (K2, ...)
+        Second footprint set, same namespace and image shape.
+    threshold : float
+        Correlations ``<= threshold`` are never matched; must be >= 0 (as in EXTRACT, where removed entries are
+        set to 0, a negative threshold would re-match them).
+
+    Returns
+    -------
+    pairs : int64 array of shape (M, 2)
+        ``[index in F1, index in F2]``, 0-based, sorted by the first column; same namespace/device as the inputs.
+    """
+    xp, device = backend.get_namespace_and_device(F1, F2, xp=xp)
+    _check_threshold(threshold)
+    corr = footprint_correlation(F1, F2, xp=xp)
+    n1, n2 = corr.shape
+    # candidates in the order the greedy loop would visit them: descending value, ties in column-major order
+    column_major = xp.reshape(xp.permute_dims(corr, (1, 0)), (-1,))
+    order = xp.argsort(-column_major, stable=True)
+    n_above = int(xp.sum(xp.astype(column_major > threshold, xp.int64)))
+    # host step: the greedy selection is sequential over at most K1*K2 small integers
+    candidates = backend.to_numpy(order[:n_above]).tolist()
+    used1, used2, pairs = set(), set(), []
+    for flat in candidates:
+        i, j = flat % n1, flat // n1
+        if i in used1 or j in used2:
+            continue
+        used1.add(i)
+        used2.add(j)
+        pairs.append((i, j))
+        if len(pairs) == min(n1, n2):
+            break
+    flat_pairs = [index for pair in sorted(pairs) for index in pair]
+    return xp.reshape(xp.asarray(flat_pairs, dtype=xp.int64, device=device), (len(pairs), 2))
+
+
+def match_optimal(F1: Any, F2: Any, threshold: float, *, xp: Any = None) -> tuple[Any, Any]:
+    """Optimal one-to-one footprint matching: maximum total correlation over pairs above ``threshold``.
+
+    Hungarian assignment (:func:`backend.linear_sum_assignment`, a host step) on the correlation matrix with
+    every entry ``<= threshold`` replaced by 0, then only pairs with correlation ``> threshold`` are kept. The
+    replacement makes the optimum the best matching among admissible pairs: the solver can never give up an
+    above-threshold pair to gain a sub-threshold (or negative) one that would be discarded afterwards.
+
+    Parameters
+    ----------
+    F1 : real array of shape (K1, ...)
+        First footprint set (cells first; ``(K1, H, W)`` or ``(K1, P)``).
+    F2 : real array of shape (K2, ...)
+        Second footprint set, same namespace and image shape.
+    threshold : float
+        Pairs with correlation ``<= threshold`` are not matched; must be >= 0.
+
+    Returns
+    -------
+    pairs : int64 array of shape (M, 2)
+        ``[index in F1, index in F2]``, 0-based, sorted by the first column.
+    corr : array of shape (M,)
+        Image correlation of each pair (dtype of :func:`pearson_columns`).
+    """
+    xp, _ = backend.get_namespace_and_device(F1, F2, xp=xp)
+    _check_threshold(threshold)
+    corr = footprint_correlation(F1, F2, xp=xp)
+    n2 = corr.shape[1]
+    admissible = xp.where(corr > threshold, corr, xp.zeros_like(corr))
+    rows, cols = backend.linear_sum_assignment(-admissible)
+    values = xp.take(xp.reshape(corr, (-1,)), rows * n2 + cols)
+    keep = values > threshold
+    pairs = xp.stack((rows[keep], cols[keep]), axis=1)
+    return pairs, values[keep]
+
+
+def _check_threshold(threshold: float) -> None:
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be a correlation >= 0, got {threshold!r}")

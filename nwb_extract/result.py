@@ -1,0 +1,114 @@
+"""``ExtractResult``: what one EXTRACT run produces, in the package's one orientation.
+
+Footprints are ``(cells, rows, cols)`` float32, each image scaled to max 1; traces are ``(frames, cells)`` float32
+in ΔF/F units (ΔF divided by each cell's baseline fluorescence, spec §8.4) when preprocessing ran. Arrays are NumPy
+arrays: the engine moves its results to the host before building a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nwb_extract.config import TRACE_KINDS  # noqa: F401  (re-exported: the result keys of the trace table)
+from nwb_extract.errors import InputError
+
+
+@dataclass(frozen=True)
+class EliminatedCandidates:
+    """Candidates removed by quality control, kept unless ``compact_output``.
+
+    footprints : float32 (n, rows, cols); traces : float32 (frames, n); rules : the elimination rule that removed
+    each candidate (spec §7.3 attribute names, or a cell-finding check name).
+    """
+
+    footprints: np.ndarray
+    traces: np.ndarray
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """Footprints, traces, images and run information of one EXTRACT run.
+
+    Attributes
+    ----------
+    footprints : float32 array (cells, rows, cols), each cell's max 1.
+    traces : dict of float32 arrays (frames, cells) keyed ``baseline_adjusted``, ``nonneg``, ``raw`` (plus
+        ``least_squares`` or ``nonnegative_least_squares`` when that is the chosen option); empty for ``none``.
+    primary_trace : key of ``traces`` named by the config's ``trace_output_option`` (None for ``none``).
+    summary_image, max_image, F_per_pixel : float arrays (rows, cols).
+    roi_metrics : dict of per-cell arrays (cells,), e.g. ``trace_snr``, ``area``, ``centroid_row``.
+    eliminated : removed candidates, or None (``compact_output`` or nothing eliminated).
+    timings : seconds per stage (``read``, ``preprocess``, ``cellfinding``, ``refinement``, ``frr``, ``total``).
+    stop_reason : why cell finding stopped (``min_magnitude``, ``yield``, ``max_iter``), or ``external init``
+        when footprints were given.
+    config : the resolved :class:`nwb_extract.config.ExtractConfig` the run used.
+    versions : package versions (``nwb_extract``, ``engine``, ``numpy``, ...).
+    backend, device : the array backend and device the engine ran on.
+    """
+
+    footprints: np.ndarray
+    traces: dict[str, np.ndarray]
+    primary_trace: str | None
+    summary_image: np.ndarray
+    max_image: np.ndarray
+    F_per_pixel: np.ndarray
+    config: Any
+    roi_metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    eliminated: EliminatedCandidates | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    backend: str = "numpy"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.footprints.ndim != 3 or self.footprints.dtype != np.float32:
+            raise InputError(f"footprints must be float32 (cells, rows, cols); got {self.footprints.dtype} "
+                             f"{self.footprints.shape}")
+        n_cells, rows, cols = self.footprints.shape
+        for name, trace in self.traces.items():
+            if trace.ndim != 2 or trace.shape[1] != n_cells or trace.dtype != np.float32:
+                raise InputError(f"traces[{name!r}] must be float32 (frames, {n_cells}); got {trace.dtype} "
+                                 f"{trace.shape}")
+        for name in ("summary_image", "max_image", "F_per_pixel"):
+            if getattr(self, name).shape != (rows, cols):
+                raise InputError(f"{name} must have the frame shape {(rows, cols)}")
+        if self.primary_trace is not None and self.primary_trace not in self.traces:
+            raise InputError(f"primary_trace {self.primary_trace!r} is not among the traces {list(self.traces)}")
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells (footprints)."""
+        return int(self.footprints.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the movie the footprints index."""
+        return int(self.footprints.shape[1]), int(self.footprints.shape[2])
+
+    @property
+    def n_frames(self) -> int | None:
+        """Number of frames of the traces (None when no traces were produced)."""
+        first = next(iter(self.traces.values()), None)
+        return None if first is None else int(first.shape[0])
+
+    @property
+    def primary(self) -> np.ndarray | None:
+        """The primary traces ``traces[primary_trace]`` (frames, cells), or None."""
+        return None if self.primary_trace is None else self.traces[self.primary_trace]
+
+    def centroids(self) -> np.ndarray:
+        """Footprint-weighted centroids, float64 (cells, 2) as [row, col] in 0-based pixel coordinates
+        (pixel centres at integer positions)."""
+        weights = np.clip(self.footprints.astype(np.float64), 0.0, None)
+        total = weights.sum(axis=(1, 2))
+        total[total == 0] = np.nan
+        rows = np.arange(self.footprints.shape[1], dtype=np.float64)
+        cols = np.arange(self.footprints.shape[2], dtype=np.float64)
+        row_c = (weights.sum(axis=2) @ rows) / total
+        col_c = (weights.sum(axis=1) @ cols) / total
+        return np.stack([row_c, col_c], axis=1)

@@ -1,0 +1,685 @@
+"""Synthetic 2-photon and 1-photon calcium-imaging movies with ground truth (EXTRACT simulation model, spec §11).
+
+The model (spec §11.1, defaults of the movie builders in §11.2):
+
+* every cell fires Bernoulli events (rate ``event_rate`` per frame) with a refractory period and optional synchrony;
+  each event has an amplitude ``Poisson(spike_var_range) + 1``;
+* the calcium trace is the event train convolved with an exponential (or asymmetric triangle) kernel whose peak is
+  ``cell_snr * noise_std``;
+* footprints are rotated elliptical Gaussians (covariance ``Q diag((r1/2)^2, (r2/2)^2) Q^T`` with radii drawn from
+  ``cell_radius`` and ``Q`` a random orthogonal matrix), placed with a minimum spacing and a border margin, cropped to
+  the field of view, scaled to max 1, values below 0.05 zeroed;
+* noise is iid Gaussian plus, when ``ratio_corr_noise > 0``, spatio-temporally correlated Gaussian noise (spatial
+  Butterworth band-pass of spec §3.2 computed here with NumPy FFTs, then an exponential filter along time), the two
+  parts sharing the variance ``noise_std**2`` in the ratio ``1 - ratio_corr_noise : ratio_corr_noise``;
+* the 2-p movie is ``footprints @ traces + noise + 1`` (baseline 1, so traces are dF/F); the 1-p movie adds a
+  background movie of large blobs simulated with the same model and a burn-in (spec §11.2).
+
+Orientation follows the package rule: movies ``(frames, rows, cols)``, footprints ``(cells, rows, cols)``, traces
+``(frames, cells)``, centres ``[row, col]``, all indices 0-based. Randomness comes only from
+``numpy.random.default_rng(seed)``, so a seed fully determines the output (on a given NumPy version).
+
+This module is not engine code: it uses NumPy and SciPy directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nwb_extract.errors import InputError
+
+__all__ = ["SimulatedMovie", "simulate_1p", "simulate_2p"]
+
+FOOTPRINT_FLOOR = 0.05
+"""Footprint values below this fraction of the peak are set to 0 (spec §11.1 step 4)."""
+
+_FRAME_CHUNK = 256  # frames per FFT chunk of the spatial band-pass (bounds memory, no effect on values)
+
+
+@dataclass(frozen=True)
+class _Population:
+    """Settings of one simulated population (cells, or background blobs); names as in spec §11.2."""
+
+    n_cells: int
+    cell_radius: tuple[float, float]
+    min_cell_dist: float
+    event_rate: float
+    event_tau: float
+    cell_snr: float
+    noise_std: float
+    ratio_corr_noise: float
+    exp_trace: bool
+    spike_var_range: float
+    spike_sync_prob: float
+    refractory_period: int
+    donut: bool = False
+    sync_interval: tuple[int, int] = (200, 600)
+
+
+@dataclass(frozen=True)
+class _Truth:
+    """Ground truth of one population: ``footprints (K,H,W)``, ``traces``/``spikes (T,K)``, ``noise (T,H,W)``."""
+
+    footprints: np.ndarray
+    traces: np.ndarray
+    spikes: np.ndarray
+    event_frames: list[np.ndarray]
+    centres: np.ndarray
+    noise: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatedMovie:
+    """A simulated movie and its ground truth.
+
+    Attributes
+    ----------
+    movie : numpy.ndarray
+        ``(frames, rows, cols)`` float32, the recorded movie: ``clean_movie() + noise``.
+    footprints : numpy.ndarray
+        ``(cells, rows, cols)`` float32 cell images, each with max 1 and no value in ``(0, 0.05)``.
+    traces : numpy.ndarray
+        ``(frames, cells)`` float32 clean calcium traces (dF/F, since the baseline is 1).
+    spikes : numpy.ndarray
+        ``(frames, cells)`` float32 event amplitudes (integers >= 1 at event frames, 0 elsewhere).
+    event_frames : list of numpy.ndarray
+        Per cell, the 0-based int64 frame indices of its events (sorted).
+    centres : numpy.ndarray
+        ``(cells, 2)`` int64 footprint centres ``[row, col]``, 0-based.
+    noise : numpy.ndarray
+        ``(frames, rows, cols)`` float32, exactly ``movie - clean_movie()``.
+    frame_rate : float
+        Frame rate in Hz (metadata only; the model is defined per frame).
+    params : dict
+        Every setting of the simulation, the seed and the modality included (JSON-serialisable).
+    baseline : float
+        Constant added to every pixel (1.0).
+    background_footprints, background_traces, background_spikes : numpy.ndarray or None
+        1-p only: ``(blobs, rows, cols)``, ``(frames, blobs)``, ``(frames, blobs)`` float32 ground truth of the
+        background movie (traces after the burn-in); None for 2-p movies.
+    """
+
+    movie: np.ndarray
+    footprints: np.ndarray
+    traces: np.ndarray
+    spikes: np.ndarray
+    event_frames: list[np.ndarray]
+    centres: np.ndarray
+    noise: np.ndarray
+    frame_rate: float
+    params: dict[str, Any]
+    baseline: float = 1.0
+    background_footprints: np.ndarray | None = None
+    background_traces: np.ndarray | None = None
+    background_spikes: np.ndarray | None = None
+
+    @property
+    def modality(self) -> str:
+        """``"2p"`` or ``"1p"``."""
+        return self.params["modality"]
+
+    @property
+    def n_cells(self) -> int:
+        """Number of ground-truth cells (background blobs excluded)."""
+        return self.footprints.shape[0]
+
+    def clean_movie(self) -> np.ndarray:
+        """Noise-free movie ``(frames, rows, cols)`` float32: cells (+ background) + baseline.
+
+        ``movie - clean_movie()`` equals :attr:`noise` exactly (the same float32 operations build both).
+        """
+        return _clean_movie(
+            self.footprints, self.traces, self.background_footprints, self.background_traces, self.baseline
+        )
+
+    def save_truth(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the ground truth (not the movie, not the noise) to a compressed ``.npz`` file.
+
+        Keys: ``footprints``, ``traces``, ``spikes``, ``centres``, ``event_frames`` (all events concatenated) with
+        ``event_counts`` (events per cell), ``background_*`` for 1-p, and ``params_json`` (the settings as JSON).
+        The movie belongs in the NWB file (:func:`nwb_extract.io.nwb.write_simulated_nwb`); the noise is
+        ``movie - clean_movie()``. Refuses to replace an existing file unless ``overwrite=True``.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise InputError(f"ground-truth file {path} must end in .npz (numpy.savez appends it otherwise)")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} already exists; pass overwrite=True to replace it or choose another path")
+        arrays = {
+            "footprints": self.footprints,
+            "traces": self.traces,
+            "spikes": self.spikes,
+            "centres": self.centres,
+            "event_frames": np.concatenate([np.zeros(0, np.int64), *self.event_frames]),
+            "event_counts": np.array([e.size for e in self.event_frames], dtype=np.int64),
+            "params_json": np.array(json.dumps(self.params)),
+        }
+        if self.background_footprints is not None:
+            arrays["background_footprints"] = self.background_footprints
+            arrays["background_traces"] = self.background_traces
+            arrays["background_spikes"] = self.background_spikes
+        np.savez_compressed(path, **arrays)
+        return path
+
+
+def simulate_2p(
+    *,
+    n_rows: int = 64,
+    n_cols: int = 80,
+    n_frames: int = 1000,
+    n_cells: int = 30,
+    cell_radius: tuple[float, float] = (3.0, 4.0),
+    min_cell_dist: float = 4.0,
+    event_rate: float = 0.01,
+    event_tau: float = 10.0,
+    cell_snr: float = 4.0,
+    noise_std: float = 0.02,
+    ratio_corr_noise: float = 0.05,
+    exp_trace: bool = True,
+    spike_var_range: float = 0.3,
+    spike_sync_prob: float = 0.0,
+    sync_interval: tuple[int, int] = (200, 600),
+    refractory_period: int = 1,
+    donut: bool = False,
+    frame_rate: float = 30.0,
+    seed: int = 0,
+) -> SimulatedMovie:
+    """Simulate a 2-photon movie with ground truth (spec §11.1, ``create_2p_movie`` of §11.2).
+
+    Defaults are the §11.2 values except the size: 64 x 80 px, 1000 frames, 30 cells of radius 3-4 px (instead of
+    250 x 250 px, 5000 frames, 600 cells of radius 7-9 px), which simulates in well under a second. For the
+    §11.2 movie pass ``n_rows=250, n_cols=250, n_frames=5000, n_cells=600, cell_radius=(7, 9)``.
+
+    Parameters
+    ----------
+    n_rows, n_cols, n_frames : int
+        Movie size; the movie is ``(n_frames, n_rows, n_cols)``. Rows and columns may differ.
+    n_cells : int
+        Number of cells.
+    cell_radius : (float, float)
+        ``(r_min, r_max)`` in pixels; each footprint's two semi-axes are ``U[r_min, r_max]`` and the Gaussian sigma
+        along each axis is half of it.
+    min_cell_dist : float
+        Minimum distance between cell centres in pixels (0 disables the check).
+    event_rate : float
+        Event probability per cell and frame (total, synchronous events included).
+    event_tau : float
+        Decay time constant of the calcium kernel, in frames; the kernel spans ``floor(5 * event_tau)`` frames.
+    cell_snr : float
+        Kernel peak in units of ``noise_std`` (a unit event peaks at ``cell_snr * noise_std``).
+    noise_std : float
+        Standard deviation of the total noise (dF/F units).
+    ratio_corr_noise : float
+        Fraction in ``[0, 1]`` of the noise variance that is spatio-temporally correlated.
+    exp_trace : bool
+        Exponential kernel (peak at the event frame) if True, else an asymmetric triangle (width
+        ``2.5 * event_tau``, skew -0.8) whose peak is at the event frame.
+    spike_var_range : float
+        Event amplitudes are ``Poisson(spike_var_range) + 1`` (all 1 when it is 0).
+    spike_sync_prob : float
+        Fraction in ``[0, 1)`` of the event rate that comes from synchronous events shared by many cells.
+    sync_interval : (int, int)
+        A synchronous event draws ``n ~ U{sync_interval}`` cells with replacement (spec §11.1: 200-600, sized for
+        hundreds of cells; with fewer cells than ``n`` every cell joins and the synchronous rate per cell drops
+        below ``event_rate * spike_sync_prob``; lower it for small populations).
+    refractory_period : int
+        A cell cannot fire at frame ``k`` if it fired in frames ``k - 1 - refractory_period ... k - 1``, so
+        consecutive events of a cell are at least ``refractory_period + 2`` frames apart.
+    donut : bool
+        Ring-shaped footprints instead of filled ellipses.
+    frame_rate : float
+        Frame rate in Hz (metadata, e.g. for NWB).
+    seed : int
+        Seed of ``numpy.random.default_rng``; the same seed gives an identical simulation.
+
+    Returns
+    -------
+    SimulatedMovie
+        Movie, ground truth and ``params``; ``background_*`` are None.
+    """
+    cells = _Population(
+        n_cells, _radius_pair(cell_radius, "cell_radius"), min_cell_dist, event_rate, event_tau, cell_snr,
+        noise_std, ratio_corr_noise, exp_trace, spike_var_range, spike_sync_prob, refractory_period, donut,
+        _interval(sync_interval),
+    )
+    shape = _check_size(n_rows, n_cols, n_frames, frame_rate)
+    _check_population(cells, "")
+    cell_rng, _ = np.random.default_rng(seed).spawn(2)
+    truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0)
+    params = {"modality": "2p", "n_rows": n_rows, "n_cols": n_cols, "n_frames": n_frames,
+              **_population_params(cells, ""), "frame_rate": frame_rate, "seed": seed}
+    return _assemble(truth, None, params, frame_rate)
+
+
+def simulate_1p(
+    *,
+    n_rows: int = 64,
+    n_cols: int = 80,
+    n_frames: int = 1000,
+    n_cells: int = 30,
+    cell_radius: tuple[float, float] = (3.0, 4.0),
+    min_cell_dist: float = 4.0,
+    event_rate: float = 0.01,
+    event_tau: float = 10.0,
+    cell_snr: float = 4.0,
+    noise_std: float = 0.02,
+    ratio_corr_noise: float = 0.05,
+    exp_trace: bool = True,
+    spike_var_range: float = 0.3,
+    spike_sync_prob: float = 0.0,
+    sync_interval: tuple[int, int] = (200, 600),
+    refractory_period: int = 1,
+    donut: bool = False,
+    background_n_cells: int = 10,
+    background_radius: tuple[float, float] = (10.0, 20.0),
+    background_min_dist: float = 0.0,
+    background_event_rate: float = 0.1,
+    background_event_tau: float = 40.0,
+    background_snr: float = 20.0,
+    background_noise_std: float = 0.002,
+    background_ratio_corr_noise: float = 0.0,
+    background_exp_trace: bool = True,
+    background_spike_var_range: float = 0.3,
+    background_spike_sync_prob: float = 0.0,
+    background_refractory_period: int = 1,
+    background_burn_in: int = 1000,
+    frame_rate: float = 30.0,
+    seed: int = 0,
+) -> SimulatedMovie:
+    """Simulate a 1-photon movie: cells plus a background of large blobs (spec §11.2 ``create_1p_movie``).
+
+    The cell parameters mean the same as in :func:`simulate_2p` and have the same defaults. The background is a
+    second population simulated with the same model (``background_*`` parameters, §11.2 ``get_1p_defaults``
+    values) over ``n_frames + background_burn_in`` frames, of which the first ``background_burn_in`` are dropped so
+    the slow blob traces start in their stationary regime. The movie is ``cells + background + 1``; the noise is the
+    sum of both populations' noise.
+
+    The background size is scaled to the small default field of view: 10 blobs of radius 10-20 px (§11.2 uses 150
+    blobs of radius 30-100 px on 250 x 250 px; the §11.2 demo uses 10 blobs of radius 20-40 px on 100 x 100 px).
+    Blob centres keep ``r_max / 2`` from the border, so ``background_radius[1]`` must be below the FOV size.
+    With the same ``seed`` and cell settings the cells equal those of :func:`simulate_2p`.
+
+    Returns
+    -------
+    SimulatedMovie
+        Movie, ground truth (``background_footprints (B,H,W)``, ``background_traces (T,B)``,
+        ``background_spikes (T,B)`` included) and ``params``.
+    """
+    cells = _Population(
+        n_cells, _radius_pair(cell_radius, "cell_radius"), min_cell_dist, event_rate, event_tau, cell_snr,
+        noise_std, ratio_corr_noise, exp_trace, spike_var_range, spike_sync_prob, refractory_period, donut,
+        _interval(sync_interval),
+    )
+    background = _Population(
+        background_n_cells, _radius_pair(background_radius, "background_radius"), background_min_dist,
+        background_event_rate, background_event_tau, background_snr, background_noise_std,
+        background_ratio_corr_noise, background_exp_trace, background_spike_var_range, background_spike_sync_prob,
+        background_refractory_period,
+    )
+    shape = _check_size(n_rows, n_cols, n_frames, frame_rate)
+    _check_population(cells, "")
+    _check_population(background, "background_")
+    _check_int(background_burn_in, "background_burn_in", minimum=0)
+    cell_rng, background_rng = np.random.default_rng(seed).spawn(2)
+    truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0)
+    back = _simulate_population(background_rng, shape, n_frames, background, burn_in=background_burn_in)
+    params = {"modality": "1p", "n_rows": n_rows, "n_cols": n_cols, "n_frames": n_frames,
+              **_population_params(cells, ""), **_population_params(background, "background_"),
+              "background_burn_in": background_burn_in, "frame_rate": frame_rate, "seed": seed}
+    return _assemble(truth, back, params, frame_rate)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# assembly
+
+
+def _assemble(cells: _Truth, background: _Truth | None, params: dict, frame_rate: float) -> SimulatedMovie:
+    """Build the movie from ground truth; the stored noise is recomputed as ``movie - clean`` (exact in float32)."""
+    back_footprints = None if background is None else background.footprints
+    back_traces = None if background is None else background.traces
+    clean = _clean_movie(cells.footprints, cells.traces, back_footprints, back_traces, 1.0)
+    movie = clean + (cells.noise if background is None else cells.noise + background.noise)
+    return SimulatedMovie(
+        movie=movie, footprints=cells.footprints, traces=cells.traces, spikes=cells.spikes,
+        event_frames=cells.event_frames, centres=cells.centres, noise=movie - clean, frame_rate=float(frame_rate),
+        params=params, baseline=1.0, background_footprints=back_footprints, background_traces=back_traces,
+        background_spikes=None if background is None else background.spikes,
+    )
+
+
+def _clean_movie(
+    footprints: np.ndarray,
+    traces: np.ndarray,
+    background_footprints: np.ndarray | None,
+    background_traces: np.ndarray | None,
+    baseline: float,
+) -> np.ndarray:
+    """``traces @ footprints`` (+ background) + baseline as a ``(frames, rows, cols)`` float32 movie."""
+    clean = _render(footprints, traces)
+    if background_footprints is not None:
+        clean += _render(background_footprints, background_traces)
+    clean += np.float32(baseline)
+    return clean
+
+
+def _render(footprints: np.ndarray, traces: np.ndarray) -> np.ndarray:
+    """``traces @ footprints`` as a ``(frames, rows, cols)`` float32 movie."""
+    k, h, w = footprints.shape
+    return (traces @ footprints.reshape(k, h * w)).reshape(traces.shape[0], h, w)
+
+
+def _simulate_population(
+    rng: np.random.Generator, shape: tuple[int, int], n_frames: int, pop: _Population, *, burn_in: int
+) -> _Truth:
+    """Spikes, traces, footprints and noise of one population (spec §11.1 steps 1-6), burn-in frames dropped."""
+    n_total = n_frames + burn_in
+    events = _event_trains(rng, n_total, pop)
+    amplitudes = _event_amplitudes(rng, events, pop.spike_var_range)
+    kernel, offset = _calcium_kernel(pop.event_tau, pop.cell_snr * pop.noise_std, exp_trace=pop.exp_trace)
+    traces = _convolve_events(amplitudes, kernel, offset)[burn_in:]
+    spikes = amplitudes[burn_in:]
+    centres = _place_centres(rng, shape, pop.n_cells, pop.min_cell_dist, pop.cell_radius[1])
+    footprints = np.stack(
+        [_footprint(rng, shape, c, pop.cell_radius, pop.donut) for c in centres]
+    ) if pop.n_cells else np.zeros((0, *shape), np.float32)
+    noise = _noise(rng, (n_frames, *shape), pop)
+    event_frames = [np.flatnonzero(spikes[:, k]).astype(np.int64) for k in range(pop.n_cells)]
+    return _Truth(footprints, traces.astype(np.float32), spikes.astype(np.float32), event_frames, centres, noise)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# temporal model (spec §11.1 steps 1, 2, 5)
+
+
+def _calcium_kernel(tau: float, peak: float, *, exp_trace: bool) -> tuple[np.ndarray, int]:
+    """Calcium kernel scaled to max ``peak`` and the index of its peak (the sample aligned with the event frame).
+
+    Exponential: ``exp(-j / tau)`` for ``j = 1 .. floor(5 tau)`` (peak first, offset 0). Triangle: MATLAB
+    ``tripuls`` of width ``w = 2.5 tau`` and skew -0.8 (support ``[-w/2, w/2]``, apex at ``-0.8 w/2``) sampled at
+    integer lags, offset = the apex sample, so the rise precedes the event frame.
+    """
+    if exp_trace:
+        lags = np.arange(1, max(1, math.floor(5 * tau)) + 1, dtype=np.float64)
+        kernel = np.exp(-lags / tau)
+    else:
+        half = 1.25 * tau
+        apex = -0.8 * half
+        lags = np.arange(-math.floor(half), math.floor(half) + 1, dtype=np.float64)
+        rise = (lags + half) / (apex + half)
+        fall = (half - lags) / (half - apex)
+        kernel = np.clip(np.where(lags <= apex, rise, fall), 0.0, None)
+    offset = int(np.argmax(kernel))
+    return kernel * (peak / kernel[offset]), offset
+
+
+def _event_trains(rng: np.random.Generator, n_frames: int, pop: _Population) -> np.ndarray:
+    """``(frames, cells)`` bool event trains: Bernoulli events with refractory period and optional synchrony.
+
+    A cell that fired in frames ``k - 1 - refractory ... k - 1`` cannot fire at ``k``. With ``spike_sync_prob``
+    ``p > 0`` the independent rate is ``rate (1 - p)``; at each frame a synchronous event happens with probability
+    ``rate p K / n`` (``n ~ U{sync_interval}``) and makes ``n`` cells drawn with replacement fire (spec §11.1 step 2).
+    """
+    k = pop.n_cells
+    independent_rate = pop.event_rate * (1.0 - pop.spike_sync_prob)
+    draws = rng.random((n_frames, k)) < independent_rate
+    sync = None
+    if pop.spike_sync_prob > 0:
+        sync = _sync_events(rng, n_frames, k, pop.event_rate * pop.spike_sync_prob, pop.sync_interval)
+    events = np.zeros((n_frames, k), dtype=bool)
+    last = np.full(k, -(10**9), dtype=np.int64)
+    for frame in range(n_frames):
+        candidates = draws[frame] if sync is None else draws[frame] | sync[frame]
+        fire = candidates & (frame - last > pop.refractory_period + 1)
+        events[frame] = fire
+        last[fire] = frame
+    return events
+
+
+def _sync_events(
+    rng: np.random.Generator, n_frames: int, n_cells: int, sync_rate: float, interval: tuple[int, int]
+) -> np.ndarray:
+    """``(frames, cells)`` bool: cells joining a synchronous event at each frame (before the refractory check)."""
+    sync = np.zeros((n_frames, n_cells), dtype=bool)
+    if n_cells == 0:
+        return sync
+    group_sizes = rng.integers(interval[0], interval[1] + 1, size=n_frames)
+    happens = rng.random(n_frames) < sync_rate * n_cells / group_sizes
+    for frame in np.flatnonzero(happens):
+        sync[frame, rng.integers(0, n_cells, size=group_sizes[frame])] = True
+    return sync
+
+
+def _event_amplitudes(rng: np.random.Generator, events: np.ndarray, spike_range: float) -> np.ndarray:
+    """``(frames, cells)`` float64 amplitudes: ``Poisson(spike_range) + 1`` at events (1 if the range is 0)."""
+    amplitudes = np.zeros(events.shape, dtype=np.float64)
+    n = int(events.sum())
+    amplitudes[events] = 1.0 + (rng.poisson(spike_range, size=n) if spike_range > 0 else 0.0)
+    return amplitudes
+
+
+def _convolve_events(amplitudes: np.ndarray, kernel: np.ndarray, offset: int) -> np.ndarray:
+    """``trace[t] = sum_s a[s] kernel[t - s + offset]`` along axis 0 (exact direct sum, same length as input)."""
+    n = amplitudes.shape[0]
+    traces = np.zeros_like(amplitudes)
+    for j, value in enumerate(kernel):
+        shift = j - offset  # kernel sample j lands `shift` frames after the event
+        if abs(shift) >= n:
+            continue
+        if shift >= 0:
+            traces[shift:] += value * amplitudes[: n - shift]
+        else:
+            traces[: n + shift] += value * amplitudes[-shift:]
+    return traces
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# spatial model (spec §11.1 steps 3, 4)
+
+
+def _place_centres(
+    rng: np.random.Generator, shape: tuple[int, int], n_cells: int, min_dist: float, r_max: float
+) -> np.ndarray:
+    """``(cells, 2)`` int64 centres ``[row, col]``: uniform pixels at least ``r_max / 2`` from the border
+    (``r_max/2 <= row <= n_rows - 1 - r_max/2``) and at least ``min_dist`` from every earlier centre.
+
+    Raises :class:`InputError` when the cells do not fit after many rejected draws.
+    """
+    margin = r_max / 2
+    size = np.asarray(shape)
+    if np.any(size - 1 - 2 * margin < 0):
+        raise InputError(
+            f"a movie of {shape[0]} x {shape[1]} px has no room for centres {margin:g} px from the border "
+            f"(radius max {r_max:g}); use a smaller radius or a larger movie"
+        )
+    centres = np.zeros((n_cells, 2), dtype=np.int64)
+    placed, attempts = 0, 0
+    max_attempts = 1000 * (n_cells + 1)
+    while placed < n_cells:
+        attempts += 1
+        if attempts > max_attempts:
+            raise InputError(
+                f"placed only {placed} of {n_cells} cells {min_dist:g} px apart in {shape[0]} x {shape[1]} px after "
+                f"{max_attempts} draws; reduce n_cells or min_cell_dist, or enlarge the movie"
+            )
+        candidate = np.floor(rng.random(2) * size).astype(np.int64)
+        if np.any(candidate < margin) or np.any(candidate > size - 1 - margin):
+            continue
+        if placed and min_dist > 0:
+            if np.min(np.hypot(*(centres[:placed] - candidate).T)) < min_dist:
+                continue
+        centres[placed] = candidate
+        placed += 1
+    return centres
+
+
+def _footprint(
+    rng: np.random.Generator, shape: tuple[int, int], centre: np.ndarray, radius: tuple[float, float], donut: bool
+) -> np.ndarray:
+    """One ``(rows, cols)`` float32 footprint: rotated elliptical Gaussian (or ring), cropped, max 1, < 0.05 -> 0."""
+    r_min, r_max = radius
+    semi_axes = rng.uniform(r_min, r_max, size=2)
+    q, _ = np.linalg.qr(rng.standard_normal((2, 2)))
+    covariance = q @ np.diag((semi_axes / 2) ** 2) @ q.T
+    half = math.ceil(r_max)
+    d_row, d_col = np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1), indexing="ij")
+    offsets = np.stack([d_row, d_col], axis=-1).astype(np.float64)
+    if donut:
+        mu = r_max + 1
+        image = np.exp(-((np.hypot(d_row, d_col) - 0.5 * mu) ** 2) / (0.1 * mu**2))
+    else:
+        image = np.exp(-0.5 * np.einsum("...i,ij,...j->...", offsets, np.linalg.inv(covariance), offsets))
+    full = np.zeros(shape, dtype=np.float64)
+    rows = np.arange(-half, half + 1) + centre[0]
+    cols = np.arange(-half, half + 1) + centre[1]
+    keep_r = (rows >= 0) & (rows < shape[0])
+    keep_c = (cols >= 0) & (cols < shape[1])
+    full[np.ix_(rows[keep_r], cols[keep_c])] = image[np.ix_(keep_r, keep_c)]
+    full /= full.max()
+    full[full < FOOTPRINT_FLOOR] = 0.0
+    return full.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# noise (spec §11.1 step 6)
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int, int], pop: _Population) -> np.ndarray:
+    """``(frames, rows, cols)`` float32 noise of total std ``noise_std``: iid part plus correlated part."""
+    iid_std = pop.noise_std * math.sqrt(1.0 - pop.ratio_corr_noise)
+    noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(iid_std)
+    if pop.ratio_corr_noise > 0 and pop.noise_std > 0:
+        noise += _correlated_noise(rng, shape, pop)
+    return noise
+
+
+def _correlated_noise(rng: np.random.Generator, shape: tuple[int, int, int], pop: _Population) -> np.ndarray:
+    """White noise band-passed in space (Butterworth, radius ``5 * mean(cell_radius)``, a = b = 2), filtered in
+    time with ``exp(-j / tau)``, ``j = 1 .. floor(5 tau)`` (centred), scaled to std ``noise_std * sqrt(ratio)``."""
+    white = rng.standard_normal(shape, dtype=np.float32)
+    smooth = _spatial_bandpass(white, radius=5 * float(np.mean(pop.cell_radius)), low_ratio=2.0, high_ratio=2.0)
+    lags = np.arange(1, max(1, math.floor(5 * pop.event_tau)) + 1, dtype=np.float64)
+    smooth = _temporal_filter_centred(smooth, np.exp(-lags / pop.event_tau))
+    target = pop.noise_std * math.sqrt(pop.ratio_corr_noise)
+    return (smooth * np.float32(target / float(np.std(smooth, dtype=np.float64)))).astype(np.float32)
+
+
+def _spatial_bandpass(frames: np.ndarray, *, radius: float, low_ratio: float, high_ratio: float) -> np.ndarray:
+    """Butterworth band-pass (order 4) of each frame of ``(frames, rows, cols)`` float32, as in spec §3.2.
+
+    Corner frequency ``f_c = 2 / (pi radius)`` cycles/px; high-pass corner ``f_c / low_ratio``, low-pass corner
+    ``f_c * high_ratio``. Frames are mirror-padded to a square power-of-two grid, filtered by FFT and cropped.
+    """
+    _, h, w = frames.shape
+    nf = 2 ** math.ceil(math.log2(max(h, w)))
+    f_c = 2.0 / (math.pi * radius)
+    fy = np.fft.fftfreq(nf)[:, None]
+    fx = np.fft.rfftfreq(nf)[None, :]
+    f = np.maximum(np.hypot(fy, fx), 1e-6)
+    gain = (1.0 / (1.0 + (f / (f_c * high_ratio)) ** 8)) * (1.0 - 1.0 / (1.0 + (f / (f_c / low_ratio)) ** 8))
+    ph, pw = (nf - h) // 2, (nf - w) // 2
+    out = np.empty_like(frames)
+    for start in range(0, frames.shape[0], _FRAME_CHUNK):
+        chunk = frames[start : start + _FRAME_CHUNK]
+        padded = np.pad(chunk, ((0, 0), (ph, ph), (pw, pw)), mode="symmetric")
+        spectrum = np.fft.rfft2(padded, s=(nf, nf)) * gain.astype(np.float32)
+        out[start : start + _FRAME_CHUNK] = np.fft.irfft2(spectrum, s=(nf, nf))[:, ph : ph + h, pw : pw + w]
+    return out
+
+
+def _temporal_filter_centred(movie: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve every pixel's time course with ``kernel`` and keep the centred ``frames`` samples (MATLAB
+    ``conv(..., 'same')``: full-convolution samples ``floor(L/2) ... floor(L/2) + frames - 1``)."""
+    n = movie.shape[0]
+    length = kernel.size
+    n_fft = n + length - 1
+    start = length // 2
+    out = np.empty_like(movie)
+    k_hat = np.fft.rfft(kernel.astype(np.float32), n=n_fft)[:, None, None]
+    rows_per_chunk = max(1, (1 << 22) // max(1, n_fft * movie.shape[2]))
+    for r0 in range(0, movie.shape[1], rows_per_chunk):
+        block = np.fft.irfft(np.fft.rfft(movie[:, r0 : r0 + rows_per_chunk], n=n_fft, axis=0) * k_hat, n=n_fft, axis=0)
+        out[:, r0 : r0 + rows_per_chunk] = block[start : start + n]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validation and bookkeeping
+
+
+def _population_params(pop: _Population, prefix: str) -> dict[str, Any]:
+    """Settings of a population as JSON-friendly ``{public argument name: value}``."""
+    values = dataclasses.asdict(pop)
+    values["cell_radius"] = list(pop.cell_radius)
+    values["sync_interval"] = list(pop.sync_interval)
+    if prefix:
+        values.pop("donut")  # background blobs are always filled
+        values.pop("sync_interval")  # and use the default interval
+    return {_public_name(key, prefix): value for key, value in values.items()}
+
+
+def _public_name(key: str, prefix: str) -> str:
+    """Keyword name of a population setting in :func:`simulate_2p` / :func:`simulate_1p`."""
+    if prefix:
+        key = {"cell_radius": "radius", "min_cell_dist": "min_dist", "cell_snr": "snr"}.get(key, key)
+    return prefix + key
+
+
+def _radius_pair(radius: Any, name: str) -> tuple[float, float]:
+    try:
+        r_min, r_max = (float(r) for r in radius)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a pair (r_min, r_max) of numbers in pixels, got {radius!r}") from None
+    if not 0 < r_min <= r_max:
+        raise InputError(f"{name} must satisfy 0 < r_min <= r_max, got ({r_min:g}, {r_max:g})")
+    return r_min, r_max
+
+
+def _interval(interval: Any) -> tuple[int, int]:
+    try:
+        low, high = (int(n) for n in interval)
+    except (TypeError, ValueError):
+        raise InputError(f"sync_interval must be a pair (min, max) of cell counts, got {interval!r}") from None
+    if not 1 <= low <= high:
+        raise InputError(f"sync_interval must satisfy 1 <= min <= max, got ({low}, {high})")
+    return low, high
+
+
+def _check_int(value: Any, name: str, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_range(value: float, name: str, low: float, high: float, *, high_open: bool = False) -> None:
+    if not (low <= value <= high) or (high_open and value == high):
+        bracket = ")" if high_open else "]"
+        raise InputError(f"{name} must be in [{low:g}, {high:g}{bracket}, got {value!r}")
+
+
+def _check_size(n_rows: int, n_cols: int, n_frames: int, frame_rate: float) -> tuple[int, int]:
+    _check_int(n_rows, "n_rows", minimum=1)
+    _check_int(n_cols, "n_cols", minimum=1)
+    _check_int(n_frames, "n_frames", minimum=1)
+    if not frame_rate > 0:
+        raise InputError(f"frame_rate must be > 0 Hz, got {frame_rate!r}")
+    return int(n_rows), int(n_cols)
+
+
+def _check_population(pop: _Population, prefix: str) -> None:
+    name = {key: _public_name(key, prefix) for key in dataclasses.asdict(pop)}
+    _check_int(pop.n_cells, name["n_cells"], minimum=0)
+    _check_int(pop.refractory_period, name["refractory_period"], minimum=0)
+    _check_range(pop.event_rate, name["event_rate"], 0.0, 1.0)
+    _check_range(pop.ratio_corr_noise, name["ratio_corr_noise"], 0.0, 1.0)
+    _check_range(pop.spike_sync_prob, name["spike_sync_prob"], 0.0, 1.0, high_open=True)
+    for key in ("min_cell_dist", "cell_snr", "noise_std", "spike_var_range"):
+        if not getattr(pop, key) >= 0:
+            raise InputError(f"{name[key]} must be >= 0, got {getattr(pop, key)!r}")
+    if not pop.event_tau > 0:
+        raise InputError(f"{name['event_tau']} must be > 0 frames, got {pop.event_tau!r}")
