@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from nwb_extract.engine.preprocess import spatial_bandpass
 from nwb_extract.errors import InputError
 
 __all__ = ["SimulatedMovie", "simulate_1p", "simulate_2p"]
@@ -40,7 +41,6 @@ __all__ = ["SimulatedMovie", "simulate_1p", "simulate_2p"]
 FOOTPRINT_FLOOR = 0.05
 """Footprint values below this fraction of the peak are set to 0 (spec §11.1 step 4)."""
 
-_FRAME_CHUNK = 256  # frames per FFT chunk of the spatial band-pass (bounds memory, no effect on values)
 
 
 @dataclass(frozen=True)
@@ -563,34 +563,11 @@ def _correlated_noise(rng: np.random.Generator, shape: tuple[int, int, int], pop
     """White noise band-passed in space (Butterworth, radius ``5 * mean(cell_radius)``, a = b = 2), filtered in
     time with ``exp(-j / tau)``, ``j = 1 .. floor(5 tau)`` (centred), scaled to std ``noise_std * sqrt(ratio)``."""
     white = rng.standard_normal(shape, dtype=np.float32)
-    smooth = _spatial_bandpass(white, radius=5 * float(np.mean(pop.cell_radius)), low_ratio=2.0, high_ratio=2.0)
+    smooth = spatial_bandpass(white, 5 * float(np.mean(pop.cell_radius)), 2.0, 2.0)  # the engine's §3.2 filter
     lags = np.arange(1, max(1, math.floor(5 * pop.event_tau)) + 1, dtype=np.float64)
     smooth = _temporal_filter_centred(smooth, np.exp(-lags / pop.event_tau))
     target = pop.noise_std * math.sqrt(pop.ratio_corr_noise)
     return (smooth * np.float32(target / float(np.std(smooth, dtype=np.float64)))).astype(np.float32)
-
-
-def _spatial_bandpass(frames: np.ndarray, *, radius: float, low_ratio: float, high_ratio: float) -> np.ndarray:
-    """Butterworth band-pass (order 4) of each frame of ``(frames, rows, cols)`` float32, as in spec §3.2.
-
-    Corner frequency ``f_c = 2 / (pi radius)`` cycles/px; high-pass corner ``f_c / low_ratio``, low-pass corner
-    ``f_c * high_ratio``. Frames are mirror-padded to a square power-of-two grid, filtered by FFT and cropped.
-    """
-    _, h, w = frames.shape
-    nf = 2 ** math.ceil(math.log2(max(h, w)))
-    f_c = 2.0 / (math.pi * radius)
-    fy = np.fft.fftfreq(nf)[:, None]
-    fx = np.fft.rfftfreq(nf)[None, :]
-    f = np.maximum(np.hypot(fy, fx), 1e-6)
-    gain = (1.0 / (1.0 + (f / (f_c * high_ratio)) ** 8)) * (1.0 - 1.0 / (1.0 + (f / (f_c / low_ratio)) ** 8))
-    ph, pw = (nf - h) // 2, (nf - w) // 2
-    out = np.empty_like(frames)
-    for start in range(0, frames.shape[0], _FRAME_CHUNK):
-        chunk = frames[start : start + _FRAME_CHUNK]
-        padded = np.pad(chunk, ((0, 0), (ph, ph), (pw, pw)), mode="symmetric")
-        spectrum = np.fft.rfft2(padded, s=(nf, nf)) * gain.astype(np.float32)
-        out[start : start + _FRAME_CHUNK] = np.fft.irfft2(spectrum, s=(nf, nf))[:, ph : ph + h, pw : pw + w]
-    return out
 
 
 def _temporal_filter_centred(movie: np.ndarray, kernel: np.ndarray) -> np.ndarray:

@@ -331,9 +331,10 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
 
     ``make_project(X_ls)`` returns the constraint step ``project(V, xp)`` (the mask is applied afterwards); it
     receives the scaled ridge solution, from which the baseline solvers take their bound. ``adaptive`` is None
-    (fixed ``kappa``), ``"traces"`` (kappa from the cells' images ``A_hat``, §6.4) or ``"images"`` (the S-step filter variant, kappa
-    from the current images ``Z``). With fixed kappa, convergence is tested once ``it > check_after`` and stops the
-    solve; with adaptive kappa it is tested from iteration 2 on and jumps to the next estimation iteration.
+    (fixed ``kappa``), ``"traces"`` (kappa from the cells' images ``A_hat``, §6.4) or ``"images"`` (the S-step
+    filter variant, kappa from the current images ``Z``). With fixed kappa, convergence is tested once
+    ``it > check_after`` and stops the solve; with adaptive kappa it is tested from iteration 2 on and jumps to the
+    next estimation iteration.
     """
     xp, device = backend.get_namespace_and_device(X, A, B)
     if X.shape[0] != B.shape[0] or X.shape[1] != A.shape[0] or A.shape[1] != B.shape[1]:
