@@ -48,6 +48,9 @@ class ExtractResult:
     config : the resolved :class:`nwb_extract.config.ExtractConfig` the run used.
     versions : package versions (``nwb_extract``, ``engine``, ``numpy``, ...).
     backend, device : the array backend and device the engine ran on.
+    run_info : engine diagnostics: ``noise_std`` and ``kappa`` of the regression, the refined ``avg_cell_radius``
+        (px, working resolution), downsampling factors ``dss`` / ``dst``, ``edge_trims`` (top, bottom, left,
+        right zero-strip pixels trimmed).
     """
 
     footprints: np.ndarray
@@ -64,6 +67,7 @@ class ExtractResult:
     versions: dict[str, str] = field(default_factory=dict)
     backend: str = "numpy"
     device: str = "cpu"
+    run_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.footprints.ndim != 3 or self.footprints.dtype != np.float32:

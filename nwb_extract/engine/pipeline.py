@@ -17,6 +17,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from nwb_extract.engine.matlab import matlab_round
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig, primary_trace_kind
 from nwb_extract.engine import backend, noise, preprocess, traces
@@ -29,10 +30,6 @@ log = logging.getLogger(__name__)
 #: frames read per chunk from a lazy source when the config does not say otherwise
 _DEFAULT_CHUNK = 1000
 
-
-def _matlab_round(x: float) -> int:
-    """MATLAB ``round``: halves away from zero."""
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
 
 
 def _make_config(config: ExtractConfig | dict | None, overrides: dict) -> ExtractConfig:
@@ -92,22 +89,16 @@ def _partition_grid(cfg: ExtractConfig, h: int, w: int) -> tuple[int, int]:
     """(npy, npx) partition counts (spec §1.3)."""
     if cfg.num_partitions_x is not None and cfg.num_partitions_y is not None:
         return int(cfg.num_partitions_y), int(cfg.num_partitions_x)
-    dss = _spatial_factor(cfg)
+    dss, _ = _downsampling(cfg)
     return max(math.ceil((h / dss) / 512), 1), max(math.ceil((w / dss) / 512), 1)
 
 
-def _spatial_factor(cfg: ExtractConfig) -> int:
-    dss = cfg.downsample_space_by
-    if dss in (None, "auto"):
-        return max(_matlab_round(cfg.avg_cell_radius / cfg.min_radius_after_downsampling), 1)
-    return int(dss)
-
-
-def _time_factor(cfg: ExtractConfig) -> int:
-    dst = cfg.downsample_time_by
-    if dst in (None, "auto"):
-        return max(_matlab_round(cfg.avg_event_tau / cfg.min_tau_after_downsampling), 1)
-    return int(dst)
+def _downsampling(cfg: ExtractConfig) -> tuple[int, int]:
+    """(dss, dst): spatial and temporal downsampling factors with the 'auto' rules (spec §3.6)."""
+    return preprocess.resolve_downsampling(
+        cfg.avg_cell_radius, cfg.avg_event_tau, downsample_space_by=cfg.downsample_space_by,
+        downsample_time_by=cfg.downsample_time_by, min_radius_after_downsampling=cfg.min_radius_after_downsampling,
+        min_tau_after_downsampling=cfg.min_tau_after_downsampling)
 
 
 def _footprints_to_S(footprints: Any, xp: Any) -> Any:
@@ -217,6 +208,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         versions={"nwb_extract": __version__, "engine": ENGINE_VERSION, "numpy": np.__version__},
         backend=xp.__name__.split(".")[-1],
         device=str(device if device is not None else "cpu"),
+        run_info={**block["run_info"], "edge_trims": trims},
     )
 
 
@@ -229,8 +221,7 @@ def _run_known_footprints(Y: Any, S_stack: Any, movie_mask: Any, cfg: ExtractCon
     """
     xp, device = backend.get_namespace_and_device(Y)
     n_full, h0, w0 = Y.shape
-    dss = _spatial_factor(cfg)
-    dst = _time_factor(cfg)
+    dss, dst = _downsampling(cfg)
     radius = cfg.avg_cell_radius / dss
     t0 = time.perf_counter()
     if dss > 1:
@@ -319,6 +310,7 @@ def _run_known_footprints(Y: Any, S_stack: Any, movie_mask: Any, cfg: ExtractCon
         "max_image": backend.to_numpy(max_image).astype(np.float64),
         "F_per_pixel": backend.to_numpy(F_per_pixel).astype(np.float64),
         "roi_metrics": roi_metrics,
+        "run_info": {"noise_std": sigma, "kappa": settings.kappa, "avg_cell_radius": radius, "dss": dss, "dst": dst},
     }
 
 
@@ -353,7 +345,7 @@ def _upsample_space(stack: Any, dss: int, full_shape: tuple[int, int]) -> Any:
         n = stack.shape[axis]
         b0 = dss / 2.0 - 0.5
         stop = full - (full % dss) - b0
-        pos = [float(_matlab_round(1 + b0 + j * (stop - 1 - b0) / max(n - 1, 1))) for j in range(n)]
+        pos = [float(matlab_round(1 + b0 + j * (stop - 1 - b0) / max(n - 1, 1))) for j in range(n)]
         out = backend.cubic_spline(out, pos, [float(i) for i in range(1, full + 1)], axis=axis)
     return out
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine import backend
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
 
@@ -95,7 +96,7 @@ def _problem_edges(xp: Any, mins: Any, size: int) -> tuple[int, int]:
     """``(cut_low, cut_high)`` of spec §3.8 for one axis from its per-line minimum profile ``mins`` (size,)."""
     threshold = backend.median(mins) - 10.0 * xp.std(mins, correction=1)
     is_problem = [bool(v) for v in backend.to_numpy(mins < threshold).tolist()]  # host: one flag per line
-    middle = _round_half_up(size / 2)  # 1-based
+    middle = matlab_round(size / 2)  # 1-based
     low = [i + 1 for i in range(middle) if is_problem[i]]
     high = [i + 1 for i in range(middle - 1, size) if is_problem[i]]
     cut_low = low[-1] if low else 0
@@ -180,7 +181,7 @@ def compute_df(movie: Any, baseline_quantile: float | None = None, skip_dff: boo
     else:
         baseline = backend.quantile(movie, baseline_quantile, axis=0)
         level = backend.quantile(baseline, baseline_quantile)
-    centre = movie[:, _round_half_up(h / 2) - 1, _round_half_up(w / 2) - 1]
+    centre = movie[:, matlab_round(h / 2) - 1, matlab_round(w / 2) - 1]
     centre_std = float(xp.std(centre, correction=1)) if n > 1 else math.nan
     level = float(level)  # sync point: one decision for the whole movie
     if level < centre_std / 10 or level < _CENTRED_ABS_LEVEL or skip_dff:
@@ -264,10 +265,10 @@ def correct_baseline(movie: Any, avg_event_tau: float) -> Any:
     if stds.shape[0] == 0:  # the reference would fill the movie with NaN here
         return xp.reshape(M, movie.shape)
     stat = float(backend.median(stds))
-    period = max(_round_half_up(50 * avg_event_tau), 1)
-    half_window = _round_half_up(_round_half_up(2 * period) / 2)
+    period = max(matlab_round(50 * avg_event_tau), 1)
+    half_window = matlab_round(matlab_round(2 * period) / 2)
     n_samples = max(3, math.ceil(n / period))
-    centres = [_round_half_up(1 + i * (n - 1) / (n_samples - 1)) for i in range(n_samples)]  # 1-based frames
+    centres = [matlab_round(1 + i * (n - 1) / (n_samples - 1)) for i in range(n_samples)]  # 1-based frames
     edges, step = _histogram_edges(xp, device, stat)
     samples = []
     for c in centres:
@@ -591,7 +592,7 @@ def resolve_downsampling(avg_cell_radius: float, avg_event_tau: float, *,
     """
     def resolve(value: int | str | None, ratio: float, key: str) -> int:
         if value is None or (isinstance(value, str) and value in ("auto", "")):
-            return max(_round_half_up(ratio), 1)
+            return max(matlab_round(ratio), 1)
         return _check_factor(value, key)
 
     return (resolve(downsample_space_by, avg_cell_radius / min_radius_after_downsampling, "downsample_space_by"),
@@ -667,10 +668,6 @@ def _as_float32(xp: Any, x: Any) -> Any:
     """``x`` as float32 without a copy when it already is."""
     return x if x.dtype == xp.float32 else xp.astype(x, xp.float32)
 
-
-def _round_half_up(value: float) -> int:
-    """MATLAB ``round`` for ``value >= 0`` (halves away from zero; never Python's banker's ``round``)."""
-    return math.floor(value + 0.5)
 
 
 def _check_factor(d: Any, key: str) -> int:

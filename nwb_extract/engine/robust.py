@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from nwb_extract.engine.matching import pearson_columns
+from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine import backend
 from nwb_extract.errors import InputError
 
@@ -70,10 +72,6 @@ class SolveInfo:
 # ----------------------------------------------------------------------------------------------------------------
 # contamination model and loss (§5.5, §6.1)
 
-
-def _matlab_round(x: float) -> int:
-    """MATLAB ``round`` of a non-negative number (halves away from zero)."""
-    return int(math.floor(x + 0.5))
 
 
 def _jump(it: int, stops: list[int]) -> int:
@@ -197,7 +195,7 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
     kappa_vec = xp.full((m,), float(kappa), dtype=B.dtype, device=device)
     estimate_at: set[int] = set()
     if adaptive:
-        estimate_at = {_matlab_round(max_iter * f) for f in SINGLE_SOURCE_KAPPA_FRACTIONS}
+        estimate_at = {matlab_round(max_iter * f) for f in SINGLE_SOURCE_KAPPA_FRACTIONS}
         positive = a > 0
         weights = xp.where(positive, 1.0 / (1.0 + a), xp.zeros_like(a))
         weights = weights / xp.sum(weights)
@@ -320,7 +318,7 @@ def _adaptive_kappa(E: Any, images: Any, pre_kappa: Any, xp: Any) -> tuple[Any, 
 
 def _estimation_iterations(n_iter: int, fractions: tuple[float, ...] | None) -> list[int]:
     fractions = (0.5, 0.7, 0.9) if fractions is None or len(fractions) == 0 else fractions
-    return [_matlab_round(n_iter * f) for f in fractions]
+    return [matlab_round(n_iter * f) for f in fractions]
 
 
 def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: Any,
@@ -472,7 +470,7 @@ def fp_solve_admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any
     """
     return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_nonneg), adaptive=None,
                  use_decay=True,
-                 check_after=_matlab_round(n_iter / 2), kappa_iter_nums=None, record_loss=record_loss)
+                 check_after=matlab_round(n_iter / 2), kappa_iter_nums=None, record_loss=record_loss)
 
 
 @_with_parameters
@@ -587,14 +585,6 @@ SOLVERS: dict[str, Callable[..., tuple[Any, SolveInfo]]] = {
 # l1 penalty (§6.5)
 
 
-def _pearson_columns(X: Any, xp: Any) -> Any:
-    """Pearson correlation between the columns of ``X`` (n, c) (population z-scores); constant columns give 0."""
-    centred = X - xp.mean(X, axis=0, keepdims=True)
-    norms = xp.sqrt(xp.sum(centred * centred, axis=0))
-    unit = centred / xp.where(norms > 0, norms, xp.ones_like(norms))[None, :]
-    return xp.matrix_transpose(unit) @ unit
-
-
 def l1_lambda(S: Any, T: Any, S_smooth: Any, factor: float) -> Any:
     """Per-cell l1 penalty of the T-step (spec §6.5, ``l1_penalty_factor``).
 
@@ -613,7 +603,7 @@ def l1_lambda(S: Any, T: Any, S_smooth: Any, factor: float) -> Any:
     xp, device = backend.get_namespace_and_device(S, T, S_smooth)
     K = S.shape[1]
     eye = xp.eye(K, dtype=S.dtype, device=device)
-    corr_s = _pearson_columns(S, xp) - eye
-    corr_t = _pearson_columns(xp.matrix_transpose(T), xp) - eye
+    corr_s = pearson_columns(S, xp=xp) - eye
+    corr_t = pearson_columns(xp.matrix_transpose(T), xp=xp) - eye
     coupling = corr_t * xp.astype(corr_s > 0.2, S.dtype)
     return factor * xp.max(coupling, axis=0) * xp.sum(S_smooth, axis=0)

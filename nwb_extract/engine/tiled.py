@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
+from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine import backend, noise
 from nwb_extract.engine.robust import SOLVERS
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
@@ -69,10 +70,6 @@ class SStepResult(NamedTuple):
     S_surround: Any
 
 
-def _matlab_round(x: float) -> int:
-    """MATLAB ``round`` of a non-negative number (halves away from zero)."""
-    return int(math.floor(x + 0.5))
-
 
 def _check_tiling(tiling: str) -> None:
     if tiling == "memory":
@@ -86,7 +83,7 @@ def _check_tiling(tiling: str) -> None:
 def _spatial_base(frame_shape: tuple[int, int], radius: float) -> tuple[int, int]:
     h, w = frame_shape
     side = TILE_SIDE_IN_RADII * radius
-    return max(_matlab_round(w / side), 1), max(_matlab_round(h / side), 1)
+    return max(matlab_round(w / side), 1), max(matlab_round(h / side), 1)
 
 
 def t_step_tiles(frame_shape: tuple[int, int], radius: float, n_cells: int, n_frames: int, *,
@@ -100,9 +97,9 @@ def t_step_tiles(frame_shape: tuple[int, int], radius: float, n_cells: int, n_fr
     n_x, n_y = _spatial_base(frame_shape, radius)
     n_time = 1
     if apply_minimum:
-        per_axis = _matlab_round(math.sqrt(n_cells / CELLS_PER_TILE))
+        per_axis = matlab_round(math.sqrt(n_cells / CELLS_PER_TILE))
         n_x, n_y = max(n_x, per_axis), max(n_y, per_axis)
-        n_time = max(n_time, _matlab_round(n_frames / FRAMES_PER_CHUNK))
+        n_time = max(n_time, matlab_round(n_frames / FRAMES_PER_CHUNK))
     return TileCounts(n_x, n_y, n_time)
 
 
@@ -114,7 +111,7 @@ def s_step_tiles(frame_shape: tuple[int, int], radius: float, n_cells: int, n_it
     """
     n_x, _ = _spatial_base(frame_shape, radius)
     if n_iter < MINIMUM_TILES_BELOW_ITER:
-        n_x = max(n_x, _matlab_round(math.sqrt(n_cells / CELLS_PER_TILE)))
+        n_x = max(n_x, matlab_round(math.sqrt(n_cells / CELLS_PER_TILE)))
     return TileCounts(n_x, n_x, 1)
 
 

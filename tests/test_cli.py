@@ -1,0 +1,66 @@
+"""The ``nwb-extract`` console script: --version, --help, demo, simulate, config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pynwb
+import pytest
+
+from nwb_extract import __version__
+from nwb_extract.cli import main
+from nwb_extract.config import ExtractConfig
+
+
+def test_console_script_version_and_help():
+    out = subprocess.run(["nwb-extract", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"nwb-extract {__version__} (EXTRACT 1.3.0)"
+    out = subprocess.run(["nwb-extract", "--help"], capture_output=True, text=True, check=True)
+    for command in ("demo", "simulate", "config"):
+        assert command in out.stdout
+
+
+def test_demo_runs_end_to_end_and_says_what_it_does(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "cell finding (EXTRACT engine II) is not implemented yet" in out
+    assert "regression_only" in out
+    for kind in ("baseline_adjusted", "nonneg", "raw"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(kind))
+        corr = float(line.split("ground truth")[1].split(",")[0])
+        assert corr > 0.9, line
+    assert (tmp_path / "demo_movie.nwb").stat().st_size > 0
+    png = (tmp_path / "demo_overview.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_writes_nwb(tmp_path, capsys):
+    path = tmp_path / "sim.nwb"
+    assert main(["simulate", str(path), "--rows", "30", "--cols", "44", "--frames", "120", "--cells", "5",
+                 "--kind", "1p"]) == 0
+    with pynwb.NWBHDF5IO(str(path), "r") as io:
+        series = io.read().acquisition["OnePhotonSeries"]
+        assert series.data.shape == (120, 30, 44)
+    assert main(["simulate", str(path)]) == 2  # refuses to overwrite
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_config_prints_validates_and_converts(tmp_path, capsys):
+    assert main(["config", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == ExtractConfig().to_dict()
+    out = tmp_path / "c.yaml"
+    assert main(["config", "--set", "avg_cell_radius=7", "--set", "thresholds.T_min_snr=9",
+                 "--set", "backend=numpy", "-o", str(out)]) == 0
+    cfg = ExtractConfig.load(out)
+    assert (cfg.avg_cell_radius, cfg.thresholds.T_min_snr, cfg.python.backend) == (7, 9, "numpy")
+    assert main(["config", "--set", "avg_cell_radus=7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nwb-extract config: error:") and "avg_cell_radius" in err and len(err.splitlines()) == 1
+
+
+def test_module_runs_as_script():
+    out = subprocess.run([sys.executable, "-m", "nwb_extract.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
