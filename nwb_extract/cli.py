@@ -1,18 +1,344 @@
-"""The ``nwb-extract`` command line: ``demo``, ``simulate``, ``config``.
+"""The ``nwb-extract`` command line: ``run``, ``inspect``, ``config show|validate|convert``, ``demo``, ``simulate``.
 
-Errors of the package (:class:`~nwb_extract.errors.NwbExtractError`) are printed as one line on stderr and give
-exit code 2; a usage error gives argparse's exit code 2 as well.
+Every error of the package (:class:`~nwb_extract.errors.NwbExtractError`) is printed as one line on stderr,
+``nwb-extract COMMAND: error: MESSAGE``, and gives the exit code of its kind (:data:`EXIT_CODES`, documented in
+docs/cli.md); a usage error gives argparse's exit code 2. Nothing is written when a command fails: outputs are
+checked before any work starts and written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import os
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from nwb_extract._version import ENGINE_VERSION, __version__
-from nwb_extract.errors import NwbExtractError
+from nwb_extract.errors import (
+    AmbiguousSeriesError,
+    BackendError,
+    ConfigError,
+    InputError,
+    NoImagingSeriesError,
+    NotImplementedYetError,
+    NotNwbError,
+    NwbExtractError,
+    OutputExistsError,
+    OutputNotWritableError,
+    SeriesNotFoundError,
+    SourceNotFoundError,
+    UnknownConfigKeyError,
+    UnsupportedSeriesError,
+)
+
+log = logging.getLogger("nwb_extract.cli")
+
+#: Exit code of each error kind, most specific first (the first ``isinstance`` match wins); docs/cli.md has the
+#: table. 0 is success, 1 an unexpected error (a bug: Python prints the traceback), 2 a usage error (argparse),
+#: 130 an interrupt.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (SourceNotFoundError, 4),
+    (NotNwbError, 5),
+    (NoImagingSeriesError, 6),
+    (AmbiguousSeriesError, 7),
+    (SeriesNotFoundError, 8),
+    (UnsupportedSeriesError, 9),
+    (UnknownConfigKeyError, 10),
+    (ConfigError, 11),
+    (OutputExistsError, 12),
+    (OutputNotWritableError, 13),
+    (BackendError, 14),
+    (NotImplementedYetError, 15),
+    (InputError, 3),
+    (NwbExtractError, 3),
+)
+
+# ----------------------------------------------------------------------------------------------------------------
+# argument types
+
+
+def _frames_arg(text: str) -> tuple[int | None, int | None]:
+    """``START:STOP`` (either may be empty) -> (start, stop); argparse type."""
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, STOP exclusive, e.g. 0:1000), got {text!r}")
+
+
+def _key_value_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a YAML value -> (key, value); argparse type."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. avg_cell_radius=7), got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()} is not valid YAML: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config helpers
+
+
+def _config_keys() -> dict[str, set[str]]:
+    """Known keys per group ("" top level, where Python settings are also accepted flat)."""
+    from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS
+
+    python = {p.name for p in PYTHON_PARAMETERS}
+    return {"": {p.name for p in PARAMETERS} | python, "thresholds": {p.name for p in THRESHOLD_PARAMETERS},
+            "python": python}
+
+
+def _set_changes(items: list[tuple[str, Any]] | None) -> dict[str, Any]:
+    """``--set`` pairs as ``ExtractConfig.replace`` keywords; ``thresholds.X`` / ``python.X`` go into the group."""
+    known = _config_keys()
+    changes: dict[str, Any] = {}
+    for key, value in items or ():
+        group, dot, name = key.rpartition(".")
+        if group not in known or name not in known[group]:
+            dotted = [f"{g}.{k}" if g else k for g, keys in known.items() for k in keys]
+            close = difflib.get_close_matches(key, dotted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownConfigKeyError(f"unknown config key {key!r}{hint} (`nwb-extract config show` lists them)")
+        target = changes.setdefault(group, {}) if dot else changes
+        target[name] = value
+    return changes
+
+
+def _load_config(path: str | None, sets: list[tuple[str, Any]] | None) -> Any:
+    """The config of ``path`` (.json, .yaml, .mat; defaults when None) with the ``--set`` changes applied."""
+    from nwb_extract.config import ExtractConfig
+
+    if path is not None and not Path(path).is_file():
+        raise SourceNotFoundError(f"no such config file: {path}")
+    cfg = ExtractConfig() if path is None else ExtractConfig.load(Path(path))
+    changes = _set_changes(sets)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two config dicts (``ExtractConfig.to_dict()`` form): key -> (a, b)."""
+    fa, fb = _flat(a), _flat(b)
+    return {key: (fa.get(key), fb.get(key)) for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list) and np.asarray(value, dtype=object).size > 8:
+        return f"<array {np.asarray(value).shape}>"
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def _check_output(path: Path, overwrite: bool) -> Path:
+    """Refuse an output that exists (without ``overwrite``) or cannot be written, before any work starts."""
+    if path.is_dir():
+        raise OutputNotWritableError(f"cannot write {path}: it is a folder; give a file name such as "
+                                     f"{path / 'result.nwb'}")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another file "
+                                "with -o")
+    if not path.parent.is_dir():
+        raise OutputNotWritableError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise OutputNotWritableError(f"cannot write to folder {path.parent}: {err.strerror}") from None
+    return path
+
+
+def _default_output(source: str) -> Path:
+    """``<stem>_extract.nwb`` next to a local input (in the current folder for a URL)."""
+    is_url = source.startswith(("http://", "https://"))
+    name = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1] if is_url else Path(source).name
+    for suffix in (".zarr", ".nwb", ".h5", ".hdf5"):
+        name = name.removesuffix(suffix)
+    folder = Path.cwd() if is_url else Path(source).parent
+    return folder / f"{name or 'input'}_extract.nwb"
+
+
+def _plan_output(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(output path, in place) for ``run``, checked before the input is read."""
+    source = args.input
+    if args.in_place:
+        if source.startswith(("http://", "https://")) or Path(source).is_dir():
+            raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {source} is not one, so "
+                                         "write a new file with -o instead")
+        if Path(source).is_file() and not os.access(source, os.W_OK):
+            raise OutputNotWritableError(f"--in-place: {source} is read-only; write a new file with -o instead")
+        return Path(source), True
+    output = Path(args.output) if args.output else _default_output(source)
+    if Path(source).exists() and output.exists() and output.resolve() == Path(source).resolve():
+        raise OutputNotWritableError(f"the output {output} is the input file; use --in-place to append the "
+                                     "results to it, or choose another file with -o")
+    return _check_output(output, args.overwrite), False
+
+
+def _save_atomically(save: Any, path: Path) -> None:
+    """Call ``save(temporary path)`` beside ``path`` (same suffix), then rename it onto ``path``."""
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nwb_extract.engine.pipeline import extract
+    from nwb_extract.io.movie import open_series
+    from nwb_extract.io.nwb import write_result
+
+    cfg = _load_config(args.config, args.set)
+    if args.backend is not None:
+        cfg = cfg.replace(backend=args.backend)
+    output, in_place = _plan_output(args)
+    footprints = _load_footprints(args.footprints) if args.footprints else None
+    with open_series(args.input, args.series, frames=args.frames) as src:
+        n_frames, n_x, n_y = src.data.shape
+        log.info("reading %s :: %s (%s), frames %d:%d, %d x %d px, %s", src.location, src.series_path,
+                 src.series_type, *src.frames, n_x, n_y, src.data.dtype)
+        if footprints is not None:
+            cfg = _with_footprints(cfg, footprints, (n_x, n_y), args.footprints)
+        show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
+        with _progress(src.data, show_bar) as reader:
+            result = extract(reader, cfg)
+        source = src.source_info()
+        if not in_place:  # a new file may copy metadata from the open source
+            path, run_name = write_result(result, output, source=source, overwrite=args.overwrite,
+                                          run_name=args.run_name)
+        series_path, frames = src.series_path, src.frames
+    if in_place:  # the source is closed now, so the file can be opened for appending
+        path, run_name = write_result(result, output, source=source, in_place=True, run_name=args.run_name)
+    _print_summary(result, series_path, frames, path, run_name, quiet=args.quiet)
+    return 0
+
+
+def _load_footprints(path_text: str) -> np.ndarray:
+    path = Path(path_text)
+    if not path.is_file():
+        raise SourceNotFoundError(f"no such footprints file: {path}")
+    try:
+        footprints = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path} is not a readable .npy array ({err}); save the footprints with numpy.save") \
+            from None
+    if not isinstance(footprints, np.ndarray):
+        raise InputError(f"{path} holds several arrays; give one (cells, rows, cols) array saved with numpy.save")
+    return footprints
+
+
+def _with_footprints(cfg: Any, footprints: np.ndarray, frame_shape: tuple[int, int], name: str) -> Any:
+    """``cfg`` in EXTRACT's regression_only mode with ``footprints`` as ``S_init`` (checked against the frames)."""
+    if footprints.ndim != 3 or tuple(footprints.shape[1:]) != tuple(frame_shape):
+        raise InputError(f"--footprints {name} has shape {footprints.shape}; it must be (cells, {frame_shape[0]}, "
+                         f"{frame_shape[1]}): one image per cell in the series' stored frame axis order")
+    return cfg.replace(S_init=footprints.astype(np.float32), regression_only=True)
+
+
+@contextmanager
+def _progress(data: Any, enabled: bool) -> Iterator[Any]:
+    """``data`` observed by a tqdm bar over the frames read (no bar when ``enabled`` is false)."""
+    from tqdm import tqdm
+
+    with tqdm(total=data.shape[0], unit="frame", desc="reading", disable=not enabled, leave=False,
+              mininterval=0) as bar:  # one update per block read: show each
+        yield data.observed(bar.update)
+
+
+def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path: Path, run_name: str, *,
+                   quiet: bool) -> None:
+    if quiet:
+        print(path)
+        return
+    n_frames = frames[1] - frames[0]
+    rows, cols = result.frame_shape
+    print(f"found {result.n_cells} cells in {series_path} (frames {frames[0]}:{frames[1]}, {n_frames} frames of "
+          f"{rows} x {cols} px) on {result.backend} ({result.device})")
+    stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
+    print(f"time per stage: {stages}")
+    print(f"wrote {path} (run {run_name})")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from nwb_extract.io.nwb import list_runs, read_result
+
+    path = args.result
+    if not path.startswith(("http://", "https://")) and not Path(path).exists():
+        raise SourceNotFoundError(f"no such file: {path}")
+    names = list_runs(path)
+    print(f"{path}: {len(names)} nwb-extract run(s)")
+    results = [read_result(path, name) for name in names]
+    for name, result in zip(names, results):
+        print(f"  {name}: {result.n_cells} cells, {result.n_frames} frames of {result.frame_shape[0]} x "
+              f"{result.frame_shape[1]} px, primary traces {result.primary_trace}, {result.backend} "
+              f"({result.device}), stop reason {result.stop_reason}, "
+              f"nwb-extract {result.versions.get('nwb_extract', '?')}")
+    for (first, a), (later, b) in zip(zip(names, results), zip(names[1:], results[1:])):
+        diff = config_diff(a.config.to_dict(), b.config.to_dict())
+        print(f"config {first} -> {later}: " + (f"{len(diff)} difference(s)" if diff else "identical"))
+        for key, (old, new) in diff.items():
+            print(f"  {key}: {_show(old)} -> {_show(new)}")
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.file, args.set)
+    print(cfg.to_json() if args.format == "json" else cfg.to_yaml(), end="")
+    return 0
+
+
+def _cmd_config_validate(args: argparse.Namespace) -> int:
+    from nwb_extract.config import ExtractConfig
+
+    cfg = _load_config(args.file, args.set)
+    cfg.resolved()  # cross-key rules (e.g. regression_only needs S_init)
+    diff = config_diff(ExtractConfig().to_dict(), cfg.to_dict())
+    print(f"{args.file}: valid EXTRACT config, {len(diff)} setting(s) differ from the defaults")
+    for key, (_, value) in diff.items():
+        print(f"  {key}: {_show(value)}")
+    return 0
+
+
+def _cmd_config_convert(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.file, args.set)
+    output = _check_output(Path(args.output), args.overwrite)
+    _save_atomically(cfg.save, output)  # the temporary file has the output's suffix, which picks the format
+    print(f"wrote {output}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -26,39 +352,69 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from nwb_extract.io.nwb import write_simulated_nwb
     from nwb_extract.simulate import simulate_1p, simulate_2p
 
+    output = _check_output(Path(args.output), args.overwrite)
     build = simulate_2p if args.kind == "2p" else simulate_1p
     kwargs = {k: v for k, v in (("n_rows", args.rows), ("n_cols", args.cols), ("n_frames", args.frames),
                                 ("n_cells", args.cells)) if v is not None}
     sim = build(seed=args.seed, **kwargs)
-    path = write_simulated_nwb(Path(args.output), sim, overwrite=args.overwrite)
+    path = write_simulated_nwb(output, sim, overwrite=args.overwrite)
     print(f"wrote {path}: {sim.movie.shape[0]} frames of {sim.movie.shape[1]} x {sim.movie.shape[2]} px, "
           f"{sim.footprints.shape[0]} cells ({'TwoPhotonSeries' if args.kind == '2p' else 'OnePhotonSeries'})")
     return 0
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
-    from nwb_extract.config import ExtractConfig
+# ----------------------------------------------------------------------------------------------------------------
+# parser
 
-    cfg = ExtractConfig.load(Path(args.file)) if args.file else ExtractConfig()
-    if args.set:
-        import yaml
 
-        changes: dict = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise NwbExtractError(f"--set expects KEY=VALUE, got {item!r}")
-            group, dot, name = key.strip().rpartition(".")
-            target = changes.setdefault(group, {}) if dot else changes
-            target[name if dot else key.strip()] = yaml.safe_load(value)
-        cfg = cfg.replace(**changes)
-    text = cfg.to_json() if args.format == "json" else cfg.to_yaml()
-    if args.output:
-        cfg.save(Path(args.output))
-        print(f"wrote {args.output}")
-    else:
-        print(text)
-    return 0
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", type=_key_value_arg, metavar="KEY=VALUE",
+                        help="change a config value (YAML syntax; EXTRACT names, thresholds.X for thresholds), "
+                             "e.g. --set avg_cell_radius=7 --set thresholds.T_min_snr=10; repeatable")
+
+
+def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
+    run = sub.add_parser("run", parents=[verbosity], help="run EXTRACT on an imaging series of an NWB file",
+                         description="Read an imaging series lazily, run EXTRACT and write the cells into NWB.")
+    run.add_argument("input", help="NWB file (HDF5), NWB Zarr folder, or http(s):// URL (streamed)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", help="result file (default: <input stem>_extract.nwb next to the input)")
+    where.add_argument("--in-place", action="store_true", help="append the results to the input file (atomic)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    run.add_argument("--series", help="series name or path, e.g. TwoPhotonSeries or processing/ophys/MotionCorrected "
+                                      "(needed when the file holds several imaging series)")
+    run.add_argument("--frames", type=_frames_arg, metavar="START:STOP",
+                     help="stored frames to use, 0-based, STOP exclusive (e.g. 0:1000; default: all)")
+    run.add_argument("--config", metavar="FILE", help="EXTRACT config file (.yaml, .json or MATLAB .mat)")
+    _add_set(run)
+    run.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: the config's)")
+    run.add_argument("--footprints", metavar="FILE.npy",
+                     help="known footprints (cells, rows, cols) in the series' stored axis order: run EXTRACT's "
+                          "regression_only mode (traces for these cells)")
+    run.add_argument("--run-name", help="name of the run in the output (default: chosen by the writer)")
+    run.set_defaults(func=_cmd_run)
+
+
+def _add_config(sub: Any) -> None:
+    conf = sub.add_parser("config", help="show, validate or convert an EXTRACT config (.json, .yaml, .mat)",
+                          description="Without a subcommand: print the default config as YAML.")
+    conf.set_defaults(func=_cmd_config_show, file=None, set=None, format="yaml")
+    actions = conf.add_subparsers(dest="config_command", metavar="ACTION")
+    show = actions.add_parser("show", help="print a config (the defaults, or FILE) with --set changes applied")
+    show.add_argument("file", nargs="?", help="config file (default: the defaults)")
+    _add_set(show)
+    show.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format")
+    show.set_defaults(func=_cmd_config_show)
+    validate = actions.add_parser("validate", help="check a config file and list what differs from the defaults")
+    validate.add_argument("file", help="config file")
+    _add_set(validate)
+    validate.set_defaults(func=_cmd_config_validate)
+    convert = actions.add_parser("convert", help="write a config in another format (the output's suffix decides)")
+    convert.add_argument("file", help="config file to read")
+    convert.add_argument("output", help="config file to write (.json, .yaml, .yml or .mat)")
+    _add_set(convert)
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    convert.set_defaults(func=_cmd_config_convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="EXTRACT cell extraction (robust one-sided-Huber matrix factorisation) for NWB and DANDI.")
     parser.add_argument("--version", action="version", version=f"nwb-extract {__version__} ({ENGINE_VERSION})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log messages (-v info, -vv debug)")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
+                           help="more log messages (-v info, -vv debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bar; print only "
+                                                                      "the output path")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub, verbosity)
+
+    inspect = sub.add_parser("inspect", help="list the EXTRACT runs in a result file, their cells and config changes")
+    inspect.add_argument("result", help="NWB file written by nwb-extract run")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    _add_config(sub)
 
     demo = sub.add_parser("demo", help="simulate a 2-photon movie, write it as NWB, run EXTRACT, score it")
     demo.add_argument("--out", default="nwb-extract-demo", help="output folder (default: %(default)s)")
@@ -87,31 +455,38 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing file")
     sim.set_defaults(func=_cmd_simulate)
-
-    conf = sub.add_parser("config", help="print, validate or convert an EXTRACT config (.json, .yaml, .mat)")
-    conf.add_argument("file", nargs="?", help="config file to validate (default: print the defaults)")
-    conf.add_argument("--set", action="append", metavar="KEY=VALUE",
-                      help="change a value (YAML syntax), e.g. --set avg_cell_radius=7")
-    conf.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format")
-    conf.add_argument("-o", "--output", help="write the validated config to this file (.json/.yaml)")
-    conf.set_defaults(func=_cmd_config)
     return parser
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code of a package error (:data:`EXIT_CODES`)."""
+    return next(code for kind, code in EXIT_CODES if isinstance(error, kind))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nwb-extract`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return 0
+    verbose = args.verbose + getattr(args, "sub_verbose", 0)
+    level = logging.ERROR if getattr(args, "quiet", False) else (logging.WARNING, logging.INFO,
+                                                                 logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nwb_extract").setLevel(level)
+    started = time.perf_counter()
     try:
-        return args.func(args)
+        code = args.func(args)
     except NwbExtractError as exc:
-        print(f"nwb-extract {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        message = " ".join(str(exc).splitlines())
+        print(f"nwb-extract {args.command}: error: {message}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print(f"nwb-extract {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    log.info("%s finished in %.1f s", args.command, time.perf_counter() - started)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -774,6 +774,17 @@ class ExtractConfig(_Group):
 
     # -- files
 
+    @classmethod
+    def from_nwb(cls, path: str | Path, run: str | None = None) -> ExtractConfig:
+        """The exact (resolved) config of a run stored in an NWB file by ``nwb_extract.io.nwb.write_result``.
+
+        ``run`` names the run (``nwb_extract.io.nwb.list_runs``); the first run written by default. Re-running
+        with this config on the same input and backend reproduces the run's footprints and traces.
+        """
+        from nwb_extract.io.nwb import read_config  # the I/O layer (pynwb) is imported only when used
+
+        return read_config(path, run=run)
+
     def save(self, path: str | Path) -> None:
         """Write the config to ``path``; the suffix picks the format: ``.json``, ``.yaml``/``.yml`` or ``.mat``.
 

@@ -21,3 +21,39 @@ class BackendError(NwbExtractError, RuntimeError):
 
 class NotImplementedYetError(NwbExtractError, NotImplementedError):
     """A documented feature whose implementation has not landed yet (never returns fake data)."""
+
+
+class SourceNotFoundError(InputError):
+    """The input file, folder or URL does not exist (the CLI's exit code 4)."""
+
+
+class NotNwbError(InputError):
+    """The input exists but is not an NWB file (neither NWB HDF5 nor an NWB Zarr store)."""
+
+
+class NoImagingSeriesError(InputError):
+    """The NWB file holds no TwoPhotonSeries or OnePhotonSeries."""
+
+
+class SeriesNotFoundError(InputError):
+    """The series named by the user is not in the file (the message lists the imaging series that are)."""
+
+
+class AmbiguousSeriesError(InputError):
+    """Several imaging series match and none was chosen (the message lists them)."""
+
+
+class UnsupportedSeriesError(InputError):
+    """The chosen series cannot be read as a movie: volumetric (4-D) data or frames in external files."""
+
+
+class UnknownConfigKeyError(ConfigError):
+    """A config key is not an EXTRACT (or Python-only) parameter name."""
+
+
+class OutputExistsError(NwbExtractError):
+    """The output file exists already and replacing it was not asked for (``overwrite``)."""
+
+
+class OutputNotWritableError(NwbExtractError):
+    """The output cannot be written: missing or read-only folder, a folder at the path, or a read-only input."""

@@ -1,0 +1,120 @@
+"""Tests of our NWB extension (nwb_extract.io.schema): the shipped YAML, the typed config attributes, the class.
+
+The shipped YAML must equal what :func:`schema.build_spec` derives from the config tables, so a config key added
+without regenerating the schema fails here.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import h5py
+import numpy as np
+import pynwb
+import yaml
+from pynwb import NWBHDF5IO
+from pynwb.base import Images
+from pynwb.image import GrayscaleImage
+from pynwb.testing import TestCase
+from pynwb.testing.mock.file import mock_NWBFile
+from pynwb.testing.mock.ophys import mock_PlaneSegmentation
+
+from conftest import REPO_ROOT
+from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, ExtractConfig
+from nwb_extract.io import schema
+from nwb_extract.io.nwb import _config_fields
+
+
+def _yaml(path):
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_shipped_yaml_is_the_spec_built_from_the_config_tables(tmp_path):
+    written = schema.write_spec(tmp_path)
+    shipped = REPO_ROOT / "schemas"
+    for name in (written.name, f"{schema.NAMESPACE}.extensions.yaml"):
+        assert _yaml(shipped / name) == _yaml(tmp_path / name), (
+            f"schemas/{name} is stale: run `python -m nwb_extract.io.schema schemas`")
+
+
+def test_namespace_path_finds_the_repo_schemas_in_an_editable_install():
+    path = schema.namespace_path()
+    assert path.name == "ndx-nwb-extract.namespace.yaml" and path.is_file()
+    assert _yaml(path)["namespaces"][0]["version"] == schema.NAMESPACE_VERSION
+
+
+def test_every_fixed_type_config_key_has_a_typed_attribute():
+    attributes = schema.config_attributes()
+    expected = {"bool": "bool", "int": "int64", "float": "float64", "choice": "text"}
+    for prefix, params in (("", PARAMETERS), ("thresholds_", THRESHOLD_PARAMETERS), ("python_", PYTHON_PARAMETERS)):
+        for p in params:
+            if p.kind in expected:
+                assert attributes[prefix + p.name][2] == expected[p.kind], p.name
+            else:  # 'auto'-or-int, lists and arrays: JSON (or a dataset), never a typed attribute
+                assert prefix + p.name not in attributes, p.name
+    assert attributes["thresholds_T_min_snr"][:2] == ("thresholds", THRESHOLD_PARAMETERS[0])
+
+
+def test_movie_sized_config_arrays_are_datasets():
+    symbolic = {p.name for p in PARAMETERS if p.kind == "array" and any(isinstance(a, str) and a in "KHWn"
+                                                                           for a in p.shape)}
+    assert symbolic == set(schema.CONFIG_DATASETS)
+
+
+def test_attribute_and_dataset_names_do_not_collide():
+    spec = _yaml(REPO_ROOT / "schemas" / f"{schema.NAMESPACE}.extensions.yaml")["groups"][0]
+    names = [a["name"] for a in spec["attributes"]] + [d["name"] for d in spec["datasets"]] + \
+        [link["name"] for link in spec["links"]]
+    assert len(names) == len(set(names))
+    assert len(spec["attributes"]) == len(schema.RUN_ATTRIBUTES) + len(schema.TIMING_STAGES) + \
+        len(schema.config_attributes())
+
+
+def test_config_fields_are_typed_and_omit_none():
+    cfg = ExtractConfig(avg_cell_radius=5, num_partitions_x=2, thresholds={"T_min_snr": 9}, backend="numpy")
+    fields = _config_fields(cfg)
+    assert fields["avg_cell_radius"] == 5.0 and isinstance(fields["avg_cell_radius"], float)
+    assert fields["num_partitions_x"] == 2 and isinstance(fields["num_partitions_x"], np.int64)
+    assert fields["dendrite_aware"] is False
+    assert fields["cellfind_spatial_highpass_cutoff"] == math.inf  # inf is a float64 value
+    assert fields["thresholds_T_min_snr"] == 9.0 and fields["python_backend"] == "numpy"
+    assert "baseline_quantile" not in fields  # None (MATLAB []) has no attribute
+    assert "downsample_time_by" not in fields  # 'auto' or an int: JSON only
+
+
+def _run_info(nwbfile, cfg):
+    ps = mock_PlaneSegmentation(nwbfile=nwbfile, n_rois=3)
+    images = Images(name="SegmentationImages", description="summary images",
+                    images=[GrayscaleImage(name="max_image", data=np.ones((4, 5)), description="max")])
+    nwbfile.processing["ophys"].add(images)
+    cls = schema.get_run_info_class()
+    info = cls(name="ExtractRunInfo", run_name="run1", run_index=np.int64(1), package_version="0.1.0",
+               engine_version="EXTRACT 1.3.0", backend="numpy", device="cpu", axis_order=schema.AXIS_ORDER,
+               config_json=cfg.to_json(), run_info_json="{}", plane_segmentation=ps, summary_images=images,
+               seconds_total=1.5, **_config_fields(cfg))
+    nwbfile.processing["ophys"].add(info)
+    return info
+
+
+def test_run_info_round_trip(tmp_path):
+    cfg = ExtractConfig(avg_cell_radius=4.5, thresholds={"size_upper_limit": math.inf})
+    nwbfile = mock_NWBFile(session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    nwbfile.create_processing_module(name="ophys", description="optical physiology")
+    info = _run_info(nwbfile, cfg)
+    path = tmp_path / "info.nwb"
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwbfile)
+    assert pynwb.validate(path=str(path)) == []
+    with NWBHDF5IO(str(path), "r") as io:
+        read = io.read().processing["ophys"]["ExtractRunInfo"]
+        TestCase().assertContainerEqual(read, info)
+        assert read.plane_segmentation.name == "PlaneSegmentation"
+        assert ExtractConfig.from_json(read.config_json) == cfg
+    with h5py.File(path, "r") as f:
+        attrs = f["processing/ophys/ExtractRunInfo"].attrs
+        assert attrs["avg_cell_radius"].dtype == np.float64 and attrs["avg_cell_radius"] == 4.5
+        assert attrs["thresholds_size_upper_limit"] == math.inf
+        assert attrs["verbose"].dtype == np.int64
+        assert attrs["neurodata_type"] == "ExtractRunInfo" and attrs["namespace"] == "ndx-nwb-extract"
+        assert f"specifications/{schema.NAMESPACE}/{schema.NAMESPACE_VERSION}" in f  # cached for readers
