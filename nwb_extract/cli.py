@@ -96,12 +96,13 @@ def _key_value_arg(text: str) -> tuple[str, Any]:
 
 
 def _config_keys() -> dict[str, set[str]]:
-    """Known keys per group ("" top level, where Python settings are also accepted flat)."""
+    """Known keys per group ("" top level, where Python settings and whole groups are also accepted)."""
     from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS
 
     python = {p.name for p in PYTHON_PARAMETERS}
-    return {"": {p.name for p in PARAMETERS} | python, "thresholds": {p.name for p in THRESHOLD_PARAMETERS},
-            "python": python}
+    groups = {"thresholds", "python"}  # a whole group may be given as a mapping: --set "thresholds={T_min_snr: 9}"
+    return {"": {p.name for p in PARAMETERS} | python | groups,
+            "thresholds": {p.name for p in THRESHOLD_PARAMETERS}, "python": python}
 
 
 def _set_changes(items: list[tuple[str, Any]] | None) -> dict[str, Any]:

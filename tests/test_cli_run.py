@@ -88,7 +88,8 @@ def test_run_with_footprints_writes_cells_and_prints_a_summary(files, sim, tmp_p
     before = _digest(movie)
     out = tmp_path / "result.nwb"
     assert main(_run_args(files, sim, "-o", str(out))) == 0
-    stdout = capsys.readouterr().out
+    stdout, stderr = capsys.readouterr()
+    assert "reading" not in stderr  # stderr is not a terminal here: no progress bar
     assert re.search(r"found 8 cells in acquisition/TwoPhotonSeries \(frames 0:300, 300 frames of 40 x 56 px\)",
                      stdout), stdout
     assert re.search(r"time per stage: read [\d.]+ s, preprocess [\d.]+ s, .*total [\d.]+ s", stdout), stdout
@@ -112,9 +113,13 @@ def test_default_output_is_next_to_the_input(files, sim, tmp_path, capsys):
     assert [r.n_cells for r in _runs(expected)] == [8]
 
 
-def test_frame_range_and_series_selection(files, sim, tmp_path):
+def test_frame_range_and_series_selection(files, sim, tmp_path, caplog):
+    caplog.set_level("INFO", logger="nwb_extract")
     out = tmp_path / "part.nwb"
-    assert main(_run_args(files, sim, "--series", "TwoPhotonSeries", "--frames", "100:250", "-o", str(out))) == 0
+    assert main(_run_args(files, sim, "--series", "TwoPhotonSeries", "--frames", "100:250", "-v", "-o",
+                          str(out))) == 0
+    assert any("acquisition/TwoPhotonSeries (TwoPhotonSeries), frames 100:250, 40 x 56 px" in r.getMessage()
+               for r in caplog.records)  # -v logs what is read
     [result] = _runs(out)
     assert result.primary.shape == (150, 8)
     assert _primary_starting_time(out) == pytest.approx(100 / sim.frame_rate)  # time of the first frame used
@@ -145,20 +150,33 @@ def test_inspect_lists_runs_cells_and_config_differences(files, sim, tmp_path, c
     assert "trace_output_option: 'baseline_adjusted' -> 'nonneg'" in out
 
 
-def test_progress_bar_on_a_terminal_only(files, sim, tmp_path, capsys, monkeypatch):
-    assert main(_run_args(files, sim, "-o", str(tmp_path / "a.nwb"))) == 0
-    assert "reading" not in capsys.readouterr().err  # not a TTY: no bar
+def test_run_streams_a_url(files, sim, tmp_path, capsys):
+    import threading
+
+    from test_movie import _RangeServer
+
+    server = _RangeServer(files[0].read_bytes())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "remote.nwb"
+        assert main(["run", server.url, "--footprints", str(files[1]), "--set", _radius(sim), "--backend", "numpy",
+                     "-o", str(out)]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert f"wrote {out}" in capsys.readouterr().out
+    [result] = _runs(out)
+    np.testing.assert_allclose(result.footprints, sim.footprints, atol=1e-6)  # float32 round trip
+    assert result.primary.shape == (300, 8)
+
+
+def test_progress_bar_on_a_terminal(files, sim, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
     assert main(_run_args(files, sim, "-o", str(tmp_path / "b.nwb"), "--set", "chunk_frames=120")) == 0
     err = capsys.readouterr().err
     assert [int(n) for n in re.findall(r"(\d+)/300", err) if int(n)][:2] == [120, 240], err  # a step a block
-
-
-def test_verbose_logs_what_is_read(files, sim, tmp_path, caplog):
-    caplog.set_level("INFO", logger="nwb_extract")
-    assert main(_run_args(files, sim, "-v", "-o", str(tmp_path / "a.nwb"))) == 0
-    assert any("acquisition/TwoPhotonSeries (TwoPhotonSeries), frames 0:300, 40 x 56 px" in r.getMessage()
-               for r in caplog.records)
 
 
 def test_run_without_footprints_finds_cells(files, sim, tmp_path, capsys):

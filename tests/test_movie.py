@@ -114,7 +114,7 @@ def test_series_metadata_and_frame_range(multi):
         assert src.data[-1].tobytes() == RAW[24].tobytes()
         assert src.data[14:40].shape == (1, 12, 17)  # clipped at the range end like a NumPy slice
         assert src.imaging_plane is src.series.imaging_plane
-        assert list(src.nwbfile.imaging_planes.values()) == [src.imaging_plane]
+        assert src.nwbfile.imaging_planes[src.imaging_plane.name] is src.imaging_plane
         assert src.nwbfile.acquisition["TwoPhotonSeries"] is src.series
         with pytest.raises(IndexError):
             src.data[15]
@@ -253,6 +253,15 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # keep pytest output clean
         pass
+
+    def do_HEAD(self):
+        if self.path != "/movie.nwb":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.payload)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
 
     def do_GET(self):
         server = self.server

@@ -371,6 +371,37 @@ def _traced_perimeter(component: np.ndarray) -> float:
     return 0.980 * n_even + 1.406 * (steps.shape[0] - n_even) - 0.091 * n_corner
 
 
+def contiguous(x: Any) -> Any:
+    """``x`` in C (row-major) memory order: NumPy/CuPy copy a transposed or strided view once so that the hot
+    loops stream memory in order; other namespaces do not expose layout and get ``x`` back unchanged."""
+    xp = get_namespace(x)
+    if is_numpy(xp):
+        return np.ascontiguousarray(x)
+    if is_cupy(xp):
+        import cupy
+
+        return cupy.ascontiguousarray(x)
+    return x
+
+
+def clipped_residual_product(X: Any, A: Any, B_shift: Any, P: Any) -> Any:
+    """``min(X @ A - B_shift, 0) @ P``: the one movie-sized step of the robust fixed-point iteration (spec §6.2,
+    §12 "fuse min(XA - B + kappa, 0)").
+
+    X (r, k), A (k, m), B_shift (r, m) (the data minus kappa, C order), P (m, k); returns (r, k). NumPy and CuPy
+    compute the (r, m) residual in one buffer with in-place updates (one allocation instead of three); other
+    namespaces use the plain standard expression, which gives the same values.
+    """
+    xp = get_namespace(X, A, B_shift, P)
+    if is_numpy(xp) or is_cupy(xp):
+        mod = np if is_numpy(xp) else __import__("cupy")
+        residual = mod.matmul(X, A)
+        residual -= B_shift
+        mod.minimum(residual, 0.0, out=residual)
+        return residual @ P
+    return xp.clip(X @ A - B_shift, max=0.0) @ P
+
+
 def normal_cdf(x: Any) -> Any:
     """Standard normal CDF Φ(x) elementwise (``scipy.special.ndtr`` / ``cupyx.scipy.special.ndtr``)."""
     xp = get_namespace(x)

@@ -287,6 +287,24 @@ def _assemble_rows(blocks: list[Any], pixels: list[Any], support: Any, xp: Any, 
     return _spread(stacked, slots, 0, xp, device)
 
 
+_FRAME_SEPARABLE_SOLVER = SOLVERS["fp_solve_admm"]
+
+
+def _active_frames(A: Any, B: Any, xp: Any) -> tuple[Any, Any]:
+    """Drop the frames where every cell's thresholded trace is 0: there ``A`` has a zero column, so the frame adds
+    nothing to the fixed-kappa ADMM's operators (its row of ``A^T Q`` is 0) and the solution is exactly the same
+    (up to float summation order) while the movie-sized work shrinks to the active frames. At least one frame is
+    kept so the shapes stay valid. A (k, n), B (p, n) -> A (k, n_active), B (p, n_active)."""
+    active = xp.any(A > 0, axis=0)
+    n_active = int(xp.sum(xp.astype(active, xp.int64)))
+    if n_active == A.shape[1]:
+        return A, B
+    if n_active == 0:
+        active = xp.arange(A.shape[1], device=A.device) == 0
+    frames = xp.nonzero(active)[0]
+    return xp.take(A, frames, axis=1), xp.take(B, frames, axis=1)
+
+
 def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
             solver: str | Callable = "fp_solve_admm", frame_shape: tuple[int, int], radius: float,
             tiling: str = "deterministic") -> SStepResult:
@@ -341,7 +359,8 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
             A = xp.take(T_thr, cells, axis=0)
             B = xp.matrix_transpose(xp.take(Mt, pix, axis=1))
             X0 = xp.take(xp.take(S, pix, axis=0), cells, axis=1)
-            image, _ = solve(X0, A, B, kappa, n_iter, mask=mask_sub)
+            A_fit, B_fit = (A, B) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, B, xp)
+            image, _ = solve(X0, A_fit, B_fit, kappa, n_iter, mask=mask_sub)
             surround = xp.clip(B @ xp.matrix_transpose(A), min=0.0)
             surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
             corr_in = corr_in + _spread(xp.matrix_transpose(image) @ B, slots, 0, xp, device)

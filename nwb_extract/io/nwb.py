@@ -42,6 +42,7 @@ import numpy as np
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError
+from nwb_extract.io import schema
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CRASH_ENV",
+    "ELIMINATED_SERIES_NAME",
     "MASK_TYPES",
+    "PRIMARY_SERIES_NAME",
     "SERIES_NAMES",
     "SERIES_TYPES",
     "SourceInfo",
@@ -537,6 +540,7 @@ def write_result(
         raise InputError(f"run_name {run_name!r} is not valid: use letters, digits, '_', '.' and '-', starting "
                          "with a letter or digit")
     options = {"run_name": run_name, "mask_type": mask_type, "include_eliminated": include_eliminated}
+    schema.get_run_info_class()  # load our namespace before opening any file: an IO's type map is fixed at open
     if in_place:
         path = _check_in_place(output_path, source)
         name = _append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
@@ -813,8 +817,6 @@ def _run_info(result: ExtractResult, names: _RunNames, run_index: int, source: S
     """The ExtractRunInfo object of the run (config attributes and JSON, run information, links)."""
     from hdmf.backends.hdf5 import H5DataIO
 
-    from nwb_extract.io import schema
-
     run_json = {
         "run_name": names.run_name, "versions": result.versions, "backend": result.backend, "device": result.device,
         "timings": result.timings, "stop_reason": result.stop_reason, "run_info": result.run_info,
@@ -863,8 +865,6 @@ def _source_fields(source: SourceInfo) -> dict[str, Any]:
 
 def _config_fields(config: ExtractConfig) -> dict[str, Any]:
     """Typed attributes of every config key with a fixed type (:func:`schema.config_attributes`); None is left out."""
-    from nwb_extract.io import schema
-
     cast = {"bool": bool, "int64": np.int64, "float64": float, "text": str}
     fields = {}
     for attribute, (group, param, dtype) in schema.config_attributes().items():
@@ -1084,8 +1084,6 @@ def _find_object(nwbfile, object_path: str | None):
 
 def _run_infos(nwbfile) -> list:
     """The ExtractRunInfo objects of ``processing/ophys``, in writing order."""
-    from nwb_extract.io import schema
-
     ophys = nwbfile.processing.get("ophys")
     if ophys is None:
         return []
@@ -1112,8 +1110,6 @@ def _text(value: Any) -> str:
 
 
 def _config_of(info) -> ExtractConfig:
-    from nwb_extract.io import schema
-
     settings = json.loads(_text(info.config_json))
     for name in schema.CONFIG_DATASETS:
         if settings.get(name) == _dataset_marker(name):
