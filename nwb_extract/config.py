@@ -49,7 +49,7 @@ import numpy as np
 import yaml
 
 from nwb_extract.engine.backend import BACKENDS
-from nwb_extract.errors import ConfigError
+from nwb_extract.errors import ConfigError, UnknownConfigKeyError
 
 __all__ = [
     "PARAMETERS",
@@ -618,7 +618,7 @@ def _unknown(key: Any, names: list[str], group: str, unknown: str, source: str) 
         warnings.warn(f"{source}ignoring config key '{where}{key}': the reference EXTRACT (1.3.0) does not know it",
                       ConfigWarning, stacklevel=5)
         return
-    raise ConfigError(source + _suggest(key, names, group))
+    raise UnknownConfigKeyError(source + _suggest(key, names, group))
 
 
 class Thresholds(_Group):

@@ -108,11 +108,11 @@ class ExtractResult:
     def centroids(self) -> np.ndarray:
         """Footprint-weighted centroids, float64 (cells, 2) as [row, col] in 0-based pixel coordinates
         (pixel centres at integer positions)."""
-        weights = np.clip(self.footprints.astype(np.float64), 0.0, None)
-        total = weights.sum(axis=(1, 2))
+        weights = np.clip(self.footprints, 0.0, None)  # float32; sums below accumulate in float64
+        by_row = weights.sum(axis=2, dtype=np.float64)
+        by_col = weights.sum(axis=1, dtype=np.float64)
+        total = by_row.sum(axis=1)
         total[total == 0] = np.nan
-        rows = np.arange(self.footprints.shape[1], dtype=np.float64)
-        cols = np.arange(self.footprints.shape[2], dtype=np.float64)
-        row_c = (weights.sum(axis=2) @ rows) / total
-        col_c = (weights.sum(axis=1) @ cols) / total
+        row_c = (by_row @ np.arange(self.footprints.shape[1], dtype=np.float64)) / total
+        col_c = (by_col @ np.arange(self.footprints.shape[2], dtype=np.float64)) / total
         return np.stack([row_c, col_c], axis=1)

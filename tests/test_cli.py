@@ -44,19 +44,23 @@ def test_simulate_writes_nwb(tmp_path, capsys):
     with pynwb.NWBHDF5IO(str(path), "r") as io:
         series = io.read().acquisition["OnePhotonSeries"]
         assert series.data.shape == (120, 30, 44)
-    assert main(["simulate", str(path)]) == 2  # refuses to overwrite
+    assert main(["simulate", str(path)]) == 12  # refuses to overwrite (exit code table: output exists)
     assert "overwrite" in capsys.readouterr().err
 
 
 def test_config_prints_validates_and_converts(tmp_path, capsys):
-    assert main(["config", "--format", "json"]) == 0
+    assert main(["config", "show", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == ExtractConfig().to_dict()
-    out = tmp_path / "c.yaml"
-    assert main(["config", "--set", "avg_cell_radius=7", "--set", "thresholds.T_min_snr=9",
-                 "--set", "backend=numpy", "-o", str(out)]) == 0
-    cfg = ExtractConfig.load(out)
+    assert main(["config", "show", "--set", "avg_cell_radius=7", "--set", "thresholds.T_min_snr=9",
+                 "--set", "backend=numpy", "--format", "json"]) == 0
+    cfg = ExtractConfig.from_json(capsys.readouterr().out)
     assert (cfg.avg_cell_radius, cfg.thresholds.T_min_snr, cfg.python.backend) == (7, 9, "numpy")
-    assert main(["config", "--set", "avg_cell_radus=7"]) == 2
+    source = tmp_path / "c.json"
+    source.write_text(cfg.to_json())
+    out = tmp_path / "c.yaml"
+    assert main(["config", "convert", str(source), str(out)]) == 0
+    assert ExtractConfig.load(out) == cfg
+    assert main(["config", "show", "--set", "avg_cell_radus=7"]) == 10
     err = capsys.readouterr().err
     assert err.startswith("nwb-extract config: error:") and "avg_cell_radius" in err and len(err.splitlines()) == 1
 

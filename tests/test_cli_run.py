@@ -151,21 +151,12 @@ def test_inspect_lists_runs_cells_and_config_differences(files, sim, tmp_path, c
 
 
 def test_run_streams_a_url(files, sim, tmp_path, capsys):
-    import threading
+    from test_movie import serving  # the local Range HTTP server of the streaming tests
 
-    from test_movie import _RangeServer
-
-    server = _RangeServer(files[0].read_bytes())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        out = tmp_path / "remote.nwb"
+    out = tmp_path / "remote.nwb"
+    with serving(files[0].read_bytes()) as server:
         assert main(["run", server.url, "--footprints", str(files[1]), "--set", _radius(sim), "--backend", "numpy",
                      "-o", str(out)]) == 0
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
     assert f"wrote {out}" in capsys.readouterr().out
     [result] = _runs(out)
     np.testing.assert_allclose(result.footprints, sim.footprints, atol=1e-6)  # float32 round trip

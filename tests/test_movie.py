@@ -7,6 +7,7 @@ Streaming is tested against a local HTTP server on 127.0.0.1 with Range support 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import re
 import threading
@@ -292,20 +293,27 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             server.range_bytes += len(body)
 
 
+@contextlib.contextmanager
+def serving(payload: bytes):
+    """A :class:`_RangeServer` for ``payload``, running in a thread until the block ends."""
+    server = _RangeServer(payload)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 @pytest.fixture
 def http_movie(tmp_path):
     """A 1000-frame float32 movie (64 x 80 px, 20.7 MB, uncompressed, 50-frame chunks of 1 MB) served over HTTP."""
     movie = np.random.default_rng(3).random((1000, 64, 80), dtype=np.float32)
     path = write_movie_nwb(tmp_path / "stream.nwb", movie, rate=30.0, chunk_frames=50, compression=None)
-    server = _RangeServer(path.read_bytes())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(path.read_bytes()) as server:
         yield server, movie
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_streaming_reads_a_block_without_downloading_the_file(http_movie):
@@ -326,3 +334,13 @@ def test_streaming_missing_url_is_not_found(http_movie):
     server, _ = http_movie
     with pytest.raises(SourceNotFoundError, match="404"):
         open_series(server.url.replace("movie.nwb", "absent.nwb"))
+
+
+def test_streaming_errors():
+    with serving(b"frame,value\n" * 1000) as server:
+        with pytest.raises(NotNwbError, match="not an NWB HDF5 file"):
+            open_series(server.url)
+        url = server.url
+    with pytest.raises(InputError, match="cannot read http://127.0.0.1") as err:  # the server is gone
+        open_series(url)
+    assert not isinstance(err.value, (NotNwbError, SourceNotFoundError))

@@ -111,7 +111,10 @@ def test_trace_semantics(small_sim, small_result):
     assert small_result.footprints.dtype == np.float32
     np.testing.assert_allclose(small_result.footprints.max(axis=(1, 2)), 1.0)
     assert small_result.stop_reason == "external init"
-    assert set(small_result.roi_metrics) == {"area", "trace_snr"}
+    from nwb_extract.engine.refine import METRIC_NAMES
+
+    assert set(small_result.roi_metrics) == set(METRIC_NAMES) | {"partition"}
+    assert all(v.shape == (k,) for v in small_result.roi_metrics.values())
 
 
 def test_traces_follow_truth(small_sim, small_result):
@@ -198,13 +201,12 @@ def test_nan_values_warn_with_count(small_sim):
 
 
 def test_not_yet_implemented_paths_say_so(small_sim):
-    with pytest.raises(NotImplementedYetError, match="cell finding"):
-        nwb_extract.extract(small_sim.movie)
-    with pytest.raises(NotImplementedYetError, match="regression_only=True"):
-        nwb_extract.extract(small_sim.movie, S_init=small_sim.footprints)
-    with pytest.raises(NotImplementedYetError, match="partitions"):
+    with pytest.raises(NotImplementedYetError, match="temporal_denoising"):
         nwb_extract.extract(small_sim.movie, S_init=small_sim.footprints, regression_only=True,
-                            num_partitions_x=2, num_partitions_y=1)
+                            temporal_denoising=True)
+    with pytest.raises(NotImplementedYetError, match="reestimate_S_if_downsampled"):
+        nwb_extract.extract(small_sim.movie, S_init=small_sim.footprints, regression_only=True,
+                            reestimate_S_if_downsampled=True)
 
 
 def test_bad_inputs_get_clear_errors(small_sim):

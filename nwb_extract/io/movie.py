@@ -12,6 +12,7 @@ frame ``t``; nothing is transposed, so footprints computed from them index like 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -312,16 +313,17 @@ def _open_url(url: str, stack: ExitStack) -> Any:
     import remfile
 
     try:
-        remote = remfile.File(url)
-        stack.callback(remote.close)
-        h5file = stack.enter_context(h5py.File(remote, "r"))
-    except OSError as err:  # h5py: the bytes are not HDF5
-        raise NotNwbError(f"{url} is not an NWB HDF5 file ({err}); NWB Zarr stores can be read from a local "
-                          "folder only") from None
-    except Exception as err:  # remfile: HTTP errors carry the status in the message
-        if " 404 " in f" {err} " or " 410 " in f" {err} ":
+        remote = remfile.File(url)  # asks the server for the size: HTTP and connection errors surface here
+    except Exception as err:  # remfile raises plain Exceptions with the HTTP status in the message
+        if re.search(r"\b(404|410)\b", str(err)):
             raise SourceNotFoundError(f"no such file: {url} ({err})") from None
         raise InputError(f"cannot read {url}: {err}") from None
+    stack.callback(remote.close)
+    try:
+        h5file = stack.enter_context(h5py.File(remote, "r"))
+    except OSError as err:
+        raise NotNwbError(f"{url} is not an NWB HDF5 file ({err}); NWB Zarr stores can be read from a local "
+                          "folder only") from None
     return _read_hdf5(h5file, url, stack)
 
 

@@ -21,7 +21,6 @@ the original.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -390,6 +389,16 @@ _KIND_DESCRIPTIONS = {
 _METRIC_DESCRIPTIONS = {
     "area": "pixels of the footprint above 0.1 (footprints are scaled to max 1)",
     "trace_snr": "trace SNR: max of the 3-frame median-filtered trace over sqrt(2) times its noise std",
+    "T_maxval": "trace SNR: max of the 3-frame median-filtered trace over sqrt(2) times its noise std (spec §7.2)",
+    "T_corruption": "temporal corruption: mean relative deviation from the median-filtered trace (spec §7.2)",
+    "S_area_1": "pixels of the footprint above 0.2 (spec §7.2)",
+    "S_smooth_area_1": "pixels of the smoothed footprint above 0.2 (spec §7.2)",
+    "S_area_2": "pixels of the footprint above 0.1 (spec §7.2)",
+    "S_smooth_area_2": "pixels of the smoothed footprint above 0.1 (spec §7.2)",
+    "S_corruption": "spatial corruption: local over global variance of the footprint (spec §7.2)",
+    "S_eccent": "eccentricity (major / minor axis) of the footprint's largest component above 0.3 (spec §7.2)",
+    "S_circularity": "circularity 4 pi area / perimeter^2 of the footprint's largest component (spec §7.2)",
+    "partition": "index of the partition the cell was found in",
 }
 
 _IMAGE_DESCRIPTIONS = {
@@ -732,7 +741,7 @@ def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
     """ROICentroids plus one column per quality metric of ``result.roi_metrics``."""
     columns = [("ROICentroids", "footprint-weighted centroid [x, y] of each ROI in pixels, 0-based, pixel centres "
                 "at integers; x along the source series' stored axis 1, y along stored axis 2 (NaN for an all-zero "
-                "footprint)", _centroids(result))]
+                "footprint)", result.centroids())]
     for name, values in result.roi_metrics.items():
         values = np.asarray(values)
         if name in _RESERVED_COLUMNS or values.shape != (result.n_cells,):
@@ -741,15 +750,6 @@ def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
         columns.append((name, _METRIC_DESCRIPTIONS.get(name, f"EXTRACT quality metric {name!r} (spec §7.2)"),
                         values))
     return columns
-
-
-def _centroids(result: ExtractResult, block: int = 64) -> np.ndarray:
-    """``result.centroids()`` (cells, 2) computed ``block`` cells at a time: it makes float64 copies of the
-    footprints, which for 1000 cells of 512 x 512 would take gigabytes at once."""
-    parts = [dataclasses.replace(result, footprints=result.footprints[start:start + block], traces={},
-                                 primary_trace=None, eliminated=None).centroids()
-             for start in range(0, result.n_cells, block)]
-    return np.concatenate(parts) if parts else np.zeros((0, 2))
 
 
 def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminated, timing: dict[str, Any]):
