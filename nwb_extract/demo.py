@@ -1,20 +1,17 @@
-"""``nwb-extract demo``: simulate a 2-photon movie, write it as NWB, run EXTRACT on the stored series, score it.
-
-Cell finding (EXTRACT engine II) has not landed yet, so the demo runs EXTRACT's ``regression_only`` mode: it gives
-the simulated cells' true footprints as ``S_init`` and scores the three trace kinds against the true traces. The
-demo says so when it runs.
-"""
+"""``nwb-extract demo``: simulate a 2-photon movie with ground truth, write it as NWB, run EXTRACT on the stored
+series (cell finding, refinement, final regression), score the result against the truth, write the result NWB file
+and a PNG overview."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from nwb_extract.engine.pipeline import extract
-from nwb_extract.io.nwb import write_simulated_nwb
+from nwb_extract.io.movie import open_series
+from nwb_extract.io.nwb import write_result, write_simulated_nwb
 from nwb_extract.metrics import evaluate
 from nwb_extract.plots import plot_overview
 from nwb_extract.simulate import simulate_2p
@@ -26,26 +23,31 @@ def run_demo(out_dir: Path, seed: int = 0, backend: str = "auto") -> dict:
     t0 = time.perf_counter()
     sim = simulate_2p(seed=seed)
     n_frames, rows, cols = sim.movie.shape
-    nwb_path = write_simulated_nwb(out_dir / "demo_movie.nwb", sim, overwrite=True)
+    movie_path = write_simulated_nwb(out_dir / "demo_movie.nwb", sim, overwrite=True)
+    radius = float(np.mean(sim.params["cell_radius"]))
     print(f"simulated a 2-photon movie: {n_frames} frames of {rows} x {cols} px, {sim.n_cells} cells "
-          f"(seed {seed}) -> {nwb_path}")
-    print("NOTE: cell finding (EXTRACT engine II) is not implemented yet. This demo runs EXTRACT's regression_only "
-          "mode: it gives the true footprints as S_init and estimates their traces with the robust regression.")
-    with h5py.File(nwb_path, "r") as f:
-        series = f["acquisition/TwoPhotonSeries/data"]  # read lazily, in frame chunks, by the engine
-        result = extract(series, S_init=sim.footprints, regression_only=True,
-                         avg_cell_radius=float(np.mean(sim.params["cell_radius"])), backend=backend)
-    print(f"EXTRACT ran on {result.backend} in {result.timings['total']:.1f} s: {result.n_cells} cells, "
-          f"{result.n_frames} frames")
+          f"(seed {seed}) -> {movie_path}")
+    with open_series(movie_path) as source:  # the stored series, read lazily in frame chunks
+        result = extract(source.data, avg_cell_radius=radius, backend=backend)
+        result_path, _ = write_result(result, out_dir / "demo_movie_extract.nwb", source=source.source_info(),
+                                      overwrite=True)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total")
+    print(f"EXTRACT (avg_cell_radius {radius}) ran on {result.backend} in {result.timings['total']:.1f} s "
+          f"({stages}); cell finding stopped on '{result.stop_reason}'")
     scores = {}
     for kind, traces in result.traces.items():
         scores[kind] = evaluate(sim.footprints, sim.traces, result.footprints, traces,
                                 true_event_frames=sim.event_frames)
-        ev = scores[kind]
+    primary = scores[result.primary_trace]
+    print(f"cells found: {result.n_cells} (true: {sim.n_cells}); matched {primary.n_matched}: "
+          f"precision {primary.precision:.3f}, recall {primary.recall:.3f}, F1 {primary.f1:.3f}, "
+          f"median footprint correlation {primary.median_footprint_corr:.3f}")
+    for kind, ev in scores.items():
         print(f"  {kind:18s} median trace correlation with ground truth {ev.median_trace_corr:.3f}, "
               f"event AUC {ev.auc:.3f}")
-    png = plot_overview(result, out_dir / "demo_overview.png", true_traces=sim.traces,
-                        pairs=scores[result.primary_trace].pairs, frame_rate=sim.frame_rate)
+    png = plot_overview(result, out_dir / "demo_overview.png", true_traces=sim.traces, pairs=primary.pairs,
+                        frame_rate=sim.frame_rate)
+    print(f"result NWB file: {result_path}")
     print(f"figure: {png}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return scores

@@ -11,7 +11,7 @@ from nwb_extract.result import ExtractResult
 
 def plot_overview(result: ExtractResult, path: str | Path, *, true_traces: np.ndarray | None = None,
                   pairs: np.ndarray | None = None, n_traces: int = 5, frame_rate: float | None = None) -> Path:
-    """Write a PNG: left, the 0.5-level contour of every footprint over the max image (numbered); right, the
+    """Write a PNG: left, the 0.5-level contour of every footprint over the summary image (numbered); right, the
     primary traces of the first ``n_traces`` cells, with the matched true traces (scaled to the same peak) when
     ``true_traces`` (frames, K_true) and ``pairs`` [[true, est], ...] are given."""
     import matplotlib
@@ -20,11 +20,11 @@ def plot_overview(result: ExtractResult, path: str | Path, *, true_traces: np.nd
     import matplotlib.pyplot as plt
 
     fig, (ax_img, ax_tr) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.4]})
-    ax_img.imshow(result.max_image, cmap="gray")
+    ax_img.imshow(result.summary_image, cmap="gray")
     for k, (fp, (r, c)) in enumerate(zip(result.footprints, result.centroids())):
         ax_img.contour(fp, levels=[0.5], colors="tab:orange", linewidths=0.8)
         ax_img.text(c, r, str(k), color="yellow", fontsize=7, ha="center", va="center")
-    ax_img.set_title(f"{result.n_cells} cells over the max image (rows x cols = {result.frame_shape})")
+    ax_img.set_title(f"{result.n_cells} cells over the summary image (rows x cols = {result.frame_shape})")
     ax_img.set_axis_off()
 
     trace = result.primary

@@ -13,6 +13,7 @@ import pytest
 from nwb_extract import __version__
 from nwb_extract.cli import main
 from nwb_extract.config import ExtractConfig
+from nwb_extract.io.nwb import read_result
 
 
 def test_console_script_version_and_help():
@@ -23,16 +24,20 @@ def test_console_script_version_and_help():
         assert command in out.stdout
 
 
-def test_demo_runs_end_to_end_and_says_what_it_does(tmp_path, capsys):
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The demo finds the simulated cells (F1 and trace correlations printed), writes the movie and result NWB
+    files and a PNG. Measured (seed 0): 30 of 30 cells, F1 1.000, median trace correlations 0.93-0.96."""
     assert main(["demo", "--out", str(tmp_path), "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
-    assert "cell finding (EXTRACT engine II) is not implemented yet" in out
-    assert "regression_only" in out
+    f1 = float(out.split("F1 ")[1].split(",")[0])
+    assert f1 >= 0.9, out
     for kind in ("baseline_adjusted", "nonneg", "raw"):
         line = next(line for line in out.splitlines() if line.strip().startswith(kind))
         corr = float(line.split("ground truth")[1].split(",")[0])
-        assert corr > 0.9, line
+        assert corr > 0.85, line
     assert (tmp_path / "demo_movie.nwb").stat().st_size > 0
+    result = read_result(tmp_path / "demo_movie_extract.nwb")
+    assert result.n_cells == int(out.split("cells found: ")[1].split(" ")[0])
     png = (tmp_path / "demo_overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
