@@ -13,7 +13,6 @@ Public API
 * :func:`summary_stack`, :func:`update_summary_stack` — the summary image and its incremental update (§5.2);
 * :func:`init_image`, :func:`gaussian_template` — the two seed images (§5.3.1, §5.1);
 * :func:`fit_single_cell` — ``alt_opt_single`` (§5.4), returning a :class:`SingleCellFit`;
-* :func:`cell_area` — EXTRACT's ``cell_area`` helper (spec §0).
 
 Layout: the movie is ``(n, h, w)`` float32 (or the matrix ``Mt (n, P)``), pixels flattened row-major
 (``p = row * w + col``); images ``S (P, K)``, traces ``T (K, n)``. Seed choice breaks ties in MATLAB's
@@ -34,6 +33,7 @@ import numpy as np
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, morphology, noise, preprocess
 from nwb_extract.engine.matlab import matlab_round
+from nwb_extract.engine.refine import cell_area
 from nwb_extract.engine.robust import solve_single_source
 from nwb_extract.errors import InputError
 
@@ -61,8 +61,6 @@ ADAPTIVE_KAPPA_START = 1.0
 #: Duplicate test of a candidate against accepted cells: image proximity and trace correlation (spec §5.3).
 DUPLICATE_PROXIMITY = 0.1
 DUPLICATE_CORRELATION = 0.7
-#: Image level of :func:`cell_area` (spec §0).
-AREA_LEVEL = 0.1
 #: Pixels whose unfiltered temporal maximum is at most this are ignored by the noise median (spec §5.1).
 VALID_PIXEL_LEVEL = 1e-6
 #: Stop reasons of :func:`find_cells`.
@@ -184,23 +182,6 @@ class CellFindingResult:
 
 # ----------------------------------------------------------------------------------------------------------------
 # small helpers
-
-
-def cell_area(S: Any, threshold: float = AREA_LEVEL) -> Any:
-    """Number of pixels above ``threshold`` in each column of ``S`` (spec §0 ``cell_area``).
-
-    Parameters
-    ----------
-    S : float array (P, K) or (P,)
-        Images, each scaled to max 1.
-    threshold : float
-
-    Returns
-    -------
-    int64 array (K,) (0-d for a single image), same namespace and device.
-    """
-    xp = backend.get_namespace(S)
-    return xp.sum(xp.astype(S > threshold, xp.int64), axis=0)
 
 
 def _bounding_box(mask: Any, margin: int = 0) -> tuple[int, int, int, int] | None:
