@@ -11,4 +11,13 @@ from nwb_extract.engine.pipeline import extract
 from nwb_extract.errors import NwbExtractError
 from nwb_extract.result import ExtractResult
 
-__all__ = ["ExtractConfig", "ExtractResult", "NwbExtractError", "__version__", "extract"]
+__all__ = ["ExtractConfig", "ExtractResult", "NwbExtractError", "__version__", "extract", "register"]
+
+
+def register() -> None:
+    """Add nwb-extract's SegmentationExtractor / ImagingExtractor to roiextractors' registries and its DataInterface
+    to neuroconv's (``interface_list``, ``interfaces_by_category["segmentation"]``, ``neuroconv.datainterfaces``),
+    so YAML conversion specs can name it. Explicit and idempotent; importing nwb_extract registers nothing."""
+    from nwb_extract.neuroconv import register as _register
+
+    _register()

@@ -1,4 +1,4 @@
-"""The ``nwb-extract`` command line: ``run``, ``inspect``, ``config show|validate|convert``, ``demo``, ``simulate``.
+"""The ``nwb-extract`` command line: ``run``, ``batch``, ``inspect``, ``config show|validate|convert``, ``demo``, ``simulate``.
 
 Every error of the package (:class:`~nwb_extract.errors.NwbExtractError`) is printed as one line on stderr,
 ``nwb-extract COMMAND: error: MESSAGE``, and gives the exit code of its kind (:data:`EXIT_CODES`, documented in
@@ -40,12 +40,13 @@ from nwb_extract.errors import (
     UnknownConfigKeyError,
     UnsupportedSeriesError,
 )
+from nwb_extract.io.dandi import AuthenticationRequiredError, RemoteReadError
 
 log = logging.getLogger("nwb_extract.cli")
 
 #: Exit code of each error kind, most specific first (the first ``isinstance`` match wins); docs/cli.md has the
 #: table. 0 is success, 1 an unexpected error (a bug: Python prints the traceback), 2 a usage error (argparse),
-#: 130 an interrupt.
+#: 130 an interrupt; ``batch`` returns :data:`BATCH_FAILED` when some assets failed.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (SourceNotFoundError, 4),
     (NotNwbError, 5),
@@ -59,9 +60,14 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (OutputNotWritableError, 13),
     (BackendError, 14),
     (NotImplementedYetError, 15),
+    (RemoteReadError, 16),
+    (AuthenticationRequiredError, 17),
     (InputError, 3),
     (NwbExtractError, 3),
 )
+
+#: Exit code of ``batch`` when it finished but some assets failed (the manifest lists them; re-run to retry).
+BATCH_FAILED = 18
 
 # ----------------------------------------------------------------------------------------------------------------
 # argument types
@@ -220,12 +226,15 @@ def _save_atomically(save: Any, path: Path) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from nwb_extract.engine.pipeline import extract
+    from nwb_extract.io.dandi import is_dandi_input
     from nwb_extract.io.movie import open_series
     from nwb_extract.io.nwb import write_result
 
     cfg = _load_config(args.config, args.set)
     if args.backend is not None:
         cfg = cfg.replace(backend=args.backend)
+    if is_dandi_input(args.input) or args.path is not None:
+        return _run_dandi(args, cfg)
     output, in_place = _plan_output(args)
     footprints = _load_footprints(args.footprints) if args.footprints else None
     with open_series(args.input, args.series, frames=args.frames) as src:
@@ -246,6 +255,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
         path, run_name = write_result(result, output, source=source, in_place=True, run_name=args.run_name)
     _print_summary(result, series_path, frames, path, run_name, quiet=args.quiet)
     return 0
+
+
+def _run_dandi(args: argparse.Namespace, cfg: Any) -> int:
+    """``run`` on a DANDI asset or s3:// URL: resolve, stream, write a new local file."""
+    from nwb_extract.io.dandi import derived_file_name, process_asset, resolve_asset
+
+    if args.in_place:
+        raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
+                                     "(read-only), so write a new file with -o instead")
+    footprints = _load_footprints(args.footprints) if args.footprints else None
+    asset = resolve_asset(args.input, path=args.path)
+    output = _check_output(Path(args.output) if args.output
+                           else Path.cwd() / Path(derived_file_name(asset.path)).name, args.overwrite)
+
+    def prepare(config: Any, src: Any) -> Any:
+        return config if footprints is None else _with_footprints(config, footprints, src.data.shape[1:],
+                                                                  args.footprints)
+
+    from tqdm import tqdm
+
+    show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
+    with tqdm(unit="frame", desc="streaming", disable=not show_bar, leave=False, mininterval=0) as bar:
+        run = process_asset(asset, output, cfg, series=args.series, frames=args.frames, cache_dir=args.cache_dir,
+                            overwrite=args.overwrite, run_name=args.run_name, prepare=prepare,
+                            on_read=bar.update)
+    _print_summary(run.result, run.series_path, run.frames, run.path, run.run_name, quiet=args.quiet)
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from nwb_extract.io.dandi import run_batch
+
+    cfg = _load_config(args.config, args.set)
+    if args.backend is not None:
+        cfg = cfg.replace(backend=args.backend)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputNotWritableError(f"-o {out_dir} is a file; give a folder for the batch results")
+
+    def report(entry: Any) -> None:
+        if not args.quiet:
+            print(f"{entry.status}: {entry.path}" + (f" ({entry.error})" if entry.error else ""), file=sys.stderr)
+
+    result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
+                       cache_dir=args.cache_dir, on_asset=report)
+    print(result.table())
+    return BATCH_FAILED if result.failed else 0
 
 
 def _load_footprints(path_text: str) -> np.ndarray:
@@ -377,7 +433,12 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", parents=[verbosity], help="run EXTRACT on an imaging series of an NWB file",
                          description="Read an imaging series lazily, run EXTRACT and write the cells into NWB.")
-    run.add_argument("input", help="NWB file (HDF5), NWB Zarr folder, or http(s):// URL (streamed)")
+    run.add_argument("input", help="NWB file (HDF5), NWB Zarr folder, http(s):// or s3:// URL (streamed), or a "
+                                   "DANDI asset: dandi://INSTANCE/DANDISET[@VERSION]/PATH, DANDI:DANDISET[/VERSION] "
+                                   "with --path, or a DANDI API asset URL")
+    run.add_argument("--path", help="asset path inside the dandiset, with a DANDI:DANDISET[/VERSION] input")
+    run.add_argument("--cache-dir", metavar="FOLDER", help="keep the streamed chunks of a remote file on disk here "
+                                                          "(remfile disk cache)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("-o", "--output", help="result file (default: <input stem>_extract.nwb next to the input)")
     where.add_argument("--in-place", action="store_true", help="append the results to the input file (atomic)")
@@ -394,6 +455,24 @@ def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
                           "regression_only mode (traces for these cells)")
     run.add_argument("--run-name", help="name of the run in the output (default: chosen by the writer)")
     run.set_defaults(func=_cmd_run)
+
+
+def _add_batch(sub: Any, verbosity: argparse.ArgumentParser) -> None:
+    batch = sub.add_parser("batch", parents=[verbosity], help="run EXTRACT on every imaging asset of a dandiset, "
+                                                              "resumably",
+                           description="Stream every NWB asset of a dandiset (or under a dandi:// path prefix) "
+                                       "that has an imaging series, run EXTRACT, and write one result per asset "
+                                       "under OUTDIR; a manifest lets a re-run resume.")
+    batch.add_argument("source", help="DANDI:DANDISET[/VERSION] or dandi://INSTANCE/DANDISET[@VERSION][/PREFIX]")
+    batch.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
+    batch.add_argument("--include", metavar="GLOB", help="only asset paths matching GLOB, e.g. 'sub-1*/*.nwb'")
+    batch.add_argument("--series", help="series name or path to use in every asset")
+    batch.add_argument("--config", metavar="FILE", help="EXTRACT config file (.yaml, .json or MATLAB .mat)")
+    _add_set(batch)
+    batch.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: the "
+                                                                            "config's)")
+    batch.add_argument("--cache-dir", metavar="FOLDER", help="remfile disk cache for the streamed chunks")
+    batch.set_defaults(func=_cmd_batch)
 
 
 def _add_config(sub: Any) -> None:
@@ -432,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "the output path")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(sub, verbosity)
+    _add_batch(sub, verbosity)
 
     inspect = sub.add_parser("inspect", help="list the EXTRACT runs in a result file, their cells and config changes")
     inspect.add_argument("result", help="NWB file written by nwb-extract run")

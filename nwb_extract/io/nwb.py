@@ -55,9 +55,11 @@ __all__ = [
     "SERIES_NAMES",
     "SERIES_TYPES",
     "SourceInfo",
+    "add_result_to_nwbfile",
     "list_runs",
     "read_config",
     "read_result",
+    "read_timing",
     "write_movie_nwb",
     "write_result",
     "write_simulated_nwb",
@@ -541,15 +543,8 @@ def write_result(
         A result that does not fit the source series (frame shape, frame count), a bad option, an existing
         output without ``overwrite``, a taken run name, or an unreadable source.
     """
-    if not isinstance(result, ExtractResult):
-        raise InputError(f"result must be an ExtractResult, got {type(result).__name__}")
-    if mask_type not in MASK_TYPES:
-        raise InputError(f"mask_type must be one of {', '.join(map(repr, MASK_TYPES))}, got {mask_type!r}")
-    if run_name is not None and (not isinstance(run_name, str) or not _RUN_NAME.fullmatch(run_name)):
-        raise InputError(f"run_name {run_name!r} is not valid: use letters, digits, '_', '.' and '-', starting "
-                         "with a letter or digit")
+    _check_run_options(result, mask_type, run_name)
     options = {"run_name": run_name, "mask_type": mask_type, "include_eliminated": include_eliminated}
-    schema.get_run_info_class()  # load our namespace before opening any file: an IO's type map is fixed at open
     if in_place:
         path = _check_in_place(output_path, source)
         name = _append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
@@ -559,6 +554,78 @@ def write_result(
     name = _add_run(nwbfile, result, plane=plane, reference=None, timing=timing, source=source, **options)
     _write_atomically(nwbfile, path, overwrite)
     return path, name
+
+
+def add_result_to_nwbfile(
+    nwbfile: Any,
+    result: ExtractResult,
+    *,
+    imaging_plane: Any,
+    timing: Mapping[str, Any],
+    reference_series: Any = None,
+    source: SourceInfo | None = None,
+    run_name: str | None = None,
+    mask_type: str = "image",
+    include_eliminated: bool = False,
+) -> str:
+    """Add one EXTRACT run to an in-memory NWBFile, with exactly the containers of :func:`write_result`.
+
+    For callers that build the file themselves (the neuroconv interface, :mod:`nwb_extract.neuroconv`); the
+    caller writes it. Masks are written as given: ``result.footprints`` must index like the frames of the movie
+    as stored (docs/nwb-layout.md).
+
+    Parameters
+    ----------
+    nwbfile : pynwb.NWBFile
+        The file to add to (``processing/ophys`` is created when missing).
+    result : ExtractResult
+        The run; footprints ``(cells, x, y)``, traces ``(frames, cells)``.
+    imaging_plane : pynwb.ophys.ImagingPlane
+        The plane the PlaneSegmentations link to (already in ``nwbfile``).
+    timing : mapping
+        Frame timing of the traces: ``{"rate": Hz, "starting_time": s}`` or ``{"timestamps": (frames,) s}``.
+    reference_series : pynwb.ophys.TwoPhotonSeries or OnePhotonSeries, optional
+        The movie in ``nwbfile`` the masks were computed from (listed in ``reference_images``).
+    source : SourceInfo, optional
+        The input series, recorded in the run info.
+    run_name, mask_type, include_eliminated
+        As in :func:`write_result`.
+
+    Returns
+    -------
+    str
+        The run name.
+    """
+    _check_run_options(result, mask_type, run_name)
+    timing = dict(timing)
+    if not (set(timing) in ({"rate", "starting_time"}, {"timestamps"})):
+        raise InputError(f"timing must be {{'rate', 'starting_time'}} or {{'timestamps'}}, got keys {sorted(timing)}")
+    if "timestamps" in timing:
+        timing["timestamps"] = np.asarray(timing["timestamps"], dtype=np.float64)
+    else:
+        timing = {"rate": float(timing["rate"]), "starting_time": float(timing["starting_time"])}
+    n_times = timing["timestamps"].shape[0] if "timestamps" in timing else None
+    for name, traces in _all_traces(result):
+        if n_times is not None and traces.shape[0] != n_times:
+            raise InputError(f"{name} has {traces.shape[0]} frames but timing has {n_times} timestamps")
+    return _add_run(nwbfile, result, plane=imaging_plane, reference=reference_series, timing=timing, source=source,
+                    run_name=run_name, mask_type=mask_type, include_eliminated=include_eliminated)
+
+
+def read_timing(path: str | os.PathLike, run: str | None = None) -> dict[str, Any]:
+    """Frame timing of a stored run's traces: ``{"rate", "starting_time"}`` or ``{"timestamps"}`` (float64, s).
+
+    ``{}`` for a run without traces (``trace_output_option='none'``).
+    """
+    with _read_only(os.fspath(path)) as nwbfile:
+        info = _select_run(nwbfile, os.fspath(path), run)
+        roi_responses = _find_object(nwbfile, info.roi_responses_path)
+        if roi_responses is None:
+            return {}
+        series = roi_responses[PRIMARY_SERIES_NAME]
+        if series.timestamps is not None:
+            return {"timestamps": np.asarray(series.timestamps[:], dtype=np.float64)}
+        return {"rate": float(series.rate), "starting_time": float(series.starting_time or 0.0)}
 
 
 def list_runs(path: str | os.PathLike) -> list[str]:
@@ -616,6 +683,18 @@ def read_config(path: str | os.PathLike, run: str | None = None) -> ExtractConfi
 
 
 # -- writing a run
+
+
+def _check_run_options(result: ExtractResult, mask_type: str, run_name: str | None) -> None:
+    """Checks shared by the writers; also loads our namespace (an IO's type map is fixed when it opens a file)."""
+    if not isinstance(result, ExtractResult):
+        raise InputError(f"result must be an ExtractResult, got {type(result).__name__}")
+    if mask_type not in MASK_TYPES:
+        raise InputError(f"mask_type must be one of {', '.join(map(repr, MASK_TYPES))}, got {mask_type!r}")
+    if run_name is not None and (not isinstance(run_name, str) or not _RUN_NAME.fullmatch(run_name)):
+        raise InputError(f"run_name {run_name!r} is not valid: use letters, digits, '_', '.' and '-', starting "
+                         "with a letter or digit")
+    schema.get_run_info_class()
 
 
 @dataclass(frozen=True)

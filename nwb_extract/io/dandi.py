@@ -1,0 +1,634 @@
+"""DANDI inputs: resolve archive addresses to streamed assets, run EXTRACT per asset, and batch over a dandiset.
+
+Accepted inputs (docs/dandi.md):
+
+- ``dandi://<instance>/<dandiset>[@<version>]/<path>`` (``instance`` a name known to the dandi client, e.g.
+  ``dandi`` or ``dandi-sandbox``);
+- ``DANDI:<dandiset>[/<version>]`` with the asset path given separately (``--path``);
+- DANDI API asset URLs, by path (``https://<api>/dandisets/<id>/versions/<v>/assets/?path=<p>``) or by asset id
+  (``https://<api>[/dandisets/<id>/versions/<v>]/assets/<asset_id>[/download/]``);
+- plain ``http(s)://`` and ``s3://`` URLs of an NWB file (not resolved through an API).
+
+Assets are resolved with the dandi client (``DandiAPIClient``, ``get_asset_by_path``, ``get_content_url``; the
+``DANDI_API_KEY`` environment variable authenticates for embargoed data) and read by streaming: HDF5 files through
+``remfile`` (byte ranges; optional on-disk chunk cache), ``.nwb.zarr`` assets through hdmf-zarr. Nothing is
+downloaded whole. The API address of every instance can be replaced with the environment variable
+:data:`API_URL_ENV` (a mirror, or a local stand-in in tests).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from nwb_extract.errors import InputError, NwbExtractError, SourceNotFoundError
+
+__all__ = [
+    "API_URL_ENV", "AssetRun", "AuthenticationRequiredError", "BatchEntry", "RemoteAsset", "RemoteReadError",
+    "derived_file_name", "is_dandi_input", "list_assets", "open_asset", "process_asset", "resolve_asset",
+    "run_batch",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable that replaces the API URL of every DANDI instance (e.g. ``http://127.0.0.1:8000/api``).
+API_URL_ENV = "NWB_EXTRACT_DANDI_API_URL"
+#: Name of the batch manifest written in the output folder.
+MANIFEST_NAME = "nwb-extract-manifest.json"
+#: Text inserted into a derived file name (docs/dandi.md, "Derived file names").
+DERIVED_ENTITY = "desc-extract"
+
+_NWB_SUFFIXES = (".nwb", ".nwb.zarr")
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_DANDI_URI = re.compile(r"dandi://(?P<instance>[^/]+)/(?P<id>\d{6})(?:@(?P<version>[^/]+))?(?:/(?P<path>.*))?")
+_DANDI_ID = re.compile(r"(?i:dandi):(?P<id>\d{6})(?:/(?P<version>[^/]+))?/?")
+_API_BY_PATH = re.compile(r"(?P<api>.+?)/dandisets/(?P<id>\d{6})/versions/(?P<version>[^/]+)/assets/?")
+_API_BY_ID = re.compile(rf"(?P<api>.+?)(?:/dandisets/(?P<id>\d{{6}})/versions/(?P<version>[^/]+))?/assets/"
+                        rf"(?P<asset_id>{_UUID})(?:/download)?/?")
+
+
+class RemoteReadError(InputError):
+    """Reading a remote asset failed after retries with backoff (network failure, server error)."""
+
+
+class AuthenticationRequiredError(InputError):
+    """The DANDI server refused the request: the dandiset is embargoed and needs ``DANDI_API_KEY``."""
+
+
+@dataclass(frozen=True)
+class RemoteAsset:
+    """A remote NWB file: where its bytes are and, for a DANDI asset, which asset it is.
+
+    Attributes
+    ----------
+    content_url : str
+        URL the bytes are streamed from (S3, or the API's download redirect target; signed for embargoed data).
+    path : str
+        Asset path inside the dandiset (for a plain URL, the file name in the URL).
+    dandiset_id, version, asset_id, api_url : str or None
+        DANDI identity (None for a plain URL).
+    """
+
+    content_url: str
+    path: str
+    dandiset_id: str | None = None
+    version: str | None = None
+    asset_id: str | None = None
+    api_url: str | None = None
+
+    @property
+    def is_zarr(self) -> bool:
+        """Whether the asset is an NWB Zarr store (read with hdmf-zarr) rather than an HDF5 file."""
+        return self.path.rstrip("/").endswith(".zarr") or "/zarr/" in urlsplit(self.content_url).path
+
+    @property
+    def label(self) -> str:
+        """``DANDI:<id>/<version>/<path>`` for a DANDI asset, else the URL (for messages)."""
+        if self.dandiset_id is None:
+            return self.content_url
+        return f"DANDI:{self.dandiset_id}/{self.version}/{self.path}"
+
+    def dandi_fields(self) -> dict[str, str | None]:
+        """The DANDI keywords of :class:`nwb_extract.io.nwb.SourceInfo`."""
+        return {"dandiset_id": self.dandiset_id, "dandiset_version": self.version, "asset_id": self.asset_id,
+                "asset_path": self.path if self.dandiset_id is not None else None}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A parsed input: an API address plus dandiset, version and an asset path, prefix or id."""
+
+    api_url: str
+    dandiset_id: str | None
+    version: str | None
+    path: str | None = None
+    asset_id: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parsing and resolution
+
+
+def is_dandi_input(text: str) -> bool:
+    """Whether ``text`` is a DANDI address or an ``s3://`` URL (inputs this module resolves)."""
+    return (text.startswith(("dandi://", "s3://")) or bool(_DANDI_ID.fullmatch(text))
+            or (text.startswith(("http://", "https://")) and _parse_api_url(text) is not None))
+
+
+def resolve_asset(text: str, *, path: str | None = None, client: Any = None) -> RemoteAsset:
+    """Resolve any accepted input form to one :class:`RemoteAsset` (its content URL and DANDI identity).
+
+    Parameters
+    ----------
+    text : str
+        ``dandi://...``, ``DANDI:<id>[/<version>]``, a DANDI API asset URL, or a plain http(s)/s3 URL.
+    path : str, optional
+        Asset path inside the dandiset; required with ``DANDI:<id>``, not allowed with a URL that names one.
+    client : dandi.dandiapi.DandiAPIClient, optional
+        Client to use; by default one for the input's API address (see :data:`API_URL_ENV`), authenticated
+        with ``DANDI_API_KEY`` when set.
+
+    Raises
+    ------
+    SourceNotFoundError
+        Unknown dandiset or version, or no asset at the path or id.
+    AuthenticationRequiredError
+        The server needs an API key (embargoed dandiset) and none or a wrong one was given.
+    RemoteReadError
+        The server could not be reached.
+    InputError
+        A malformed address, an unknown instance name, or a missing/extra ``path``.
+    """
+    if text.startswith("s3://"):
+        bucket, _, key = text[len("s3://"):].partition("/")
+        text = f"https://{bucket}.s3.amazonaws.com/{key}"
+    target = _parse(text, path)
+    if target is None:
+        return RemoteAsset(content_url=text, path=unquote(urlsplit(text).path.rstrip("/").rsplit("/", 1)[-1]))
+    if target.path is None and target.asset_id is None:
+        raise InputError(f"{text} names a dandiset, not an asset: give the asset path (--path sub-X/file.nwb, or "
+                         "dandi://<instance>/<dandiset>/<path>), or use `nwb-extract batch` for every asset")
+    with _api_errors(text):
+        client = client or _client(target.api_url)
+        if target.asset_id is not None:
+            if target.dandiset_id is None:
+                asset = client.get_asset(target.asset_id)
+                return _remote_asset(asset, target.api_url, None, None, token=client.session.headers)
+            dandiset = client.get_dandiset(target.dandiset_id, target.version, lazy=True)
+            asset = dandiset.get_asset(target.asset_id)
+        else:
+            dandiset = client.get_dandiset(target.dandiset_id, target.version, lazy=False)
+            asset = dandiset.get_asset_by_path(target.path)
+        return _remote_asset(asset, target.api_url, dandiset.identifier, dandiset.version_id,
+                             token=client.session.headers)
+
+
+def list_assets(text: str, *, include: str | None = None, client: Any = None) -> list[RemoteAsset]:
+    """Every NWB asset (``.nwb``, ``.nwb.zarr``) of a dandiset or under a ``dandi://`` path prefix, by path.
+
+    ``include`` is a glob on the asset path (``fnmatch``; ``*`` matches across ``/``), e.g. ``"sub-1*/*.nwb"``.
+    Raises the errors of :func:`resolve_asset`.
+    """
+    target = _parse(text, None)
+    if target is None or target.asset_id is not None:
+        raise InputError(f"{text} is not a dandiset or a dandi:// path prefix; give e.g. DANDI:000123, "
+                         "DANDI:000123/draft or dandi://dandi/000123@draft/sub-1/")
+    with _api_errors(text):
+        client = client or _client(target.api_url)
+        dandiset = client.get_dandiset(target.dandiset_id, target.version, lazy=False)
+        found = dandiset.get_assets_with_path_prefix(target.path) if target.path else dandiset.get_assets()
+        chosen = sorted((a for a in found if a.path.endswith(_NWB_SUFFIXES)
+                         and (include is None or fnmatch.fnmatch(a.path, include))), key=lambda a: a.path)
+        return [_remote_asset(a, target.api_url, dandiset.identifier, dandiset.version_id,
+                              token=client.session.headers) for a in chosen]
+
+
+def derived_file_name(asset_path: str) -> str:
+    """The DANDI-style relative path of the result of an asset (docs/dandi.md, "Derived file names").
+
+    The folders are kept and ``desc-extract`` is inserted as the last entity, before the modality suffix:
+    ``sub-01/sub-01_ses-2_ophys.nwb`` -> ``sub-01/sub-01_ses-2_desc-extract_ophys.nwb``; a name without a
+    suffix gets it appended (``movie.nwb`` -> ``movie_desc-extract.nwb``). The result is always ``.nwb`` (HDF5).
+    """
+    folder, _, name = asset_path.strip("/").rpartition("/")
+    stem = next((name[: -len(s)] for s in sorted(_NWB_SUFFIXES, key=len, reverse=True) if name.endswith(s)), name)
+    head, _, suffix = stem.rpartition("_")
+    if head and suffix and "-" not in suffix:
+        stem = f"{head}_{DERIVED_ENTITY}_{suffix}"
+    else:
+        stem = f"{stem}_{DERIVED_ENTITY}"
+    return f"{folder}/{stem}.nwb" if folder else f"{stem}.nwb"
+
+
+def _parse(text: str, path: str | None) -> _Target | None:
+    """The DANDI target of ``text`` (``path`` from ``--path``), or None for a plain URL."""
+    uri = _DANDI_URI.fullmatch(text)
+    if uri:
+        _no_extra_path(text, path, uri["path"])
+        return _Target(_instance_api(uri["instance"]), uri["id"], uri["version"], uri["path"] or path)
+    short = _DANDI_ID.fullmatch(text)
+    if short:
+        return _Target(_instance_api("dandi"), short["id"], short["version"], path)
+    if text.startswith("dandi://") or text.lower().startswith("dandi:"):
+        raise InputError(f"cannot parse {text!r}: use dandi://<instance>/<6-digit id>[@<version>]/<path> or "
+                         "DANDI:<6-digit id>[/<version>]")
+    target = _parse_api_url(text)
+    if target is not None:
+        _no_extra_path(text, path, target.path or target.asset_id)
+        return target if target.path or target.asset_id or path is None else _Target(**{**target.__dict__,
+                                                                                           "path": path})
+    if path is not None:
+        raise InputError(f"--path is for DANDI:<dandiset> inputs; {text} is a plain URL of one file")
+    return None
+
+
+def _parse_api_url(url: str) -> _Target | None:
+    split = urlsplit(url)
+    base = f"{split.scheme}://{split.netloc}{split.path}"
+    by_id = _API_BY_ID.fullmatch(base)
+    if by_id:
+        return _Target(_env_api(by_id["api"]), by_id["id"], by_id["version"], asset_id=by_id["asset_id"])
+    by_path = _API_BY_PATH.fullmatch(base)
+    if by_path:
+        prefix = parse_qs(split.query).get("path", [None])[0]
+        return _Target(_env_api(by_path["api"]), by_path["id"], by_path["version"], prefix)
+    return None
+
+
+def _no_extra_path(text: str, path: str | None, named: str | None) -> None:
+    if path is not None and named:
+        raise InputError(f"{text} already names an asset; leave out --path")
+
+
+def _instance_api(name: str) -> str:
+    from dandi.consts import known_instances
+
+    if name not in known_instances:
+        raise InputError(f"unknown DANDI instance {name!r}; known: {', '.join(sorted(known_instances))}")
+    return _env_api(known_instances[name].api)
+
+
+def _env_api(api_url: str) -> str:
+    return os.environ.get(API_URL_ENV) or api_url.rstrip("/")
+
+
+def _client(api_url: str) -> Any:
+    """A DandiAPIClient for ``api_url`` (no request made), with ``DANDI_API_KEY`` as token when set."""
+    from dandi.consts import DandiInstance, known_instances
+    from dandi.dandiapi import DandiAPIClient
+
+    instance = next((i for i in known_instances.values() if i.api.rstrip("/") == api_url),
+                    DandiInstance(name="nwb-extract-custom", gui=None, api=api_url))
+    return DandiAPIClient(dandi_instance=instance, token=os.environ.get("DANDI_API_KEY") or None)
+
+
+def _remote_asset(asset: Any, api_url: str, dandiset_id: str | None, version: str | None, *,
+                  token: Any) -> RemoteAsset:
+    return RemoteAsset(content_url=_content_url(asset, authenticated="Authorization" in token), path=asset.path,
+                       dandiset_id=dandiset_id, version=version, asset_id=asset.identifier, api_url=api_url)
+
+
+def _content_url(asset: Any, *, authenticated: bool) -> str:
+    """The S3 URL from the metadata (no request) for public data; else the API download URL's redirect target.
+
+    An authenticated client follows the API's download redirect, which signs the URL for embargoed data; the
+    query is kept (it carries the signature).
+    """
+    from dandi.exceptions import NotFoundError
+
+    if not authenticated:
+        try:
+            return asset.get_content_url(regex=r"amazonaws\.com", strip_query=False)
+        except NotFoundError:
+            pass
+    return asset.get_content_url(regex=r"/download/?$", follow_redirects=1, strip_query=False)
+
+
+@contextmanager
+def _api_errors(text: str) -> Iterator[None]:
+    """Turn dandi-client and HTTP errors into package errors that say what to do."""
+    import requests
+    from dandi.exceptions import NotFoundError
+
+    try:
+        yield
+    except NotFoundError as err:
+        raise SourceNotFoundError(f"{text}: {err}") from None
+    except requests.HTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status in (401, 403):
+            raise AuthenticationRequiredError(
+                f"{text}: the DANDI server refused access (HTTP {status}); the dandiset may be embargoed: set "
+                "the environment variable DANDI_API_KEY to your API key (dandiarchive.org, 'API key' in your "
+                "account menu)") from None
+        if status == 404:
+            raise SourceNotFoundError(f"{text}: not found on the DANDI server ({err})") from None
+        raise RemoteReadError(f"{text}: the DANDI server answered HTTP {status} ({err})") from None
+    except requests.RequestException as err:
+        raise RemoteReadError(f"{text}: cannot reach the DANDI server ({type(err).__name__}: {err}); check the "
+                              "network and retry") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# streaming
+
+
+class _StreamedFile:
+    """A ``remfile.File`` that remembers the error of a failed read, for h5py (which hides Python errors).
+
+    remfile retries transient failures (connection errors, HTTP 429/5xx) with exponential backoff before it
+    raises; the error is kept in :attr:`error` so the caller can report a network failure as such.
+    """
+
+    def __init__(self, url: str, cache_dir: str | os.PathLike | None) -> None:
+        import remfile
+
+        cache = None if cache_dir is None else remfile.DiskCache(str(cache_dir))
+        self.url = url
+        self.error: BaseException | None = None
+        self._file = remfile.File(url, disk_cache=cache)
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._file.read(size)
+        except Exception as err:
+            self.error = err
+            raise
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._file.seek(offset, whence)
+        return self._file.tell()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __repr__(self) -> str:  # h5py names a file object by its repr: messages then show the URL
+        return self.url
+
+
+@contextmanager
+def open_asset(asset: RemoteAsset, series: str | None = None, *,
+               frames: tuple[int | None, int | None] | None = None,
+               cache_dir: str | os.PathLike | None = None) -> Iterator[Any]:
+    """Open an imaging series of a remote asset for streamed, block-wise reading (a context manager).
+
+    Yields the :class:`nwb_extract.io.movie.ImagingSource` of :func:`nwb_extract.io.movie.open_series`
+    (``series`` and ``frames`` as there). HDF5 assets are read through remfile (``cache_dir``: keep the fetched
+    chunks on disk, so a re-run reads them locally); Zarr assets through hdmf-zarr.
+
+    Raises
+    ------
+    RemoteReadError
+        The file could not be reached, or a read failed after remfile's retries (also inside the ``with``
+        block, e.g. while the engine reads frames).
+    SourceNotFoundError, AuthenticationRequiredError
+        The content URL answers 404/410, or 401/403.
+    NoImagingSeriesError, SeriesNotFoundError, AmbiguousSeriesError, UnsupportedSeriesError, InputError
+        As :func:`nwb_extract.io.movie.open_series`.
+    """
+    from nwb_extract.io.movie import open_series
+
+    with ExitStack() as stack:
+        if asset.is_zarr:
+            nwbfile = _open_zarr(asset, stack)
+            streamed = None
+        else:
+            streamed = _open_streamed(asset, cache_dir)
+            stack.callback(streamed.close)
+            nwbfile = _h5_file(streamed, asset, stack)
+        try:
+            with open_series(nwbfile, series, frames=frames) as source:
+                source.location = asset.content_url
+                yield source
+        except Exception:
+            if streamed is not None and streamed.error is not None:  # a network failure, whatever h5py made of it
+                raise RemoteReadError(f"reading {asset.label} failed after retries with backoff: "
+                                      f"{streamed.error}") from None
+            raise
+
+
+def _open_streamed(asset: RemoteAsset, cache_dir: str | os.PathLike | None) -> _StreamedFile:
+    try:
+        return _StreamedFile(asset.content_url, cache_dir)
+    except Exception as err:  # remfile raises plain Exceptions carrying the HTTP status
+        status = re.search(r"\b([45]\d\d)\b", str(err))
+        code = int(status[1]) if status else None
+        if code in (404, 410):
+            raise SourceNotFoundError(f"{asset.label}: no file at {asset.content_url} ({err})") from None
+        if code in (401, 403):
+            raise AuthenticationRequiredError(f"{asset.label}: access refused (HTTP {code}); for embargoed data "
+                                              "set DANDI_API_KEY") from None
+        raise RemoteReadError(f"cannot read {asset.label} from {asset.content_url}: {err}") from None
+
+
+def _h5_file(streamed: _StreamedFile, asset: RemoteAsset, stack: ExitStack) -> Any:
+    import h5py
+
+    from nwb_extract.errors import NotNwbError
+
+    try:
+        return stack.enter_context(h5py.File(streamed, "r"))
+    except Exception as err:  # h5py passes a read error of the file object through, or makes an OSError of it
+        if streamed.error is not None:
+            raise RemoteReadError(f"reading {asset.label} failed after retries: {streamed.error}") from None
+        raise NotNwbError(f"{asset.label} is not an NWB HDF5 file ({err})") from None
+
+
+def _open_zarr(asset: RemoteAsset, stack: ExitStack) -> Any:
+    from hdmf_zarr import NWBZarrIO
+
+    from nwb_extract.errors import NotNwbError
+
+    try:
+        io = NWBZarrIO(asset.content_url, mode="r")
+        stack.callback(io.close)
+        return io.read()
+    except Exception as err:  # hdmf-zarr / fsspec raise many types
+        raise NotNwbError(f"{asset.label} could not be read as an NWB Zarr store: {type(err).__name__}: {err}") \
+            from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running
+
+
+@dataclass(frozen=True)
+class AssetRun:
+    """What :func:`process_asset` wrote: the file, the run name, the result and what was read."""
+
+    path: Path
+    run_name: str
+    result: Any
+    series_path: str
+    frames: tuple[int, int]
+
+
+def process_asset(asset: RemoteAsset, output: str | os.PathLike, config: Any, *, series: str | None = None,
+                  frames: tuple[int | None, int | None] | None = None, cache_dir: str | os.PathLike | None = None,
+                  overwrite: bool = False, run_name: str | None = None,
+                  prepare: Callable[[Any, Any], Any] | None = None,
+                  on_read: Callable[[int], None] | None = None) -> AssetRun:
+    """Stream an asset's imaging series, run EXTRACT and write a new, standalone local NWB file.
+
+    The output copies the asset's session, subject, device and imaging-plane metadata; its run info records
+    the content URL (``source_path``), dandiset id, version, asset id and asset path.
+
+    Parameters
+    ----------
+    asset : RemoteAsset
+        From :func:`resolve_asset` or :func:`list_assets`.
+    output : str or os.PathLike
+        The new file (its folder must exist).
+    config : nwb_extract.config.ExtractConfig
+        EXTRACT settings.
+    series, frames, cache_dir
+        As :func:`open_asset`.
+    overwrite, run_name
+        As :func:`nwb_extract.io.nwb.write_result`.
+    prepare : callable, optional
+        ``prepare(config, source) -> config``, called once the series is open (e.g. to check footprints
+        against the frame shape).
+    on_read : callable, optional
+        Called with the number of frames after each block read (progress).
+    """
+    from nwb_extract.engine.pipeline import extract
+    from nwb_extract.io.nwb import SourceInfo, write_result
+
+    with open_asset(asset, series, frames=frames, cache_dir=cache_dir) as src:
+        log.info("streaming %s :: %s, frames %d:%d", asset.label, src.series_path, *src.frames)
+        if prepare is not None:
+            config = prepare(config, src)
+        result = extract(src.data.observed(on_read), config)
+        source = SourceInfo(path=asset.content_url, series_path=src.series_path,
+                            shape=tuple(src.series.data.shape), dtype=str(src.data.dtype), frame_range=src.frames,
+                            **asset.dandi_fields())
+    with _small_http_blocks():  # write_result re-opens the source by URL (fsspec) to copy its metadata
+        path, name = write_result(result, output, source=source, overwrite=overwrite, run_name=run_name)
+    return AssetRun(path=path, run_name=name, result=result, series_path=source.series_path, frames=source.frames)
+
+
+@contextmanager
+def _small_http_blocks(block_size: int = 32 * 1024) -> Iterator[None]:
+    """fsspec's HTTP files read ahead ``block_size`` bytes per request (instead of 5 MiB) inside the block.
+
+    ``write_result`` reads the source's metadata through ``pynwb.read_nwb(url)``; with fsspec's default block
+    size that reads most of a small asset. fsspec takes the default from ``fsspec.config.conf``, restored after.
+    """
+    import fsspec.config
+
+    conf = fsspec.config.conf
+    saved = conf.get("http")
+    conf["http"] = {**(saved or {}), "block_size": block_size}
+    try:
+        yield
+    finally:
+        if saved is None:
+            conf.pop("http", None)
+        else:
+            conf["http"] = saved
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# batch
+
+
+@dataclass
+class BatchEntry:
+    """One asset's line in the batch manifest.
+
+    ``status`` is ``"done"`` (``output`` written, ``n_cells`` found), ``"failed"`` (``error``: the message; retried
+    by the next run) or ``"skipped"`` (``error``: why, e.g. no imaging series; not retried).
+    """
+
+    path: str
+    status: str
+    asset_id: str | None = None
+    output: str | None = None
+    n_cells: int | None = None
+    error: str | None = None
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class BatchReport:
+    """Result of :func:`run_batch`: one entry per asset considered, and which of them this run processed."""
+
+    entries: list[BatchEntry]
+    processed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[BatchEntry]:
+        return [e for e in self.entries if e.status == "failed"]
+
+    def table(self) -> str:
+        """The final table: status, cells, asset path, output or error; then the counts."""
+        rows = [("STATUS", "CELLS", "ASSET", "OUTPUT / REASON")]
+        rows += [(e.status + ("" if e.path in self.processed else " (earlier)"),
+                  "" if e.n_cells is None else str(e.n_cells), e.path, e.output or e.error or "")
+                 for e in self.entries]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+        counts = {s: sum(e.status == s for e in self.entries) for s in ("done", "failed", "skipped")}
+        lines.append(f"{len(self.entries)} asset(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return "\n".join(lines)
+
+
+def run_batch(source: str, out_dir: str | os.PathLike, config: Any, *, include: str | None = None,
+              series: str | None = None, cache_dir: str | os.PathLike | None = None, client: Any = None,
+              on_asset: Callable[[BatchEntry], None] | None = None) -> BatchReport:
+    """Run EXTRACT on every NWB asset of a dandiset (or ``dandi://`` prefix) that has an imaging series, resumably.
+
+    Results go to ``out_dir / derived_file_name(asset.path)``. The manifest ``out_dir / MANIFEST_NAME`` (JSON,
+    rewritten atomically after each asset) records every asset as done, failed (with the error) or skipped (no
+    imaging series); a re-run processes only the assets not done or skipped. A failure of one asset (network,
+    a bad series, any error) is recorded and the batch goes on.
+
+    Raises the errors of :func:`list_assets` when the dandiset itself cannot be listed.
+    """
+    from nwb_extract.errors import NoImagingSeriesError
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST_NAME
+    manifest = _load_manifest(manifest_path)
+    entries, processed = [], []
+    for asset in list_assets(source, include=include, client=client):
+        previous = manifest.get(asset.path)
+        if previous is not None and previous.status in ("done", "skipped"):
+            entries.append(previous)
+            continue
+        output = out_dir / derived_file_name(asset.path)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        try:
+            run = process_asset(asset, output, config, series=series, cache_dir=cache_dir, overwrite=True)
+            entry = BatchEntry(asset.path, "done", asset.asset_id, output=str(output.relative_to(out_dir)),
+                               n_cells=run.result.n_cells)
+        except NoImagingSeriesError as err:
+            entry = BatchEntry(asset.path, "skipped", asset.asset_id, error=" ".join(str(err).split()))
+        except Exception as err:  # isolate every failure to its asset; KeyboardInterrupt stops the batch
+            log.debug("asset %s failed", asset.path, exc_info=True)
+            text = str(err) if isinstance(err, NwbExtractError) else f"{type(err).__name__}: {err}"
+            entry = BatchEntry(asset.path, "failed", asset.asset_id, error=" ".join(text.split()))
+        entry.seconds = round(time.perf_counter() - started, 3)
+        manifest[asset.path] = entry
+        _save_manifest(manifest_path, source, manifest)
+        entries.append(entry)
+        processed.append(asset.path)
+        if on_asset is not None:
+            on_asset(entry)
+    return BatchReport(entries, processed)
+
+
+def _load_manifest(path: Path) -> dict[str, BatchEntry]:
+    if not path.exists():
+        return {}
+    try:
+        assets = json.loads(path.read_text())["assets"]
+        return {p: BatchEntry(path=p, **{k: v for k, v in e.items() if k != "path"}) for p, e in assets.items()}
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"the batch manifest {path} is not readable ({err}); move it away to start afresh") \
+            from None
+
+
+def _save_manifest(path: Path, source: str, manifest: dict[str, BatchEntry]) -> None:
+    document = {"source": source, "assets": {p: e.to_dict() for p, e in sorted(manifest.items())}}
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(temporary, path)
