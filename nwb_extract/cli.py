@@ -26,6 +26,7 @@ import numpy as np
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.errors import (
     AmbiguousSeriesError,
+    AuthenticationRequiredError,
     BackendError,
     ConfigError,
     InputError,
@@ -35,12 +36,12 @@ from nwb_extract.errors import (
     NwbExtractError,
     OutputExistsError,
     OutputNotWritableError,
+    RemoteReadError,
     SeriesNotFoundError,
     SourceNotFoundError,
     UnknownConfigKeyError,
     UnsupportedSeriesError,
 )
-from nwb_extract.io.dandi import AuthenticationRequiredError, RemoteReadError
 
 log = logging.getLogger("nwb_extract.cli")
 
@@ -249,7 +250,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         source = src.source_info()
         if not in_place:  # a new file may copy metadata from the open source
             path, run_name = write_result(result, output, source=source, overwrite=args.overwrite,
-                                          run_name=args.run_name)
+                                          run_name=args.run_name, source_nwbfile=src.nwbfile)
         series_path, frames = src.series_path, src.frames
     if in_place:  # the source is closed now, so the file can be opened for appending
         path, run_name = write_result(result, output, source=source, in_place=True, run_name=args.run_name)

@@ -30,7 +30,7 @@ def run_demo(out_dir: Path, seed: int = 0, backend: str = "auto") -> dict:
     with open_series(movie_path) as source:  # the stored series, read lazily in frame chunks
         result = extract(source.data, avg_cell_radius=radius, backend=backend)
         result_path, _ = write_result(result, out_dir / "demo_movie_extract.nwb", source=source.source_info(),
-                                      overwrite=True)
+                                      overwrite=True, source_nwbfile=source.nwbfile)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total")
     print(f"EXTRACT (avg_cell_radius {radius}) ran on {result.backend} in {result.timings['total']:.1f} s "
           f"({stages}); cell finding stopped on '{result.stop_reason}'")

@@ -57,3 +57,11 @@ class OutputExistsError(NwbExtractError):
 
 class OutputNotWritableError(NwbExtractError):
     """The output cannot be written: missing or read-only folder, a folder at the path, or a read-only input."""
+
+
+class RemoteReadError(InputError):
+    """Reading a remote asset failed after retries with backoff (network failure, server error)."""
+
+
+class AuthenticationRequiredError(InputError):
+    """The DANDI server refused the request: the dandiset is embargoed and needs ``DANDI_API_KEY``."""

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from nwb_extract.errors import InputError, NwbExtractError, SourceNotFoundError
+from nwb_extract.errors import (AuthenticationRequiredError, InputError, NwbExtractError, RemoteReadError,
+                                 SourceNotFoundError)
 
 __all__ = [
     "API_URL_ENV", "AssetRun", "AuthenticationRequiredError", "BatchEntry", "RemoteAsset", "RemoteReadError",
@@ -55,14 +56,6 @@ _DANDI_ID = re.compile(r"(?i:dandi):(?P<id>\d{6})(?:/(?P<version>[^/]+))?/?")
 _API_BY_PATH = re.compile(r"(?P<api>.+?)/dandisets/(?P<id>\d{6})/versions/(?P<version>[^/]+)/assets/?")
 _API_BY_ID = re.compile(rf"(?P<api>.+?)(?:/dandisets/(?P<id>\d{{6}})/versions/(?P<version>[^/]+))?/assets/"
                         rf"(?P<asset_id>{_UUID})(?:/download)?/?")
-
-
-class RemoteReadError(InputError):
-    """Reading a remote asset failed after retries with backoff (network failure, server error)."""
-
-
-class AuthenticationRequiredError(InputError):
-    """The DANDI server refused the request: the dandiset is embargoed and needs ``DANDI_API_KEY``."""
 
 
 @dataclass(frozen=True)
@@ -495,30 +488,10 @@ def process_asset(asset: RemoteAsset, output: str | os.PathLike, config: Any, *,
         source = SourceInfo(path=asset.content_url, series_path=src.series_path,
                             shape=tuple(src.series.data.shape), dtype=str(src.data.dtype), frame_range=src.frames,
                             **asset.dandi_fields())
-    with _small_http_blocks():  # write_result re-opens the source by URL (fsspec) to copy its metadata
-        path, name = write_result(result, output, source=source, overwrite=overwrite, run_name=run_name)
+        # the metadata are copied from the open (streamed) file: no second read of the asset
+        path, name = write_result(result, output, source=source, overwrite=overwrite, run_name=run_name,
+                                  source_nwbfile=src.nwbfile)
     return AssetRun(path=path, run_name=name, result=result, series_path=source.series_path, frames=source.frames)
-
-
-@contextmanager
-def _small_http_blocks(block_size: int = 32 * 1024) -> Iterator[None]:
-    """fsspec's HTTP files read ahead ``block_size`` bytes per request (instead of 5 MiB) inside the block.
-
-    ``write_result`` reads the source's metadata through ``pynwb.read_nwb(url)``; with fsspec's default block
-    size that reads most of a small asset. fsspec takes the default from ``fsspec.config.conf``, restored after.
-    """
-    import fsspec.config
-
-    conf = fsspec.config.conf
-    saved = conf.get("http")
-    conf["http"] = {**(saved or {}), "block_size": block_size}
-    try:
-        yield
-    finally:
-        if saved is None:
-            conf.pop("http", None)
-        else:
-            conf["http"] = saved
 
 
 # ----------------------------------------------------------------------------------------------------------------

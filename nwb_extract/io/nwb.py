@@ -495,6 +495,7 @@ def write_result(
     mask_type: str = "image",
     include_eliminated: bool = False,
     rate: float | None = None,
+    source_nwbfile: Any = None,
 ) -> tuple[Path, str]:
     """Write an EXTRACT result into NWB: masks, traces, summary images, config and run info (docs/nwb-layout.md).
 
@@ -531,6 +532,9 @@ def write_result(
         eliminated each, in a second PlaneSegmentation.
     rate : float, optional
         Frame rate in Hz of the traces when there is no ``source``.
+    source_nwbfile : pynwb.NWBFile, optional
+        The source file, already open (e.g. ``ImagingSource.nwbfile``): its metadata are copied from it instead of
+        opening ``source.path`` again, which for a streamed URL would fetch the file's metadata a second time.
 
     Returns
     -------
@@ -550,7 +554,7 @@ def write_result(
         name = _append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
         return path, name
     path = _check_destination(output_path, overwrite)
-    nwbfile, plane, timing = _standalone_file(result, source, rate)
+    nwbfile, plane, timing = _standalone_file(result, source, rate, source_nwbfile)
     name = _add_run(nwbfile, result, plane=plane, reference=None, timing=timing, source=source, **options)
     _write_atomically(nwbfile, path, overwrite)
     return path, name
@@ -971,7 +975,7 @@ def _jsonable(value: Any) -> Any:
 # -- standalone files and source files
 
 
-def _standalone_file(result: ExtractResult, source: SourceInfo | None, rate: float | None):
+def _standalone_file(result: ExtractResult, source: SourceInfo | None, rate: float | None, source_nwbfile: Any = None):
     """A new NWBFile with the source's session metadata (or placeholders), its imaging plane and frame timing."""
     if source is None:
         if rate is None:
@@ -984,14 +988,20 @@ def _standalone_file(result: ExtractResult, source: SourceInfo | None, rate: flo
                                              "NWB metadata"}, rate=rate, series_type="TwoPhotonSeries")
         return nwbfile, plane, {"rate": float(rate), "starting_time": 0.0}
     _check_fits(result, source)
+    if source_nwbfile is not None:
+        return _copy_source_metadata(source_nwbfile, source)
     with _read_only(source.path) as original:
-        series = _find_series(original, source.path, source.series_path)
-        session = {name: _plain_value(getattr(original, name, None)) for name in _SESSION_FIELDS}
-        subject = None if original.subject is None else _copy_container(original.subject)
-        nwbfile = _new_nwbfile(session, subject)
-        plane = _copy_imaging_plane(nwbfile, series.imaging_plane)
-        timing = _series_timing(series, *source.frames)
-    return nwbfile, plane, timing
+        return _copy_source_metadata(original, source)
+
+
+def _copy_source_metadata(original, source: SourceInfo):
+    """(new NWBFile with the session/subject of ``original``, its copied imaging plane, the frame timing)."""
+    series = _find_series(original, source.path, source.series_path)
+    session = {name: _plain_value(getattr(original, name, None)) for name in _SESSION_FIELDS}
+    subject = None if original.subject is None else _copy_container(original.subject)
+    nwbfile = _new_nwbfile(session, subject)
+    plane = _copy_imaging_plane(nwbfile, series.imaging_plane)
+    return nwbfile, plane, _series_timing(series, *source.frames)
 
 
 def _new_nwbfile(session: dict[str, Any], subject):
