@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
@@ -147,8 +147,11 @@ class _PartitionOutput:
     run_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_partition(Y: Any, inputs: partition.PartitionInputs, cfg: ExtractConfig) -> _PartitionOutput:
-    """Spec §2 on one partition block ``Y`` (n, h, w) float32 (already trimmed of zero edges)."""
+def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs]],
+                   cfg: ExtractConfig) -> _PartitionOutput:
+    """Spec §2 on one partition: ``load_block()`` gives its movie ``Y`` (n, h, w) float32 (trimmed of zero edges)
+    and its cut config arrays; ``Y`` is dropped as soon as the preprocessed copy exists."""
+    Y, inputs = load_block()
     xp, device = backend.get_namespace_and_device(Y)
     timings: dict[str, float] = {}
     n_full, h0, w0 = Y.shape
@@ -397,7 +400,8 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     timings = {stage: 0.0 for stage in _STAGES}
     n_bad_values = 0
 
-    def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
+    def load(block: partition.Block) -> tuple[Any, partition.Block]:
+        """The block's movie, sanitized and trimmed of zero edges, and its kept pixels."""
         nonlocal n_bad_values
         t0 = time.perf_counter()
         rows, cols = block.slices
@@ -408,8 +412,19 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
         kept = block.trimmed(trims)
         log.info("partition %d/%d: rows %s, cols %s", block.index + 1, len(blocks), kept.rows, kept.cols)
-        out = _run_partition(Y, partition.partition_inputs(cfg, kept, xp=xp, device=device), cfg)
-        return kept, out
+        return Y, kept
+
+    def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
+        kept_blocks: list[partition.Block] = []
+
+        def load_block() -> tuple[Any, partition.PartitionInputs]:
+            # the raw block is referenced only inside _run_partition, so it is freed once preprocessed
+            Y, kept = load(block)
+            kept_blocks.append(kept)
+            return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
+
+        out = _run_partition(load_block, cfg)
+        return kept_blocks[0], out
 
     outputs = partition.run_partitions(blocks, run_one)
     if n_bad_values:

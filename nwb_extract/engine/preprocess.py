@@ -392,8 +392,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     for start in range(0, n, max(1, chunk_frames)):
         stop = min(n, start + max(1, chunk_frames))
         padded = xp.take(xp.take(frames[start:stop, ...], rows, axis=1), cols, axis=2)
-        spectrum = xp.fft.rfftn(padded, s=(nf, nf), axes=(1, 2)) * response
-        filtered = xp.fft.irfftn(spectrum, s=(nf, nf), axes=(1, 2))
+        spectrum = backend.fft(xp).rfftn(padded, s=(nf, nf), axes=(1, 2)) * response
+        filtered = backend.fft(xp).irfftn(spectrum, s=(nf, nf), axes=(1, 2))
         out[start:stop, ...] = filtered[:, pad_h:pad_h + h, pad_w:pad_w + w]
     return out[0, ...] if len(movie.shape) == 2 else out
 
