@@ -16,8 +16,8 @@ from nwb_extract.errors import InputError
 #: Fraction of the one-sided spectrum below which bins are ignored (EXTRACT's ``cutoff_freq = 0.5``).
 _CUTOFF_FRACTION = 0.5
 
-#: Default bound on the number of elements transformed at once (float32: 256 MiB of input per chunk).
-_CHUNK_ELEMENTS = 2**26
+#: Default bound on the number of samples transformed at once (4 Mi: a ~16 MiB float32 block, bounded spectrum).
+_CHUNK_ELEMENTS = 2**22
 
 
 def estimate_noise_std(x: Any, axis: int = -1, *, chunk_elements: int = _CHUNK_ELEMENTS) -> Any:

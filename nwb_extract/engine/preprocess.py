@@ -56,7 +56,7 @@ def sanitize(movie: Any) -> tuple[Any, int]:
     xp, _ = backend.get_namespace_and_device(movie)
     movie = _as_float32(xp, movie)
     bad = ~xp.isfinite(movie)
-    n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+    n_bad = int(xp.count_nonzero(bad))  # no int64 copy of the movie-sized mask
     if n_bad:
         movie = xp.where(bad, xp.zeros_like(movie), movie)
     return movie, n_bad
@@ -342,7 +342,8 @@ def _linear_interpolation_weights(xp: Any, device: Any, knots: Sequence[int], n:
 
 
 def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_scale: float,
-                     smoothing_ratio: float = 1.0, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> Any:
+                     smoothing_ratio: float = 1.0, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+                     overwrite: bool = False) -> Any:
     """Butterworth (order 4) spatial band-pass of every frame in the Fourier domain (spec §3.2).
 
     A cell is modelled as a Gaussian of σ = r/2, with corner frequency ``f_c = 2/(π r)`` cycles/pixel; the
@@ -371,7 +372,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     Returns
     -------
     float32 array of the input's shape
-        The input itself (whatever its dtype) when both scales are inf.
+        The input itself (whatever its dtype) when both scales are inf; the input's own memory, filtered in
+        place chunk by chunk, with ``overwrite=True`` (float32 input only; saves one movie-sized copy).
     """
     if math.isinf(f_lower_scale) and math.isinf(f_upper_scale):
         return movie
@@ -388,7 +390,7 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     rows = _symmetric_indices(xp, device, h, pad_h)
     cols = _symmetric_indices(xp, device, w, pad_w)
     response = _butterworth_response(xp, device, nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio)
-    out = xp.empty(frames.shape, dtype=xp.float32, device=device)
+    out = xp.empty(frames.shape, dtype=xp.float32, device=device) if not overwrite else frames
     for start in range(0, n, max(1, chunk_frames)):
         stop = min(n, start + max(1, chunk_frames))
         padded = xp.take(xp.take(frames[start:stop, ...], rows, axis=1), cols, axis=2)
@@ -648,9 +650,12 @@ def preprocess_movie(movie: Any, *, radius: float, spatial_highpass_cutoff: floa
     if medfilt_outlier_pixels:
         movie, n_outliers = medfilt_outliers(movie)
         logger.info("medfilt_outlier_pixels: replaced %d hot or dead pixels", n_outliers)
-    movie, F_per_pixel = compute_df(movie, baseline_quantile, skip_dff)
+    df_movie, F_per_pixel = compute_df(movie, baseline_quantile, skip_dff)
+    owned = df_movie is not movie  # a new array: the band-pass may filter it in place
+    movie = df_movie
     if not math.isinf(spatial_highpass_cutoff):
-        movie = spatial_bandpass(movie, radius, spatial_highpass_cutoff, math.inf, chunk_frames=chunk_frames)
+        movie = spatial_bandpass(movie, radius, spatial_highpass_cutoff, math.inf, chunk_frames=chunk_frames,
+                                 overwrite=owned and movie.dtype == xp.float32)
     if movie_mask is not None:
         movie = apply_movie_mask(movie, movie_mask)
     if remove_background:
