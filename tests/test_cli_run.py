@@ -22,7 +22,7 @@ from pynwb.ophys import TwoPhotonSeries
 from pynwb.testing.mock.file import mock_NWBFile
 from pynwb.testing.mock.ophys import mock_ImagingPlane
 
-from nwb_extract.cli import EXIT_CODES, main
+from nwb_extract.cli import BATCH_FAILED, EXIT_CODES, main
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine.backend import _cupy_device_count
 from nwb_extract.io.nwb import list_runs, read_result, write_movie_nwb, write_simulated_nwb
@@ -297,7 +297,7 @@ def test_exit_codes_are_distinct_and_documented():
     assert len(specific) == len(set(specific))
     assert 3 not in specific and not {0, 1, 2, 130} & set(specific)
     documented = {int(m) for m in re.findall(r"^\| (\d+) \|", DOCS.read_text(), flags=re.M)}
-    assert documented == {code for _, code in EXIT_CODES} | {0, 1, 2, 130}
+    assert documented == {code for _, code in EXIT_CODES} | {0, 1, 2, 130, BATCH_FAILED}
 
 
 # ----------------------------------------------------------------------------------------------------------------
