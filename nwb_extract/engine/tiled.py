@@ -130,6 +130,17 @@ def _tile_pixels(support: Any, frame_shape: tuple[int, int], rows: tuple[int, in
     return (xp.astype(r, xp.int64) + rows[0]) * w + (xp.astype(c, xp.int64) + cols[0])
 
 
+def _tile_pixel_sets(union: Any, frame_shape: tuple[int, int], tiles: TileCounts, xp: Any):
+    """Pixels of ``union`` (P,) bool in each spatial tile, tiles in the reference's order (columns outer, rows
+    inner); empty tiles are skipped."""
+    h, w = frame_shape
+    for cols in _ranges(w, tiles.n_x):
+        for rows in _ranges(h, tiles.n_y):
+            pix = _tile_pixels(union, frame_shape, rows, cols, xp)
+            if pix.shape[0] > 0:
+                yield pix
+
+
 def _slots(selected: Any, xp: Any) -> Any:
     """For each of N entries, 1 + its position among the ``selected`` ones (in order), or 0 when not selected."""
     rank = xp.cumulative_sum(xp.astype(selected, xp.int64))
@@ -183,31 +194,26 @@ def _t_step(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, solve: Callable,
     union = xp.sum(S, axis=1) > 0
     accumulated = xp.zeros((K, n), dtype=dtype, device=device)
     floor = xp.full((K,), -math.inf, dtype=dtype, device=device)
-    h, w = frame_shape
-    for cols in _ranges(w, tiles.n_x):
-        for rows in _ranges(h, tiles.n_y):
-            pix = _tile_pixels(union, frame_shape, rows, cols, xp)
-            if pix.shape[0] == 0:
-                continue
-            S_tile = xp.take(S, pix, axis=0)
-            is_cell = xp.sum(S_tile, axis=0) > 0
-            cells = xp.nonzero(is_cell)[0]
-            if cells.shape[0] == 0:
-                continue
-            slots = _slots(is_cell, xp)
-            A = xp.matrix_transpose(xp.take(S_tile, cells, axis=1))
-            power = xp.sum(A * A, axis=1)
-            M_tile = xp.take(Mt, pix, axis=1)
-            T_cells = xp.take(T, cells, axis=0)
-            for t0, t1 in _ranges(n, tiles.n_time):
-                X0 = xp.matrix_transpose(T_cells[:, t0:t1])
-                X, _ = solve(X0, A, M_tile[t0:t1, :], kappa, n_iter, lam=xp.take(lam, cells), **solver_kwargs)
-                if shift == "tile":
-                    X = X - xp.min(X, axis=0, keepdims=True)
-                contribution = xp.matrix_transpose(X) * power[:, None]
-                accumulated[:, t0:t1] = accumulated[:, t0:t1] + _spread(contribution, slots, 0, xp, device)
-                if shift == "running_min":
-                    floor = xp.where(is_cell, xp.maximum(floor, xp.min(accumulated[:, t0:t1], axis=1)), floor)
+    for pix in _tile_pixel_sets(union, frame_shape, tiles, xp):
+        S_tile = xp.take(S, pix, axis=0)
+        is_cell = xp.sum(S_tile, axis=0) > 0
+        cells = xp.nonzero(is_cell)[0]
+        if cells.shape[0] == 0:
+            continue
+        slots = _slots(is_cell, xp)
+        A = xp.matrix_transpose(xp.take(S_tile, cells, axis=1))
+        power = xp.sum(A * A, axis=1)
+        M_tile = xp.take(Mt, pix, axis=1)
+        T_cells = xp.take(T, cells, axis=0)
+        for t0, t1 in _ranges(n, tiles.n_time):
+            X0 = xp.matrix_transpose(T_cells[:, t0:t1])
+            X, _ = solve(X0, A, M_tile[t0:t1, :], kappa, n_iter, lam=xp.take(lam, cells), **solver_kwargs)
+            if shift == "tile":
+                X = X - xp.min(X, axis=0, keepdims=True)
+            contribution = xp.matrix_transpose(X) * power[:, None]
+            accumulated[:, t0:t1] = accumulated[:, t0:t1] + _spread(contribution, slots, 0, xp, device)
+            if shift == "running_min":
+                floor = xp.where(is_cell, xp.maximum(floor, xp.min(accumulated[:, t0:t1], axis=1)), floor)
     if shift == "running_min":
         accumulated = xp.maximum(accumulated, floor[:, None])
     total_power = xp.sum(S * S, axis=0)
@@ -345,29 +351,24 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     corr_in = xp.zeros((K, n), dtype=dtype, device=device)
     corr_out = xp.zeros((K, n), dtype=dtype, device=device)
     image_blocks, surround_blocks, pixel_blocks = [], [], []
-    h, w = frame_shape
-    for cols in _ranges(w, tiles.n_x):
-        for rows in _ranges(h, tiles.n_y):
-            pix = _tile_pixels(union, frame_shape, rows, cols, xp)
-            if pix.shape[0] == 0:
-                continue
-            mask_tile = xp.take(mask, pix, axis=0)
-            is_cell = xp.any(mask_tile, axis=0)
-            cells = xp.nonzero(is_cell)[0]
-            slots = _slots(is_cell, xp)
-            mask_sub = xp.take(mask_tile, cells, axis=1)
-            A = xp.take(T_thr, cells, axis=0)
-            B = xp.matrix_transpose(xp.take(Mt, pix, axis=1))
-            X0 = xp.take(xp.take(S, pix, axis=0), cells, axis=1)
-            A_fit, B_fit = (A, B) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, B, xp)
-            image, _ = solve(X0, A_fit, B_fit, kappa, n_iter, mask=mask_sub)
-            surround = xp.clip(B @ xp.matrix_transpose(A), min=0.0)
-            surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
-            corr_in = corr_in + _spread(xp.matrix_transpose(image) @ B, slots, 0, xp, device)
-            corr_out = corr_out + _spread(xp.matrix_transpose(surround) @ B, slots, 0, xp, device)
-            image_blocks.append(_spread(image, slots, 1, xp, device))
-            surround_blocks.append(_spread(surround, slots, 1, xp, device))
-            pixel_blocks.append(pix)
+    for pix in _tile_pixel_sets(union, frame_shape, tiles, xp):
+        mask_tile = xp.take(mask, pix, axis=0)
+        is_cell = xp.any(mask_tile, axis=0)
+        cells = xp.nonzero(is_cell)[0]
+        slots = _slots(is_cell, xp)
+        mask_sub = xp.take(mask_tile, cells, axis=1)
+        A = xp.take(T_thr, cells, axis=0)
+        B = xp.matrix_transpose(xp.take(Mt, pix, axis=1))
+        X0 = xp.take(xp.take(S, pix, axis=0), cells, axis=1)
+        A_fit, B_fit = (A, B) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, B, xp)
+        image, _ = solve(X0, A_fit, B_fit, kappa, n_iter, mask=mask_sub)
+        surround = xp.clip(B @ xp.matrix_transpose(A), min=0.0)
+        surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
+        corr_in = corr_in + _spread(xp.matrix_transpose(image) @ B, slots, 0, xp, device)
+        corr_out = corr_out + _spread(xp.matrix_transpose(surround) @ B, slots, 0, xp, device)
+        image_blocks.append(_spread(image, slots, 1, xp, device))
+        surround_blocks.append(_spread(surround, slots, 1, xp, device))
+        pixel_blocks.append(pix)
     if not pixel_blocks:
         zeros = xp.zeros(S.shape, dtype=dtype, device=device)
         return SStepResult(zeros, xp.full((K,), NORMALISE_FLOOR, dtype=dtype, device=device), corr_in, corr_out,
