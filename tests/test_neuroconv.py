@@ -74,28 +74,13 @@ class TestNeuroconvMixin(SegmentationExtractorInterfaceTestMixin):
     interface_kwargs: dict = {}
 
     def check_read_nwb(self, nwbfile_path: str):
-        """The file holds our layout (run info included) with the extractor's masks, traces and config.
-
-        HDF5 is read back with ``read_result``. Zarr is read with zarr itself: pynwb cannot rebuild our
-        ExtractRunInfo from a Zarr store (hdmf-zarr returns its int64 attributes as Python ints, which the
-        generated class rejects; reported to the lead), so the datasets are compared directly.
-        """
+        """The file (HDF5 or Zarr) holds our layout, run info included, with the extractor's masks, traces and
+        config, read back with ``read_result``."""
         seg = self.interface.segmentation_extractor
-        if nwbfile_path.endswith("_zarr.nwb"):
-            import zarr
-
-            ophys = zarr.open(nwbfile_path, mode="r")["processing/ophys"]
-            masks = ophys["ImageSegmentation/PlaneSegmentation/image_mask"][:]
-            traces = {kind: ophys[f"DfOverF/{name}/data"][:] for name, kind in (
-                ("RoiResponseSeries", "baseline_adjusted"), ("NonnegRoiResponseSeries", "nonneg"),
-                ("RawRoiResponseSeries", "raw"))}
-            assert ophys["ExtractRunInfo"].attrs["run_name"] == "run1"
-            assert ophys["ExtractRunInfo"].attrs["avg_cell_radius"] == 3.5
-        else:
-            assert list_runs(nwbfile_path) == ["run1"]
-            stored = read_result(nwbfile_path)
-            masks, traces = stored.footprints, stored.traces
-            assert stored.config == seg.config
+        assert list_runs(nwbfile_path) == ["run1"]
+        stored = read_result(nwbfile_path)
+        masks, traces = stored.footprints, stored.traces
+        assert stored.config == seg.config
         np.testing.assert_array_equal(masks, seg.result.footprints)
         np.testing.assert_array_equal(masks.transpose(2, 1, 0), seg.get_roi_image_masks())
         assert set(traces) == {"raw", "nonneg", "baseline_adjusted"}

@@ -282,6 +282,23 @@ def test_read_result_round_trip(new_file, result):
     assert back.run_info == json.loads(json.dumps(result.run_info))  # tuples come back as lists (JSON)
 
 
+def test_zarr_copy_reads_back(new_file, result, tmp_path):
+    """The result exported to NWB Zarr (hdmf-zarr) reads back with read_result: our run-info type's integer
+    attributes are int32 in the spec, which the generated class accepts as the Python ints hdmf-zarr returns."""
+    from hdmf_zarr.nwb import NWBZarrIO
+    from pynwb import NWBHDF5IO
+
+    zarr_path = tmp_path / "result.nwb.zarr"
+    with NWBHDF5IO(str(new_file), "r") as src, NWBZarrIO(str(zarr_path), "w") as dst:
+        dst.export(src_io=src, nwbfile=src.read(), write_args={"link_data": False})
+    back = read_result(zarr_path)
+    assert list_runs(zarr_path) == list_runs(new_file)
+    assert back.footprints.tobytes() == result.footprints.tobytes()
+    for kind in result.traces:
+        assert back.traces[kind].tobytes() == result.traces[kind].tobytes()
+    assert back.config == result.config
+
+
 def test_config_round_trip_reproduces_the_run(new_file, result, sim):
     config = ExtractConfig.from_nwb(new_file)
     assert config == result.config

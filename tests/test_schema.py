@@ -46,7 +46,7 @@ def test_namespace_path_finds_the_repo_schemas_in_an_editable_install():
 
 def test_every_fixed_type_config_key_has_a_typed_attribute():
     attributes = schema.config_attributes()
-    expected = {"bool": "bool", "int": "int64", "float": "float64", "choice": "text"}
+    expected = {"bool": "bool", "int": "int32", "float": "float64", "choice": "text"}
     for prefix, params in (("", PARAMETERS), ("thresholds_", THRESHOLD_PARAMETERS), ("python_", PYTHON_PARAMETERS)):
         for p in params:
             if p.kind in expected:
@@ -75,7 +75,7 @@ def test_config_fields_are_typed_and_omit_none():
     cfg = ExtractConfig(avg_cell_radius=5, num_partitions_x=2, thresholds={"T_min_snr": 9}, backend="numpy")
     fields = _config_fields(cfg)
     assert fields["avg_cell_radius"] == 5.0 and isinstance(fields["avg_cell_radius"], float)
-    assert fields["num_partitions_x"] == 2 and isinstance(fields["num_partitions_x"], np.int64)
+    assert fields["num_partitions_x"] == 2 and isinstance(fields["num_partitions_x"], np.int32)
     assert fields["dendrite_aware"] is False
     assert fields["cellfind_spatial_highpass_cutoff"] == math.inf  # inf is a float64 value
     assert fields["thresholds_T_min_snr"] == 9.0 and fields["python_backend"] == "numpy"
@@ -89,7 +89,7 @@ def _run_info(nwbfile, cfg):
                     images=[GrayscaleImage(name="max_image", data=np.ones((4, 5)), description="max")])
     nwbfile.processing["ophys"].add(images)
     cls = schema.get_run_info_class()
-    info = cls(name="ExtractRunInfo", run_name="run1", run_index=np.int64(1), package_version="0.1.0",
+    info = cls(name="ExtractRunInfo", run_name="run1", run_index=np.int32(1), package_version="0.1.0",
                engine_version="EXTRACT 1.3.0", backend="numpy", device="cpu", axis_order=schema.AXIS_ORDER,
                config_json=cfg.to_json(), run_info_json="{}", plane_segmentation=ps, summary_images=images,
                seconds_total=1.5, **_config_fields(cfg))
@@ -115,6 +115,6 @@ def test_run_info_round_trip(tmp_path):
         attrs = f["processing/ophys/ExtractRunInfo"].attrs
         assert attrs["avg_cell_radius"].dtype == np.float64 and attrs["avg_cell_radius"] == 4.5
         assert attrs["thresholds_size_upper_limit"] == math.inf
-        assert attrs["verbose"].dtype == np.int64
+        assert attrs["verbose"].dtype == np.int32
         assert attrs["neurodata_type"] == "ExtractRunInfo" and attrs["namespace"] == "ndx-nwb-extract"
         assert f"specifications/{schema.NAMESPACE}/{schema.NAMESPACE_VERSION}" in f  # cached for readers

@@ -908,7 +908,7 @@ def _run_info(result: ExtractResult, names: _RunNames, run_index: int, source: S
         "source": None if source is None else {**asdict(source), "frame_range": list(source.frames)},
     }
     fields: dict[str, Any] = {
-        "name": names.run_info, "run_name": names.run_name, "run_index": np.int64(run_index),
+        "name": names.run_info, "run_name": names.run_name, "run_index": np.int32(run_index),
         "package_version": __version__, "engine_version": ENGINE_VERSION,
         "backend": str(result.backend), "device": str(result.device), "axis_order": schema.AXIS_ORDER,
         "run_info_json": json.dumps(_jsonable(run_json), indent=1),
@@ -938,8 +938,8 @@ def _run_info(result: ExtractResult, names: _RunNames, run_index: int, source: S
 def _source_fields(source: SourceInfo) -> dict[str, Any]:
     start, stop = source.frames
     fields = {"source_path": source.path, "source_series": source.series_path,
-              "source_shape": np.asarray(source.shape, dtype=np.int64), "source_dtype": source.dtype,
-              "source_frame_start": np.int64(start), "source_frame_stop": np.int64(stop)}
+              "source_shape": np.asarray(source.shape, dtype=np.int32), "source_dtype": source.dtype,
+              "source_frame_start": np.int32(start), "source_frame_stop": np.int32(stop)}
     dandi = {"dandiset_id": source.dandiset_id, "dandiset_version": source.dandiset_version,
              "dandi_asset_id": source.asset_id, "dandi_asset_path": source.asset_path}
     fields.update({key: str(value) for key, value in dandi.items() if value is not None})
@@ -948,7 +948,7 @@ def _source_fields(source: SourceInfo) -> dict[str, Any]:
 
 def _config_fields(config: ExtractConfig) -> dict[str, Any]:
     """Typed attributes of every config key with a fixed type (:func:`schema.config_attributes`); None is left out."""
-    cast = {"bool": bool, "int64": np.int64, "float64": float, "text": str}
+    cast = {"bool": bool, "int32": np.int32, "float64": float, "text": str}
     fields = {}
     for attribute, (group, param, dtype) in schema.config_attributes().items():
         value = getattr(getattr(config, group) if group else config, param.name)

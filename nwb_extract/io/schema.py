@@ -9,7 +9,7 @@ from the config (a test compares the two); regenerate it after a config change w
 ``ExtractRunInfo`` (``neurodata_type_inc: NWBDataInterface``, stored in ``processing/ophys``):
 
 - a typed attribute per config key with a fixed type (EXTRACT's names; ``thresholds.X`` as ``thresholds_X``,
-  ``python.X`` as ``python_X``; bool, int64, float64 (``inf`` allowed where the key allows it) or text); an
+  ``python.X`` as ``python_X``; bool, int32, float64 (``inf`` allowed where the key allows it) or text); an
   optional key whose value is None (MATLAB ``[]``) has no attribute;
 - ``config_json``: the whole resolved config as JSON (``ExtractConfig.to_json``) except the movie-sized arrays
   (:data:`CONFIG_DATASETS`), which are datasets of the same name and appear in the JSON as ``"<dataset NAME>"``;
@@ -65,7 +65,7 @@ CONFIG_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Run-information attributes: name -> (dtype, shape or None for a scalar, required, doc).
 RUN_ATTRIBUTES: dict[str, tuple[str, tuple | None, bool, str]] = {
     "run_name": ("text", None, True, "name of the run (readers select runs by it)"),
-    "run_index": ("int64", None, True, "1-based position of the run among the runs of its file, in writing order"),
+    "run_index": ("int32", None, True, "1-based position of the run among the runs of its file, in writing order"),
     "package_version": ("text", None, True, "version of the nwb-extract package that wrote the run"),
     "engine_version": ("text", None, True, "version of the EXTRACT algorithm the engine follows"),
     "backend": ("text", None, True, "array backend the engine ran on (numpy, cupy, ...)"),
@@ -74,10 +74,10 @@ RUN_ATTRIBUTES: dict[str, tuple[str, tuple | None, bool, str]] = {
     "axis_order": ("text", None, True, "axis-order convention of the masks, centroids and images"),
     "source_path": ("text", None, False, "local path or URL of the NWB file holding the input series"),
     "source_series": ("text", None, False, "path of the input series inside its file"),
-    "source_shape": ("int64", (None,), False, "stored shape of the whole input series"),
+    "source_shape": ("int32", (None,), False, "stored shape of the whole input series"),
     "source_dtype": ("text", None, False, "dtype of the input series' data"),
-    "source_frame_start": ("int64", None, False, "first frame of the input series used (0-based)"),
-    "source_frame_stop": ("int64", None, False, "frame after the last frame used (0-based, exclusive)"),
+    "source_frame_start": ("int32", None, False, "first frame of the input series used (0-based)"),
+    "source_frame_stop": ("int32", None, False, "frame after the last frame used (0-based, exclusive)"),
     "dandiset_id": ("text", None, False, "DANDI dandiset id of the input"),
     "dandiset_version": ("text", None, False, "DANDI dandiset version of the input"),
     "dandi_asset_id": ("text", None, False, "DANDI asset id of the input"),
@@ -91,7 +91,7 @@ RUN_ATTRIBUTES: dict[str, tuple[str, tuple | None, bool, str]] = {
 #: Stages with a typed ``seconds_<stage>`` attribute (all stages, these included, are in ``run_info_json``).
 TIMING_STAGES = ("read", "preprocess", "initialisation", "cellfinding", "refinement", "frr", "total")
 
-_ATTRIBUTE_DTYPES = {"bool": "bool", "int": "int64", "float": "float64", "choice": "text"}
+_ATTRIBUTE_DTYPES = {"bool": "bool", "int": "int32", "float": "float64", "choice": "text"}
 _GROUP_PREFIXES = (("", PARAMETERS), ("thresholds_", THRESHOLD_PARAMETERS), ("python_", PYTHON_PARAMETERS))
 # Only required links, of distinct target types: hdmf 6.2 fills an absent optional link with any other link
 # target of the same type on read, so the optional containers are named by path attributes instead.
