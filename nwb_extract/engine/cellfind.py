@@ -242,6 +242,24 @@ def _movie(Mt: Any, frame_shape: tuple[int, int]) -> Any:
 # summary image (§5.2)
 
 
+def _peak_frames(Y: Any, xp: Any, block: int = 64) -> Any:
+    """First frame of each pixel's maximum, ``argmax`` over axis 0 of ``Y`` (n, h, w) -> int64 (h, w), computed in
+    blocks of ``block`` frames: an argmax along the frame axis of the whole movie would make a movie-sized
+    temporary. A later block wins only with a strictly larger value, so ties keep the first frame."""
+    best_value = best_frame = None
+    for t0 in range(0, Y.shape[0], block):
+        chunk = Y[t0:min(t0 + block, Y.shape[0]), ...]
+        frame = xp.astype(xp.argmax(chunk, axis=0), xp.int64) + t0
+        value = xp.max(chunk, axis=0)
+        if best_value is None:
+            best_value, best_frame = value, frame
+        else:
+            better = value > best_value
+            best_value = xp.where(better, value, best_value)
+            best_frame = xp.where(better, frame, best_frame)
+    return best_frame
+
+
 def summary_stack(Mt: Any, frame_shape: tuple[int, int], spread: int = SUMMARY_SPREAD) -> SummaryStack:
     """Summary image of a movie: how bright each pixel's neighbours are at the pixel's own peak frame (spec §5.2).
 
@@ -263,7 +281,7 @@ def summary_stack(Mt: Any, frame_shape: tuple[int, int], spread: int = SUMMARY_S
     Y = _movie(Mt, frame_shape)
     xp = backend.get_namespace(Y)
     _, h, w = Y.shape
-    peak = xp.astype(xp.argmax(Y, axis=0), xp.int64)
+    peak = _peak_frames(Y, xp)
     return SummaryStack(image=_window_means(Y, peak, (0, h, 0, w), spread), peak_frame=peak)
 
 
@@ -306,7 +324,7 @@ def _refresh_summary(Y: Any, image: Any, peak: Any, changed: Any, spread: int) -
         return
     r0, r1, c0, c1 = box
     changed_box = changed[r0:r1, c0:c1]
-    new_peak = xp.astype(xp.argmax(Y[:, r0:r1, c0:c1], axis=0), xp.int64)
+    new_peak = _peak_frames(Y[:, r0:r1, c0:c1], xp)
     peak[r0:r1, c0:c1] = xp.where(changed_box, new_peak, peak[r0:r1, c0:c1])
     a0, a1, b0, b1 = _bounding_box(changed, margin=spread)
     window = xp.ones((2 * spread + 1, 2 * spread + 1), dtype=xp.bool, device=changed.device)
