@@ -347,6 +347,9 @@ PYTHON_PARAMETERS: tuple[Param, ...] = (
     Param("tiling", "choice", "deterministic", "tiling of the T/S steps: 'deterministic' (§6.6 CPU rule, same "
           "result on every device) or 'memory' (from free GPU memory, like MATLAB's GPU path)",
           choices=("deterministic", "memory")),
+    Param("seam_ownership", "bool", True, "with partitions, drop a cell found in a neighbouring partition's core "
+          "where that partition found an overlapping cell (seam fragments); false: the reference's stitching only "
+          "(docs/decisions.md)"),
 )
 
 

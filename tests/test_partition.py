@@ -289,6 +289,54 @@ def test_two_distinct_neighbours_on_the_seam_are_both_kept():
     assert pt.stitch(results, (H, W), ExtractConfig(), "baseline_adjusted").removed == (0,)
 
 
+@pytest.mark.parametrize("h, w, npy, npx, overlap", [(40, 24, 2, 1, 6), (96, 96, 2, 2, 12), (50, 71, 3, 2, 7)])
+def test_partition_cores_tile_the_fov_and_cut_overlaps_in_the_middle(h, w, npy, npx, overlap):
+    blocks = pt.partition_blocks((h, w), npy, npx, overlap)
+    cores = pt.partition_cores(blocks)
+    count = np.zeros((h, w), int)
+    for block, core in zip(blocks, cores):
+        assert core.index == block.index
+        assert block.rows[0] <= core.rows[0] < core.rows[1] <= block.rows[1]
+        assert block.cols[0] <= core.cols[0] < core.cols[1] <= block.cols[1]
+        count[core.slices] += 1
+    np.testing.assert_array_equal(count, 1)  # every pixel owned by exactly one partition
+    if (h, w, npy, npx) == (40, 24, 2, 1):  # rows (0, 23) and (17, 40): the seam 17..22 is cut at row 20
+        assert [c.rows for c in cores] == [(0, 20), (20, 40)]
+
+
+def fragment_case(with_owner_cell, xp, device):
+    """The top partition sees a whole cell centred on row 15; the bottom one (rows 17..39) only its lower edge,
+    fitted with a trace mixed with other activity (trace correlation below the reference's 0.8)."""
+    top, bottom = two_partitions()
+    cell, trace = gaussian((15, 12)), spikes(1)
+    fragment_trace = 0.5 * trace + spikes(6)
+    far_bottom = gaussian((35, 18))
+    top_cells = ([cell], [trace]) if with_owner_cell else ([], [])
+    return [partition_result(top, *top_cells, 20, xp, device),
+            partition_result(bottom, [cell, far_bottom], [fragment_trace, spikes(3)], 21, xp, device)]
+
+
+def test_a_fragment_in_the_neighbours_core_is_removed_when_the_neighbour_has_the_cell(namespace):
+    xp, device = namespace
+    results = fragment_case(True, xp, device)
+    bottom_shape = results[1].kept.shape
+    fragment = backend.to_numpy(results[1].S)[:, 0].reshape(bottom_shape)
+    rows = np.arange(17, 17 + bottom_shape[0])[:, None]
+    assert (rows * fragment).sum() / fragment.sum() < 20  # centroid in the top partition's core
+    assert np.corrcoef(spikes(1), 0.5 * spikes(1) + spikes(6))[0, 1] < 0.8
+    reference = pt.stitch(results, (H, W), ExtractConfig(seam_ownership=False), "baseline_adjusted")
+    assert reference.selected == (0, 1, 2) and reference.fragments == ()  # the reference's stitching keeps it
+    out = pt.stitch(results, (H, W), ExtractConfig(), "baseline_adjusted")
+    assert out.fragments == (1,) and out.removed == ()
+    assert out.selected == (0, 2) and out.cell_partition == (0, 1)
+
+
+def test_a_fragment_is_kept_when_the_owner_found_nothing_there(namespace):
+    xp, device = namespace
+    out = pt.stitch(fragment_case(False, xp, device), (H, W), ExtractConfig(), "baseline_adjusted")
+    assert out.fragments == () and out.selected == (0, 1)
+
+
 def test_stitch_without_duplicate_removal_concatenates_in_partition_order(namespace):
     xp, device = namespace
     top, bottom = two_partitions()

@@ -8,7 +8,8 @@ order, and cells found twice across a seam are removed. This module holds that b
 - per-partition inputs cut from the full-FOV config: :func:`partition_inputs` (:class:`PartitionInputs`);
 - running the blocks serially or through any :class:`concurrent.futures.Executor`: :func:`run_partitions`;
 - stitching: :func:`embed_footprints`, :func:`embed_images`, :func:`coverage`, :func:`overlap_pixels`,
-  :func:`find_duplicate_cells`, :func:`match_to_init` and the whole of §1.4 in :func:`stitch`
+  :func:`seam_fragments` (ours, docs/decisions.md), :func:`find_duplicate_cells`, :func:`match_to_init` and the
+  whole of §1.4 in :func:`stitch`
   (:class:`PartitionResult` in, :class:`Stitched` out).
 
 Conventions: pixels are flattened row-major (``p = row * W + col``); partition ``i`` (0-based here, ``i + 1`` in
@@ -354,6 +355,81 @@ def overlap_pixels(count: Any) -> Any:
     return xp.astype(xp.nonzero(xp.reshape(count, (-1,)) != 1)[0], xp.int64)
 
 
+def partition_cores(kept: Sequence[Block]) -> list[Block]:
+    """The part of the FOV each partition owns: its block cut at the middle of every overlap with a neighbour.
+
+    Cores tile the FOV without overlap (half-open ranges). Neighbours are the blocks one grid step away; at the FOV
+    edge a core keeps its block's edge. Returned in the order of ``kept``.
+    """
+    by_position = {(b.iy, b.ix): b for b in kept}
+
+    def cut(block: Block, axis: int) -> tuple[int, int]:
+        lo, hi = block.rows if axis == 0 else block.cols
+        step = (1, 0) if axis == 0 else (0, 1)
+        before = by_position.get((block.iy - step[0], block.ix - step[1]))
+        after = by_position.get((block.iy + step[0], block.ix + step[1]))
+        if before is not None:
+            lo = ((before.rows if axis == 0 else before.cols)[1] + lo) // 2
+        if after is not None:
+            hi = ((after.rows if axis == 0 else after.cols)[0] + hi) // 2
+        return lo, hi
+
+    return [Block(b.index, b.iy, b.ix, cut(b, 0), cut(b, 1)) for b in kept]
+
+
+def seam_fragments(S: Any, origin: Sequence[int], kept: Sequence[Block], frame_shape: tuple[int, int]) -> list[int]:
+    """Cells that a partition found in a neighbour's core where that neighbour found a cell too (ours; see
+    docs/decisions.md, "partition ownership").
+
+    A cell's centroid (footprint-weighted mean pixel position) falls in exactly one partition's core
+    (:func:`partition_cores`). If that owner is not the partition the cell came from, and a cell of the owner
+    shares at least one pixel with it, the cell is a copy or a cut-off fragment of what the owner (which sees that
+    area with at least half an overlap of margin) found, and is removed. Cells in an area the owner left empty are
+    kept, so no cell is lost at a seam.
+
+    Parameters
+    ----------
+    S : array (H * W, K)
+        Footprints in the FOV, row-major pixels.
+    origin : sequence of int
+        0-based partition index of each of the K cells.
+    kept, frame_shape :
+        The partitions' kept blocks (any order) and ``(H, W)``.
+
+    Returns
+    -------
+    list of int
+        0-based cell indices to remove, ascending.
+    """
+    xp, device = backend.get_namespace_and_device(S)
+    if S.shape[1] == 0 or len(kept) < 2:
+        return []
+    h, w = frame_shape
+    rows = xp.astype(xp.arange(h * w, device=device) // w, S.dtype)
+    cols = xp.astype(xp.arange(h * w, device=device) % w, S.dtype)
+    mass = xp.sum(S, axis=0)
+    safe = xp.where(mass > 0, mass, xp.ones_like(mass))
+    centroid_r = _host_floats((rows[None, :] @ S)[0, :] / safe)
+    centroid_c = _host_floats((cols[None, :] @ S)[0, :] / safe)
+    cores = partition_cores(kept)
+    support = xp.astype(S > 0, S.dtype)
+    shared = _host_floats(xp.reshape(xp.matrix_transpose(support) @ support, (-1,)))
+    K = S.shape[1]
+    fragments = []
+    for j in range(K):
+        owner = next((c.index for c in cores
+                      if c.rows[0] <= centroid_r[j] < c.rows[1] and c.cols[0] <= centroid_c[j] < c.cols[1]), None)
+        if owner is None or owner == origin[j]:
+            continue
+        if any(origin[i] == owner and shared[j * K + i] > 0 for i in range(K)):
+            fragments.append(j)
+    return fragments
+
+
+def _host_floats(values: Any) -> list[float]:
+    return [float(v) for v in backend.to_numpy(values).tolist()]
+
+
 def find_duplicate_cells(S: Any, T: Any, overlap: Any, T_dup_thresh: float = 0.9, T_corr_thresh: float = 0.8,
                          S_corr_thresh: float = 0.1) -> list[int]:
     """Cells found twice across partition seams, to be removed (spec §1.4 item 4).
@@ -525,6 +601,8 @@ class Stitched:
     removed : tuple of int
         Concatenated indices left out: seam duplicates in the order found (``idx_trash - 1``), or, with
         ``regression_only``, the unmatched cells ascending.
+    fragments : tuple of int
+        Concatenated indices left out before that by :func:`seam_fragments` (``python.seam_ownership``).
     cell_partition : tuple of int
         0-based partition index of each output cell.
     """
@@ -536,6 +614,7 @@ class Stitched:
     n_found: int
     selected: tuple[int, ...]
     removed: tuple[int, ...]
+    fragments: tuple[int, ...]
     cell_partition: tuple[int, ...]
 
 
@@ -545,8 +624,10 @@ def stitch(results: Sequence[PartitionResult], frame_shape: tuple[int, int], cfg
 
     Footprints are un-trimmed (:func:`embed_footprints`) and, with every per-cell array, concatenated in partition
     order. Then, if ``cfg.remove_duplicate_cells``: with ``regression_only`` the cells are matched to ``cfg.S_init``
-    and put in its order (:func:`match_to_init`); otherwise :func:`find_duplicate_cells` runs on the traces
-    ``per_cell[trace_key]`` with the pixels not covered exactly once, and the duplicates are deleted.
+    and put in its order (:func:`match_to_init`); otherwise, with ``cfg.python.seam_ownership`` (default, ours),
+    :func:`seam_fragments` removes the cells a partition found in a neighbour's core where the neighbour found a
+    cell too, and then :func:`find_duplicate_cells` runs on the remaining cells' traces ``per_cell[trace_key]``
+    with the pixels not covered exactly once, and the duplicates are deleted.
 
     Parameters
     ----------
@@ -579,20 +660,26 @@ def stitch(results: Sequence[PartitionResult], frame_shape: tuple[int, int], cfg
     images = {name: embed_images([r.images[name] for r in results], kept, frame_shape) for name in results[0].images}
 
     n_found = S.shape[1]
-    selected, removed = list(range(n_found)), []
+    selected, removed, fragments = list(range(n_found)), [], []
     if cfg.remove_duplicate_cells and cfg.regression_only:
         S_init = backend.from_numpy(cfg.S_init, xp, device)
         selected = match_to_init(S_init, S)
         removed = sorted(set(range(n_found)) - set(selected))
     elif cfg.remove_duplicate_cells:
-        removed = find_duplicate_cells(S, per_cell[trace_key], overlap_pixels(count), cfg.T_dup_thresh,
-                                       cfg.T_corr_thresh, cfg.S_corr_thresh)
-        trash = set(removed)
+        if cfg.python.seam_ownership:
+            fragments = seam_fragments(S, origin, kept, frame_shape)
+        rest = [i for i in range(n_found) if i not in set(fragments)]
+        index = xp.asarray(rest, dtype=xp.int64, device=device)
+        duplicates = find_duplicate_cells(xp.take(S, index, axis=1), xp.take(per_cell[trace_key], index, axis=1),
+                                          overlap_pixels(count), cfg.T_dup_thresh, cfg.T_corr_thresh,
+                                          cfg.S_corr_thresh)
+        removed = [rest[i] for i in duplicates]
+        trash = set(removed) | set(fragments)
         selected = [i for i in range(n_found) if i not in trash]
     if selected != list(range(n_found)):
         index = xp.asarray(selected, dtype=xp.int64, device=device)
         S = xp.take(S, index, axis=1)
         per_cell = {key: xp.take(v, index, axis=v.ndim - 1) for key, v in per_cell.items()}
     return Stitched(S=S, per_cell=per_cell, images=images, coverage=count, n_found=n_found,
-                    selected=tuple(selected), removed=tuple(removed),
+                    selected=tuple(selected), removed=tuple(removed), fragments=tuple(fragments),
                     cell_partition=tuple(origin[i] for i in selected))

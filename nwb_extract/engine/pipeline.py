@@ -451,6 +451,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         "partitions": [{"rows": [kept.rows[0], kept.rows[1]], "cols": [kept.cols[0], kept.cols[1]],
                         **{k: v for k, v in out.run_info.items()}} for kept, out in outputs],
         "n_found_before_stitching": stitched.n_found, "seam_duplicates_removed": len(stitched.removed),
+        "seam_fragments_removed": len(stitched.fragments),
     }
     if len(outputs) == 1:
         run_info.update(outputs[0][1].run_info)
