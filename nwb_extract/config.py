@@ -329,7 +329,8 @@ THRESHOLD_PARAMETERS: tuple[Param, ...] = (
     Param("eccent_thresh", "float", 6.0, "maximum eccentricity", allow_inf=True, **_NONNEG),
     Param("T_dup_corr_thresh", "float", 0.95, "trace-duplicate merge threshold"),
     Param("S_dup_corr_thresh", "float", 0.8, "image-duplicate threshold"),
-    Param("low_ST_index_thresh", "float", -1.0, "spatio-temporal index check; -1 disables all ST metrics"),
+    Param("low_ST_index_thresh", "float", -1.0, "spatio-temporal index check; -1 disables it (ST metrics then 1, "
+          "except in tuning records)"),
     Param("confidence_thresh", "float", 0.8, "classifier confidence", status=UNUSED),
     Param("high_ST_index_thresh", "float", 0.8, "legacy labeler threshold", status=UNUSED),
     Param("low_ST_corr_thresh", "float", 0.0, "spatio-temporal correlation check (only when ST metrics are on)"),

@@ -24,11 +24,11 @@ import pytest
 from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
-from nwb_extract.engine import backend, noise
+from nwb_extract.engine import backend, noise, spatiotemporal
 from nwb_extract.engine.refine import (METRIC_NAMES, RULE_NAMES, cell_area, estimate_avg_radius, estimate_radius,
                                        find_conncomp, make_mask, normalize_to_one, refine, remove_redundant,
                                        smooth_images, smooth_traces, update_merged_images)
-from nwb_extract.errors import InputError, NotImplementedYetError
+from nwb_extract.errors import InputError
 
 #: metrics that are correlations accumulated in float32 by the reference (see module docstring)
 CORRELATION_METRICS = {"T_max_corr", "S_max_corr", "T_dup_val"}
@@ -259,12 +259,30 @@ def test_duplicate_pair_keeps_the_higher_index_and_merges():
     np.testing.assert_array_equal(merged[:, :2], S[:, :2])
 
 
-def test_st_check_is_not_implemented():
-    S = np.stack([_blob((12, 12), 2.0)], axis=1)
-    T = _spiky_trace(np.random.default_rng(0))[None, :]
+def test_st_check_needs_the_movie_and_flags_a_trace_explained_by_its_surround():
+    """With ``low_ST_index_thresh`` set the ST rows are computed and ``ST_spurious`` applies (§7.3); without the
+    S-step projections the check cannot run and says so. Cell 0's surround carries exactly its activity (ST2 ~ 0,
+    flagged), cell 1's surround is silent (ST2 ~ 1, kept); the ST metrics themselves are tested in
+    tests/test_spatiotemporal.py."""
+    rng = np.random.default_rng(0)
+    S = np.stack([_blob((12, 12), 2.0), _blob((40, 40), 2.0)], axis=1)
+    T = np.stack([_spiky_trace(rng), _spiky_trace(rng)])
+    surround = ((np.stack([_blob((12, 12), 5.0), _blob((40, 40), 5.0)], axis=1) > 0) & (S <= 0.01)).astype(np.float32)
+    Mt = (T.T @ S.T).astype(np.float32)
+    Mt += np.outer(T[0], surround[:, 0])  # cell 0's transients also fill its surround
+    st = spatiotemporal.SpatioTemporalInputs(Mt, (Mt @ S).T, (Mt @ surround).T, surround, RADIUS)
     thresholds = ExtractConfig(thresholds={"low_ST_index_thresh": 0.5}).thresholds.to_dict()
-    with pytest.raises(NotImplementedYetError, match="low_ST_index_thresh"):
-        remove_redundant(S, S, T, SHAPE, thresholds)
+    area = np.pi * RADIUS ** 2
+    thresholds.update(size_lower_limit=0.1 * area, size_upper_limit=10 * area)
+    S_smooth = normalize_to_one(smooth_images(S, SHAPE))
+    with pytest.raises(InputError, match="low_ST_index_thresh"):
+        remove_redundant(S, S_smooth, T, SHAPE, thresholds)
+    record = remove_redundant(S, S_smooth, T, SHAPE, thresholds, st=st)
+    assert record.rules() == ("ST_spurious", None)
+    assert record.metric("ST2_index_4")[0] < 0.1 < 0.9 < record.metric("ST2_index_4")[1]
+    off = remove_redundant(S, S_smooth, T, SHAPE, ExtractConfig().thresholds.to_dict() | {
+        "size_lower_limit": 0.1 * area, "size_upper_limit": 10 * area}, st=st)
+    assert off.rules() == (None, None) and np.all(np.asarray(off.metrics)[11:29] == 1)  # disabled: ST rows are 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

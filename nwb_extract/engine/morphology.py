@@ -5,7 +5,8 @@
   11 x 11 octagon);
 * :func:`disk_footprint` — ``fspecial('disk', R) > 0``, the exact disk of ``dilate_disk`` (spec §0);
 * :func:`gaussian_kernel` — ``fspecial('gaussian', size, sigma)``;
-* :func:`dilate` — binary dilation of a stack of masks with zero padding.
+* :func:`dilate` — binary dilation of a stack of masks with zero padding;
+* :func:`grown_range` — a bounding range along one axis, grown by a margin (host bookkeeping).
 
 The neighbourhoods are built from small integer offset sets in plain Python, then put on the requested namespace
 and device (NumPy by default).
@@ -172,3 +173,12 @@ def _offsets_to_mask(offsets: set[tuple[int, int]], xp: Any, device: Any, half: 
     rows = [[(dy, dx) in offsets for dx in range(-half, half + 1)] for dy in range(-half, half + 1)]
     xp = backend.select("numpy") if xp is None else xp
     return xp.reshape(xp.asarray(rows, dtype=xp.bool, device=device), (side, side))
+
+
+def grown_range(hit: list[bool], margin: int, length: int) -> tuple[int, int]:
+    """``[first, last + 1)`` of the true entries of ``hit`` grown by ``margin`` on both sides and clipped to
+    ``[0, length)``; ``(0, 0)`` when none is true. One axis of a bounding box (host lists, small bookkeeping)."""
+    idx = [i for i, v in enumerate(hit) if v]
+    if not idx:
+        return 0, 0
+    return max(0, idx[0] - margin), min(length, idx[-1] + margin + 1)

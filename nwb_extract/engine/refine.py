@@ -18,9 +18,9 @@ Column order. The reference re-orders the columns of its classification records 
 eliminated ones). Every array here stays in input order; :attr:`Classification.cell_ids` says which initial cell
 each column is.
 
-Spatio-temporal (ST) metrics (§7.6) are not implemented: they take their "disabled" value 1, as in EXTRACT's
-default (``low_ST_index_thresh = -1``), also in hyperparameter-tuning mode; enabling the ST check raises
-:class:`~nwb_extract.errors.NotImplementedYetError`.
+Spatio-temporal (ST) metrics (§7.6, :mod:`spatiotemporal`) take their "disabled" value 1 with EXTRACT's default
+``low_ST_index_thresh = -1``; they are computed, and the ``ST_spurious`` rule applied, when the threshold is set, and
+always in the tuning records (hyperparameter-tuning mode and a skipped last check, §7.5), as in the reference.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from nwb_extract.engine import backend, noise
+from nwb_extract.engine import backend, noise, spatiotemporal
 from nwb_extract.engine.matching import pearson_columns
 from nwb_extract.engine.matlab import matlab_round
-from nwb_extract.engine.morphology import dilate, disk_footprint, gaussian_kernel
+from nwb_extract.engine.morphology import dilate, disk_footprint, gaussian_kernel, grown_range
 from nwb_extract.engine.robust import l1_lambda
 from nwb_extract.engine.tiled import solve_S, solve_T
-from nwb_extract.errors import InputError, NotImplementedYetError
+from nwb_extract.errors import InputError
 
 #: The 30 quality metrics of §7.2, in EXTRACT's row order (``get_quality_metric_map``).
 METRIC_NAMES: tuple[str, ...] = (
@@ -199,21 +199,13 @@ def _median_smooth(images: Any) -> Any:
     cols_hit = backend.to_numpy(xp.any(seeds, axis=1)).tolist()
     out = xp.zeros(images.shape, dtype=images.dtype, device=device)
     for k in range(K):
-        r0, r1 = _grown_range(rows_hit[k], h)
-        c0, c1 = _grown_range(cols_hit[k], w)
+        r0, r1 = grown_range(rows_hit[k], SMOOTH_BOX_MARGIN, h)
+        c0, c1 = grown_range(cols_hit[k], SMOOTH_BOX_MARGIN, w)
         if r0 >= r1:
             continue
         box = images[k, r0:r1, c0:c1]
         out[k, r0:r1, c0:c1] = backend.median_filter(box, (SMOOTH_MEDIAN_SIZE, SMOOTH_MEDIAN_SIZE), mode="constant")
     return out
-
-
-def _grown_range(hit: list[bool], length: int) -> tuple[int, int]:
-    """[first, last + 1) of the true entries grown by the box margin and clipped; (0, 0) when none is true."""
-    idx = [i for i, v in enumerate(hit) if v]
-    if not idx:
-        return 0, 0
-    return max(0, idx[0] - SMOOTH_BOX_MARGIN), min(length, idx[-1] + SMOOTH_BOX_MARGIN + 1)
 
 
 def smooth_traces(T: Any) -> Any:
@@ -315,7 +307,7 @@ def trace_mixing(T: Any, S_smooth: Any) -> Any | None:
 
 
 def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int], *,
-                    mixing: Any | None = None) -> Any:
+                    mixing: Any | None = None, st: spatiotemporal.SpatioTemporalInputs | None = None) -> Any:
     """The 30 metrics of §7.2 for every cell, rows in :data:`METRIC_NAMES` order; NaN set to 0.
 
     Parameters
@@ -323,10 +315,13 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
     S : array (P, K) float32 — images; S_smooth : array (P, K) — smoothed images (normalised);
     T : array (K, n) float32 — traces; frame_shape : (h, w).
     mixing : array (n, K), optional — :func:`trace_mixing` when the caller has it (None: computed here).
+    st : :class:`~nwb_extract.engine.spatiotemporal.SpatioTemporalInputs`, optional — when given, the 18 ST rows
+        are computed (:func:`~nwb_extract.engine.spatiotemporal.spatiotemporal_metrics`); else they are 1 (the
+        disabled value).
 
     Returns
     -------
-    array (30, K), float64 — the ST rows are 1 (the disabled value, see the module docstring).
+    array (30, K), float64
     """
     xp, device = backend.get_namespace_and_device(S, S_smooth, T)
     K = S.shape[1]
@@ -350,6 +345,9 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
                       else _max_off_diagonal(pearson_columns(mixing, xp=xp))),
     }
     ones = xp.ones((K,), dtype=xp.float64, device=device)
+    if st is not None:
+        st_rows = spatiotemporal.spatiotemporal_metrics(S, T, st, frame_shape)
+        rows.update({name: st_rows[i, :] for i, name in enumerate(_ST_METRICS)})
     table = xp.stack([xp.astype(rows[name], xp.float64) if name in rows else ones for name in METRIC_NAMES])
     return xp.where(xp.isnan(table), xp.zeros_like(table), table)
 
@@ -477,15 +475,14 @@ class Classification:
                      for k in range(len(bad)))
 
 
-def _check_st(thresholds: Mapping[str, float]) -> None:
-    if thresholds["low_ST_index_thresh"] != -1:
-        raise NotImplementedYetError(
-            "the spatio-temporal quality check (thresholds.low_ST_index_thresh != -1, spec §7.6) is not implemented; "
-            "set thresholds={'low_ST_index_thresh': -1} (EXTRACT's default), which disables it")
+def st_enabled(thresholds: Mapping[str, float]) -> bool:
+    """True when the ST check is on (``low_ST_index_thresh != -1``, spec §7.2)."""
+    return thresholds["low_ST_index_thresh"] != -1
 
 
 def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
-                     thresholds: Mapping[str, float]) -> Classification:
+                     thresholds: Mapping[str, float], *,
+                     st: spatiotemporal.SpatioTemporalInputs | None = None) -> Classification:
     """Quality metrics, elimination rules and duplicate groups of the current cells (spec §7.2-7.4).
 
     Rules (:data:`RULE_NAMES`): trace duplicates (:func:`find_conncomp` of :func:`trace_mixing` at
@@ -494,8 +491,9 @@ def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int]
     member but the first), ``T_maxval <= T_min_snr``, ``T_corruption >= temporal_corrupt_thresh``,
     ``max(S_area_1, S_smooth_area_1) <= size_lower_limit`` or ``S_smooth_area_1 == 0``,
     ``S_area_2 / max(1, S_eccent - 2) >= size_upper_limit``, ``S_corruption >= spatial_corrupt_thresh``,
-    ``S_eccent >= eccent_thresh``, and the ST rule (never true here). A cell is eliminated if any rule is true,
-    except the kept (first) member of each trace-duplicate group.
+    ``S_eccent >= eccent_thresh``, and, when the ST check is on (:func:`st_enabled`), ``ST2_index_4 <=
+    low_ST_index_thresh`` or ``ST_corr_3 < low_ST_corr_thresh`` (never true when it is off). A cell is eliminated
+    if any rule is true, except the kept (first) member of each trace-duplicate group.
 
     Parameters
     ----------
@@ -503,16 +501,21 @@ def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int]
     frame_shape : (h, w).
     thresholds : mapping by EXTRACT name (``cfg.thresholds`` keys); ``size_lower_limit`` and ``size_upper_limit``
         **in pixels** (already multiplied by ``pi r^2``, as the reference passes them).
+    st : :class:`~nwb_extract.engine.spatiotemporal.SpatioTemporalInputs` — required when the ST check is on.
 
     Returns
     -------
     Classification — in input order, ``cell_ids = 0..K-1``.
     """
-    _check_st(thresholds)
+    check_st = st_enabled(thresholds)
+    if check_st and st is None:
+        raise InputError("the spatio-temporal check is on (thresholds.low_ST_index_thresh != -1) but no movie and "
+                         "S-step projections were given: pass st=spatiotemporal.inputs_from_s_step(...), or set "
+                         "low_ST_index_thresh to -1")
     xp, device = backend.get_namespace_and_device(S, S_smooth, T)
     K = S.shape[1]
     mixing = trace_mixing(T, S_smooth)
-    metrics = quality_metrics(S, S_smooth, T, frame_shape, mixing=mixing)
+    metrics = quality_metrics(S, S_smooth, T, frame_shape, mixing=mixing, st=st if check_st else None)
     row = {name: metrics[i, :] for i, name in enumerate(METRIC_NAMES)}
     t_groups: list[tuple[int, ...]] = []
     if mixing is not None:
@@ -530,7 +533,9 @@ def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int]
         "S_huge": (row["S_area_2"] / xp.clip(row["S_eccent"] - 2.0, min=1.0)) >= thresholds["size_upper_limit"],
         "S_poor": row["S_corruption"] >= thresholds["spatial_corrupt_thresh"],
         "S_eccent": row["S_eccent"] >= thresholds["eccent_thresh"],
-        "ST_spurious": xp.zeros((K,), dtype=xp.bool, device=device),
+        "ST_spurious": ((row["ST2_index_4"] <= thresholds["low_ST_index_thresh"])
+                        | (row["ST_corr_3"] < thresholds["low_ST_corr_thresh"])) if check_st
+                       else xp.zeros((K,), dtype=xp.bool, device=device),
     }
     is_attr_bad = xp.stack([flags[name] for name in RULE_NAMES])
     kept = _members_flag([g[0] for g in t_groups], K, xp, device)
@@ -544,11 +549,12 @@ def _members_flag(indices: list[int], K: int, xp: Any, device: Any) -> Any:
     return xp.asarray([k in chosen for k in range(K)], dtype=xp.bool, device=device)
 
 
-def _tuning_record(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int], cell_ids: list[int]) -> Classification:
-    """Hyperparameter-tuning record (§7.5): all metrics, nobody eliminated (ST metrics at their value 1)."""
+def _tuning_record(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int], cell_ids: list[int],
+                   st: spatiotemporal.SpatioTemporalInputs) -> Classification:
+    """Hyperparameter-tuning record (§7.5): all 30 metrics (ST included), nobody eliminated."""
     xp, device = backend.get_namespace_and_device(S)
     K = S.shape[1]
-    metrics = quality_metrics(S, S_smooth, T, frame_shape)
+    metrics = quality_metrics(S, S_smooth, T, frame_shape, st=st)
     return Classification(tuple(cell_ids), metrics, xp.zeros((len(RULE_NAMES), K), dtype=xp.bool, device=device),
                           xp.zeros((K,), dtype=xp.bool, device=device), ())
 
@@ -658,7 +664,6 @@ def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
     xp, device = backend.get_namespace_and_device(S, T, Mt)
     frame_shape = _check_frame_shape(S, frame_shape)
     thresholds = _pixel_thresholds(cfg, radius)
-    _check_st(thresholds)
     max_iter = int(cfg.max_iter)
     K0 = S.shape[1]
     t_solver = "fp_solve_adaptive" if cfg.adaptive_kappa == 2 else "fp_solve_admm"
@@ -688,18 +693,21 @@ def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
         T_change[:, it] = xp.astype(_relative_change(T, T_before, axis=1), xp.float32)
         mask = pre_mask if pre_mask is not None else make_mask(S_smooth, frame_shape, mask_radius)
         S_before = S
-        S = solve_S(S, T, Mt, mask, kappa, cfg.max_iter_S, solver=s_solver, **steps).S
+        s_step = solve_S(S, T, Mt, mask, kappa, cfg.max_iter_S, solver=s_solver, **steps)
+        S = s_step.S
         S_smooth = _smoothed(S, frame_shape, radius, cfg.low_cell_area_flag)
         S_change[:, it] = xp.astype(_relative_change(S, S_before, axis=0), xp.float32)
+        tuning = cfg.hyperparameter_tuning_flag or (iterations in skip_checks and iterations == max_iter)
+        st = spatiotemporal.inputs_from_s_step(s_step, Mt, radius) if tuning or st_enabled(thresholds) else None
         if cfg.hyperparameter_tuning_flag:
-            records.append(_tuning_record(S, S_smooth, T, frame_shape, cell_ids))
+            records.append(_tuning_record(S, S_smooth, T, frame_shape, cell_ids, st))
             stop = "hyperparameter_tuning"
             break
         if iterations in skip_checks:
             if iterations == max_iter:
-                records.append(_tuning_record(S, S_smooth, T, frame_shape, cell_ids))
+                records.append(_tuning_record(S, S_smooth, T, frame_shape, cell_ids, st))
             continue
-        record = dataclasses.replace(remove_redundant(S, S_smooth, T, frame_shape, thresholds),
+        record = dataclasses.replace(remove_redundant(S, S_smooth, T, frame_shape, thresholds, st=st),
                                      cell_ids=tuple(cell_ids))
         records.append(record)
         if record.merge_groups:

@@ -57,7 +57,8 @@ class SStepResult(NamedTuple):
     S : (P, K) float32 — new images, each column scaled to max 1 (``normalize_to_one``).
     scale : (K,) float32 — the per-image maxima divided out (floored at 1e-6).
     T_corr_in : (K, n) float32 — movie projected on the unnormalised new images, **multiplied** by ``scale``
-        (reference behaviour, spec §13 item 8; feeds only the spatio-temporal metrics).
+        (reference behaviour, spec §13 item 8; feeds only the spatio-temporal metrics, which divide it by
+        ``scale**2``: :func:`~nwb_extract.engine.spatiotemporal.inputs_from_s_step`).
     T_corr_out : (K, n) float32 — movie projected on the surround images.
     S_surround : (P, K) float32 — surround images: ``max(0, M T_thr^T)`` inside the mask where the new image is at
         most 0.01.
