@@ -256,3 +256,49 @@ def test_quantile_matlab_examples(namespace):
     assert float(backend.median(to_xp(np.array([3.0, 1.0, 2.0, 10.0]), xp, device))) == pytest.approx(2.5)
     with pytest.raises(ValueError, match="empty"):
         backend.quantile(to_xp(np.zeros((0,)), xp, device), 0.5)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("kappa_kind", ["float", "matrix", "row"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_clipped_residual_product_equals_the_direct_expression(namespace, rows, kappa_kind, transposed,
+                                                               monkeypatch):
+    """min(X A - B + kappa, 0) P for a scalar or a per-entry kappa, with residual blocks smaller than, equal to and
+    larger than the data (the NumPy path works block by block: over rows of a C-ordered B, over columns of a
+    transposed one)."""
+    xp, device = namespace
+    monkeypatch.setattr(backend, "RESIDUAL_BLOCK_BYTES", 4 * 40 * rows)  # `rows` rows of 40 frames per block
+    rng = np.random.default_rng(rows)
+    X, A = rng.standard_normal((23, 5)), rng.standard_normal((5, 40))
+    B, P = rng.standard_normal((23, 40)), rng.standard_normal((40, 5))
+    kappa = {"float": 0.3, "matrix": rng.uniform(0.1, 0.5, (23, 40)), "row": rng.uniform(0.1, 0.5, (1, 40))}[kappa_kind]
+    expected = np.minimum(X @ A - B + kappa, 0.0) @ P
+    args = [to_xp(a.astype(np.float32), xp, device) for a in (X, A, B, P)]
+    if transposed:  # B as the transposed view of a (40, 23) array, as the S-step hands over its movie tile
+        args[2] = xp.matrix_transpose(to_xp(np.ascontiguousarray(B.T, dtype=np.float32), xp, device))
+        if isinstance(args[2], np.ndarray):
+            assert args[2].flags.f_contiguous and not args[2].flags.c_contiguous
+    k = kappa if kappa_kind == "float" else to_xp(kappa.astype(np.float32), xp, device)
+    got = backend.to_numpy(backend.clipped_residual_product(*args, k))
+    assert got.shape == (23, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_largest_component_shape_does_not_depend_on_the_empty_surroundings():
+    """The same components at the image border and padded into a larger empty frame: same area, perimeter and axes
+    (the function measures each image inside its bounding box), and MATLAB's scan order picks the same one of two
+    equally large components."""
+    rng = np.random.default_rng(3)
+    blob = rng.random((9, 7)) > 0.35
+    blob[4, :] = True  # one connected piece through the middle
+    two = np.zeros((6, 9), bool)
+    two[1:3, 0:2] = True  # two equal 2x2 squares: the first in column-major scan order wins
+    two[3:5, 6:8] = True
+    two[3, 7] = False
+    for image in (blob, two):
+        padded = np.zeros((image.shape[0] + 12, image.shape[1] + 15), bool)
+        padded[5:5 + image.shape[0], 8:8 + image.shape[1]] = image
+        at_border = backend.largest_component_shape(image[None])
+        inside = backend.largest_component_shape(padded[None])
+        for a, b in zip(at_border, inside):
+            np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -63,6 +63,28 @@ def assert_metrics(ours, ref):
 # §2.2 helpers
 
 
+def test_make_mask_equals_dilating_the_whole_image(namespace):
+    """make_mask dilates each image only around its seeds; cells at the corners and edges, an empty image and a
+    scattered one give the masks of a whole-image dilation (scipy.ndimage, zero padding)."""
+    import scipy.ndimage as ndi
+
+    from nwb_extract.engine.morphology import disk_footprint
+
+    xp, device = namespace
+    h, w = 20, 27
+    images = np.zeros((5, h, w), np.float32)
+    images[0, 0:2, 0:3] = 1.0        # top-left corner
+    images[1, 18:20, 24:27] = 0.5    # bottom-right corner
+    images[2, 9, 13] = 1.0           # one interior pixel
+    images[4] = np.random.default_rng(0).random((h, w)) > 0.97  # scattered pixels; image 3 stays empty
+    S = images.reshape(5, -1).T
+    disk = np.asarray(backend.to_numpy(disk_footprint(4)), dtype=bool)
+    expected = np.stack([ndi.binary_dilation(img > 0.1, structure=disk) for img in images]).reshape(5, -1).T
+    got = backend.to_numpy(make_mask(to_xp(np.ascontiguousarray(S), xp, device), (h, w), 4))
+    np.testing.assert_array_equal(got, expected)
+    assert not got[:, 3].any() and got[:, 0].any()
+
+
 def test_mask_smoothing_radius_golden(functions):
     g = functions["solve_S_admm"]
     shape = (30, 40)

@@ -42,17 +42,23 @@ def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None) -> Any:
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"need X (P, K1) and Y (P, K2) with the same P; got {X.shape} and {Y.shape}")
     dtype = xp.float64 if xp.float64 in (X.dtype, Y.dtype) else xp.float32
-    unit_x = _unit_columns(xp.astype(X, dtype), xp)
-    unit_y = unit_x if Y is X else _unit_columns(xp.astype(Y, dtype), xp)
-    return xp.clip(xp.matmul(xp.permute_dims(unit_x, (1, 0)), unit_y), -1.0, 1.0)
+    centred_x, norm_x = _centred_columns(X, xp)
+    centred_y, norm_y = (centred_x, norm_x) if Y is X else _centred_columns(Y, xp)
+    scale = norm_x[:, None] * norm_y[None, :]
+    # zero-norm (constant) columns: 0 against everything
+    C = xp.where(scale > 0, (xp.matrix_transpose(centred_x) @ centred_y) / xp.where(scale > 0, scale, 1.0), 0.0)
+    return xp.astype(xp.clip(C, -1.0, 1.0), dtype)
 
 
-def _unit_columns(X: Any, xp: Any) -> Any:
-    """Columns of ``X`` centred and scaled to unit Euclidean norm; constant columns become zero."""
-    centred = X - xp.mean(X, axis=0, keepdims=True)
-    norm = xp.sqrt(xp.sum(centred * centred, axis=0, keepdims=True))
-    varies = (xp.max(X, axis=0, keepdims=True) > xp.min(X, axis=0, keepdims=True)) & (norm > 0)
-    return xp.where(varies, centred / xp.where(varies, norm, xp.ones_like(norm)), xp.zeros_like(centred))
+def _centred_columns(X: Any, xp: Any) -> tuple[Any, Any]:
+    """Columns of ``X`` centred, in float64 (P, K), and their Euclidean norms (K,); an exactly constant column
+    (``max == min``) gets norm 0. One float64 copy of ``X``, centred in place; the correlations are then one
+    matrix product (the K x K Gram matrix of the centred columns)."""
+    centred = xp.astype(X, xp.float64, copy=True)
+    centred -= xp.mean(centred, axis=0, keepdims=True)
+    norm = xp.sqrt(xp.vecdot(centred, centred, axis=-2))
+    varies = xp.max(X, axis=0) > xp.min(X, axis=0)
+    return centred, xp.where(varies, norm, 0.0)
 
 
 def footprint_correlation(F1: Any, F2: Any, *, xp: Any = None) -> Any:

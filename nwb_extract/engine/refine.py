@@ -152,10 +152,22 @@ def make_mask(S: Any, frame_shape: tuple[int, int], radius: float, *, threshold:
     """
     frame_shape = _check_frame_shape(S, frame_shape)
     seeds = _stack(S > threshold, frame_shape)
-    if radius > 0:
-        xp, device = backend.get_namespace_and_device(S)
-        seeds = dilate(seeds, disk_footprint(radius, xp=xp, device=device))
-    return _unstack(seeds)
+    if radius <= 0:
+        return _unstack(seeds)
+    xp, device = backend.get_namespace_and_device(S)
+    footprint = disk_footprint(radius, xp=xp, device=device)
+    margin = footprint.shape[0] // 2
+    K, h, w = seeds.shape
+    # host step: each mask is dilated only inside its seed's bounding box grown by the disk (where it can reach)
+    rows_hit = backend.to_numpy(xp.any(seeds, axis=2)).tolist()
+    cols_hit = backend.to_numpy(xp.any(seeds, axis=1)).tolist()
+    masks = xp.zeros(seeds.shape, dtype=xp.bool, device=device)
+    for k in range(K):
+        r0, r1 = grown_range(rows_hit[k], margin, h)
+        c0, c1 = grown_range(cols_hit[k], margin, w)
+        if r0 < r1:
+            masks[k, r0:r1, c0:c1] = dilate(seeds[k, r0:r1, c0:c1], footprint)
+    return _unstack(masks)
 
 
 def smooth_images(S: Any, frame_shape: tuple[int, int], *, method: str = "median", radius: float = 0.0) -> Any:

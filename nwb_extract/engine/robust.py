@@ -356,7 +356,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
     offset = system.X_ls
     if use_decay and adaptive is None:
         offset = offset - float(kappa) * (lam_hat[None, :] @ system.Q)
-    B_shift = backend.contiguous(B - kappa_now)  # residual + kappa = X A_hat - B_shift
+    B = backend.contiguous_layout(B)  # the residual step streams B in memory order
     Z = X
     U = xp.zeros_like(X)
     stops = sorted(set(estimate_at) | {n_iter})
@@ -372,8 +372,8 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
             else:
                 kappa_t, pre_kappa = _adaptive_kappa(xp.matrix_transpose(E), xp.matrix_transpose(Z), pre_kappa, xp)
                 kappa_now = xp.matrix_transpose(kappa_t)
-            B_shift = backend.contiguous(B - kappa_now)
-        X = backend.clipped_residual_product(X, system.A_hat, B_shift, system.Pm) + offset + (Z - U) @ system.rho_Q
+        X = (backend.clipped_residual_product(X, system.A_hat, B, system.Pm, kappa_now) + offset
+             + (Z - U) @ system.rho_Q)
         Z_prev = Z
         Z = _masked(project(X + U, xp), mask, xp)
         U = U + X - Z
@@ -559,13 +559,13 @@ def fp_solve(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any = No
     Q = xp.astype(xp.linalg.inv(A64 @ xp.matrix_transpose(A64)), dtype)
     Pm = xp.matrix_transpose(A) @ Q
     offset = B @ Pm - lam[None, :] @ Q
-    B_shift = backend.contiguous(B - float(kappa))
+    B = backend.contiguous_layout(B)
     X = xp.astype(X, dtype)
     loss: list[float] | None = [] if record_loss else None
     for _ in range(n_iter):
         if loss is not None:  # the reference records the objective of the iterate entering each iteration
             loss.append(float(xp.sum(one_sided_huber(X @ A - B, float(kappa))) + xp.sum(X * lam[None, :])))
-        X = _masked(backend.clipped_residual_product(X, A, B_shift, Pm) + offset, mask, xp)
+        X = _masked(backend.clipped_residual_product(X, A, B, Pm, float(kappa)) + offset, mask, xp)
     return X, SolveInfo(iterations=n_iter, loss=loss)
 
 

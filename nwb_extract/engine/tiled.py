@@ -297,19 +297,19 @@ def _assemble_rows(blocks: list[Any], pixels: list[Any], support: Any, xp: Any, 
 _FRAME_SEPARABLE_SOLVER = SOLVERS["fp_solve_admm"]
 
 
-def _active_frames(A: Any, B: Any, xp: Any) -> tuple[Any, Any]:
+def _active_frames(A: Any, M_tile: Any, xp: Any) -> tuple[Any, Any]:
     """Drop the frames where every cell's thresholded trace is 0: there ``A`` has a zero column, so the frame adds
     nothing to the fixed-kappa ADMM's operators (its row of ``A^T Q`` is 0) and the solution is exactly the same
     (up to float summation order) while the movie-sized work shrinks to the active frames. At least one frame is
-    kept so the shapes stay valid. A (k, n), B (p, n) -> A (k, n_active), B (p, n_active)."""
+    kept so the shapes stay valid. A (k, n), M_tile (n, p) -> A (k, n_active), M_tile (n_active, p)."""
     active = xp.any(A > 0, axis=0)
     n_active = int(xp.sum(xp.astype(active, xp.int64)))
     if n_active == A.shape[1]:
-        return A, B
+        return A, M_tile
     if n_active == 0:
         active = xp.arange(A.shape[1], device=A.device) == 0
     frames = xp.nonzero(active)[0]
-    return xp.take(A, frames, axis=1), xp.take(B, frames, axis=1)
+    return xp.take(A, frames, axis=1), xp.take(M_tile, frames, axis=0)
 
 
 def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
@@ -359,14 +359,15 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
         slots = _slots(is_cell, xp)
         mask_sub = xp.take(mask_tile, cells, axis=1)
         A = xp.take(T_thr, cells, axis=0)
-        B = xp.matrix_transpose(xp.take(Mt, pix, axis=1))
+        M_tile = xp.take(Mt, pix, axis=1)  # (n, p); the solver gets it transposed (a view)
         X0 = xp.take(xp.take(S, pix, axis=0), cells, axis=1)
-        A_fit, B_fit = (A, B) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, B, xp)
-        image, _ = solve(X0, A_fit, B_fit, kappa, n_iter, mask=mask_sub)
-        surround = xp.clip(B @ xp.matrix_transpose(A), min=0.0)
+        A_fit, M_fit = (A, M_tile) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, M_tile, xp)
+        image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub)
+        del M_fit
+        surround = xp.clip(xp.matrix_transpose(A @ M_tile), min=0.0)
         surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
-        corr_in = corr_in + _spread(xp.matrix_transpose(image) @ B, slots, 0, xp, device)
-        corr_out = corr_out + _spread(xp.matrix_transpose(surround) @ B, slots, 0, xp, device)
+        corr_in = corr_in + _spread(xp.matrix_transpose(M_tile @ image), slots, 0, xp, device)
+        corr_out = corr_out + _spread(xp.matrix_transpose(M_tile @ surround), slots, 0, xp, device)
         image_blocks.append(_spread(image, slots, 1, xp, device))
         surround_blocks.append(_spread(surround, slots, 1, xp, device))
         pixel_blocks.append(pix)
