@@ -201,19 +201,24 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
         weights = weights / xp.sum(weights)
         alpha = float(0.05 * xp.sum(a) / xp.sum(xp.astype(positive, a.dtype)) * xp.mean(a) / xp.mean(a2))
     stops = sorted(estimate_at | {max_iter})
+    # one pass builds the quadratic-region mask and one product gives the sums of a and a^2 over it; the sum of a
+    # over the linear region is the full sum minus that (the denominator stays a direct sum, exactly 0 when no
+    # pixel is quadratic)
+    a_sum = xp.sum(a)
+    profiles = xp.concat([a, a2], axis=0)  # (2, p)
     it = 0
     while it < max_iter:
         it += 1
         x_before = x
-        residual = B - a[0, :, None] * x[None, :]
+        model = a[0, :, None] * x[None, :]
         if it in estimate_at:
-            d = (weights @ xp.astype(residual > 0, B.dtype))[0, :]
+            d = (weights @ xp.astype(B > model, B.dtype))[0, :]
             kappa_vec = kappa_of_epsilon(eps_func(d, kappa_vec, 0.0, alpha))
         threshold = kappa_vec * noise_std
-        linear = xp.astype(residual >= threshold, B.dtype)
-        quadratic = 1.0 - linear
-        numerator = (a @ (B * quadratic))[0, :] + threshold * ((a @ linear)[0, :] - lam)
-        denominator = (a2 @ quadratic)[0, :]
+        quadratic = xp.astype(B < model + threshold[None, :], B.dtype)
+        on_quadratic = profiles @ quadratic  # (2, m)
+        numerator = (a @ (B * quadratic))[0, :] + threshold * (a_sum - on_quadratic[0, :] - lam)
+        denominator = on_quadratic[1, :]
         has_quadratic = denominator > 0
         safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
         x = xp.where(has_quadratic, xp.clip(numerator / safe, min=0.0), x_before)
