@@ -224,7 +224,7 @@ def converted(movie_tiff, tmp_path_factory):
         data_interface_classes = {"Imaging": TiffImagingInterface, "Segmentation": NwbExtractSegmentationInterface}
 
     # one metadata key for both: the imaging plane entry is shared, so the cells link the raw movie's plane
-    source = {"Imaging": {"file_path": str(movie_tiff), "sampling_frequency": 30.0, "metadata_key": "nwb_extract"},
+    source = {"Imaging": {"file_paths": [str(movie_tiff)], "sampling_frequency": 30.0, "metadata_key": "nwb_extract"},
               "Segmentation": {"file_path": str(movie_tiff), "sampling_frequency": 30.0, "config": CONFIG}}
     converter = Converter(source_data=source)
     metadata = converter.get_metadata()

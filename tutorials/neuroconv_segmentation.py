@@ -44,7 +44,7 @@ class Converter(NWBConverter):
 
 
 converter = Converter(source_data={
-    "Imaging": {"file_path": "movie.tif", "sampling_frequency": 30.0, "metadata_key": "nwb_extract"},
+    "Imaging": {"file_paths": ["movie.tif"], "sampling_frequency": 30.0, "metadata_key": "nwb_extract"},
     "Segmentation": {"file_path": "movie.tif", "sampling_frequency": 30.0, "config": {"avg_cell_radius": 3.5}},
 })
 metadata = converter.get_metadata()
