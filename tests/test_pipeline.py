@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nwb_extract
+from nwb_extract.engine.matching import match_optimal
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
 from nwb_extract.simulate import simulate_2p
 
@@ -232,3 +233,18 @@ def test_config_object_and_overrides_combine(small_sim, small_result):
     assert result.primary_trace == "raw"
     assert result.config.trace_output_option == "no_constraint"
     np.testing.assert_array_equal(result.traces["raw"], small_result.traces["raw"])
+
+
+def test_early_convergence_check_finds_the_same_cells():
+    """python.early_convergence_check (ours, off by default) on a small simulated movie: the same cells as the
+    reference stopping rule, footprints correlated >= 0.99 and traces >= 0.95 cell by cell; it does not change the
+    run without the option (the default is the reference rule)."""
+    sim = simulate_2p(n_rows=48, n_cols=48, n_frames=500, n_cells=8, cell_radius=(4, 5), seed=2)
+    reference = nwb_extract.extract(sim.movie, avg_cell_radius=4.5, backend="numpy")
+    early = nwb_extract.extract(sim.movie, avg_cell_radius=4.5, backend="numpy", early_convergence_check=True)
+    assert reference.config.python.early_convergence_check is False
+    assert early.n_cells == reference.n_cells > 0
+    pairs, fp_corr = match_optimal(reference.footprints, early.footprints, 0.5)
+    assert len(pairs) == reference.n_cells and fp_corr.min() >= 0.99
+    for a, b in pairs:
+        assert _corr(reference.traces["baseline_adjusted"][:, a], early.traces["baseline_adjusted"][:, b]) >= 0.95

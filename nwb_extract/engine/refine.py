@@ -681,6 +681,9 @@ def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
     t_solver = "fp_solve_adaptive" if cfg.adaptive_kappa == 2 else "fp_solve_admm"
     s_solver = "fp_solve_adaptive_filter" if cfg.adaptive_kappa_filter else "fp_solve_admm"
     steps = dict(frame_shape=frame_shape, radius=radius, tiling=cfg.python.tiling)
+    early = {"check_from_start": True} if cfg.python.early_convergence_check else {}
+    t_early = early if t_solver == "fp_solve_admm" else {}
+    s_early = early if s_solver == "fp_solve_admm" else {}
     skip_checks = set(int(i) for i in cfg.num_iter_stop_quality_checks)
     mask_radius = matlab_round(radius)
     pre_mask = make_mask(S, frame_shape, cfg.pre_mask_radius, threshold=0.0) if cfg.pre_mask_on else None
@@ -699,13 +702,13 @@ def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
             break
         lam = l1_lambda(S, T, S_smooth, cfg.l1_penalty_factor) if cfg.l1_penalty_factor > L1_MIN_FACTOR else None
         T_before = T
-        T = solve_T(T, S, Mt, kappa, cfg.max_iter_T, solver=t_solver, lam=lam, **steps)
+        T = solve_T(T, S, Mt, kappa, cfg.max_iter_T, solver=t_solver, lam=lam, **steps, **t_early)
         if cfg.smooth_T:
             T = smooth_traces(T)
         T_change[:, it] = xp.astype(_relative_change(T, T_before, axis=1), xp.float32)
         mask = pre_mask if pre_mask is not None else make_mask(S_smooth, frame_shape, mask_radius)
         S_before = S
-        s_step = solve_S(S, T, Mt, mask, kappa, cfg.max_iter_S, solver=s_solver, **steps)
+        s_step = solve_S(S, T, Mt, mask, kappa, cfg.max_iter_S, solver=s_solver, **steps, **s_early)
         S = s_step.S
         S_smooth = _smoothed(S, frame_shape, radius, cfg.low_cell_area_flag)
         S_change[:, it] = xp.astype(_relative_change(S, S_before, axis=0), xp.float32)

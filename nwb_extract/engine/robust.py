@@ -468,14 +468,16 @@ def _with_parameters(func: Callable) -> Callable:
 def fp_solve_admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any = None, mask: Any = None,
                   quantile: float = 0.25, check_every_step: bool = False,
                   kappa_iter_nums: tuple[float, ...] = (0.5, 0.7, 0.9),
-                  record_loss: bool = False) -> tuple[Any, SolveInfo]:
+                  record_loss: bool = False, check_from_start: bool = False) -> tuple[Any, SolveInfo]:
     """Non-negative robust regression by inexact ADMM, fixed kappa (spec §6.2): T- and S-steps, ``nonneg`` FRR.
 
-    Convergence is tested after ``round(n_iter / 2)`` iterations.
+    Convergence is tested after ``round(n_iter / 2)`` iterations (the reference), or from the first iteration on
+    with ``check_from_start`` (ours, ``python.early_convergence_check``; the same test, so a warm-started solve that
+    is already converged stops early).
     """
     return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_nonneg), adaptive=None,
-                 use_decay=True,
-                 check_after=matlab_round(n_iter / 2), kappa_iter_nums=None, record_loss=record_loss)
+                 use_decay=True, check_after=0 if check_from_start else matlab_round(n_iter / 2),
+                 kappa_iter_nums=None, record_loss=record_loss)
 
 
 @_with_parameters

@@ -314,7 +314,7 @@ def _active_frames(A: Any, M_tile: Any, xp: Any) -> tuple[Any, Any]:
 
 def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
             solver: str | Callable = "fp_solve_admm", frame_shape: tuple[int, int], radius: float,
-            tiling: str = "deterministic") -> SStepResult:
+            tiling: str = "deterministic", **solver_kwargs: Any) -> SStepResult:
     """Tiled robust S-step: new images given the traces, inside the masks (spec §6.7).
 
     The traces are soft-thresholded first, ``T_thr = max(0, T - 3 sqrt(2) sigma_T)`` per cell (``sigma_T`` from
@@ -332,6 +332,7 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     kappa : float — Huber threshold; ``n_iter`` : int — solver iterations (``max_iter_S``).
     solver : ``"fp_solve_admm"`` (default) or ``"fp_solve_adaptive_filter"`` (``adaptive_kappa_filter``).
     frame_shape, radius, tiling : as in :func:`solve_T`.
+    **solver_kwargs : passed to the solver (e.g. ``check_from_start``).
 
     Returns
     -------
@@ -362,7 +363,7 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
         M_tile = xp.take(Mt, pix, axis=1)  # (n, p); the solver gets it transposed (a view)
         X0 = xp.take(xp.take(S, pix, axis=0), cells, axis=1)
         A_fit, M_fit = (A, M_tile) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, M_tile, xp)
-        image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub)
+        image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub, **solver_kwargs)
         del M_fit
         surround = xp.clip(xp.matrix_transpose(A @ M_tile), min=0.0)
         surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
