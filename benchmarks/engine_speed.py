@@ -89,7 +89,7 @@ def run_standard(small: bool, backend: str, early: bool = False) -> dict:
     }
 
 
-def run_goldens(backend: str, repeats: int) -> list[dict]:
+def run_goldens(backend: str, repeats: int, early: bool = False) -> list[dict]:
     """Each pipeline golden ``repeats`` times in this process: the first run (with one-time costs: imports already
     done, first FFT plans and allocations) and the best, since timings on a shared machine are noisy."""
     import h5py
@@ -106,11 +106,11 @@ def run_goldens(backend: str, repeats: int) -> list[dict]:
         walls = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            result = nwb_extract.extract(movie, backend=backend, **settings)
+            result = nwb_extract.extract(movie, backend=backend, early_convergence_check=early, **settings)
             walls.append(time.perf_counter() - t0)
         rows.append({"movie": name, "ours_first_s": round(walls[0], 2), "ours_best_s": round(min(walls), 2),
                      "reference_runtime_s": round(runtime_ref, 2), "speedup_best": round(runtime_ref / min(walls), 1),
-                     "cells_ours": result.n_cells, "cells_ref": n_ref})
+                     "cells_ours": result.n_cells, "cells_ref": n_ref, "early_convergence_check": early})
     return rows
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     args = parser.parse_args()
     if args.goldens:
-        for row in run_goldens(args.backend, args.repeats):
+        for row in run_goldens(args.backend, args.repeats, args.early):
             print(json.dumps(row))
     else:
         print(json.dumps(run_standard(args.small, args.backend, args.early), indent=2))
