@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from pathlib import Path
 
@@ -64,3 +66,21 @@ def reference_dir() -> Path:
     if not (REFERENCE_DIR / "functions.h5").exists():
         pytest.fail(f"reference pack not found at {REFERENCE_DIR}; CI and developers have it at ../shared/reference")
     return REFERENCE_DIR
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """Pause Python's cyclic garbage collector while an in-process HTTP server feeds h5py.
+
+    The stand-in servers run in threads of the test process. If a collection starts in a server thread and
+    finalizes an unclosed h5py/hdmf object left over from anything earlier, the finalizer waits for h5py's global
+    lock, which the main thread holds while it waits for that server's reply: a deadlock (seen intermittently in the
+    full suite). Objects are still freed by reference counting; cycles are collected when the block ends.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
+from conftest import cyclic_gc_paused
+
 from nwb_extract.cli import main
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import NoImagingSeriesError, SourceNotFoundError
@@ -210,10 +212,11 @@ def no_foreign_hosts(monkeypatch):
 
 @pytest.fixture
 def stand_in(no_foreign_hosts, monkeypatch):
-    server = DandiStandIn()
-    monkeypatch.setenv(dandi.API_URL_ENV, server.api)
-    yield server
-    server.close()
+    with cyclic_gc_paused():
+        server = DandiStandIn()
+        monkeypatch.setenv(dandi.API_URL_ENV, server.api)
+        yield server
+        server.close()
     assert not no_foreign_hosts, f"something tried to leave 127.0.0.1: {no_foreign_hosts}"
 
 

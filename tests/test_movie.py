@@ -20,6 +20,8 @@ from pynwb.ophys import OnePhotonSeries, TwoPhotonSeries
 from pynwb.testing.mock.file import mock_NWBFile
 from pynwb.testing.mock.ophys import mock_ImagingPlane
 
+from conftest import cyclic_gc_paused
+
 from nwb_extract.errors import (
     AmbiguousSeriesError,
     InputError,
@@ -298,13 +300,14 @@ def serving(payload: bytes):
     """A :class:`_RangeServer` for ``payload``, running in a thread until the block ends."""
     server = _RangeServer(payload)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with cyclic_gc_paused():
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
 
 
 @pytest.fixture
