@@ -668,13 +668,14 @@ def stitch(results: Sequence[PartitionResult], frame_shape: tuple[int, int], cfg
     elif cfg.remove_duplicate_cells:
         if cfg.python.seam_ownership:
             fragments = seam_fragments(S, origin, kept, frame_shape)
-        rest = [i for i in range(n_found) if i not in set(fragments)]
+        dropped = set(fragments)
+        rest = [i for i in range(n_found) if i not in dropped]
         index = xp.asarray(rest, dtype=xp.int64, device=device)
         duplicates = find_duplicate_cells(xp.take(S, index, axis=1), xp.take(per_cell[trace_key], index, axis=1),
                                           overlap_pixels(count), cfg.T_dup_thresh, cfg.T_corr_thresh,
                                           cfg.S_corr_thresh)
         removed = [rest[i] for i in duplicates]
-        trash = set(removed) | set(fragments)
+        trash = set(removed) | dropped
         selected = [i for i in range(n_found) if i not in trash]
     if selected != list(range(n_found)):
         index = xp.asarray(selected, dtype=xp.int64, device=device)

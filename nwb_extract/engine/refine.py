@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from nwb_extract.engine import backend, noise, spatiotemporal
 from nwb_extract.engine.matching import pearson_columns
@@ -156,18 +156,27 @@ def make_mask(S: Any, frame_shape: tuple[int, int], radius: float, *, threshold:
         return _unstack(seeds)
     xp, device = backend.get_namespace_and_device(S)
     footprint = disk_footprint(radius, xp=xp, device=device)
-    margin = footprint.shape[0] // 2
-    K, h, w = seeds.shape
-    # host step: each mask is dilated only inside its seed's bounding box grown by the disk (where it can reach)
+    # each mask can only grow by the disk's half-width around its seeds
+    masks = _in_boxes(seeds, seeds, footprint.shape[0] // 2, lambda box: dilate(box, footprint))
+    return _unstack(masks)
+
+
+def _in_boxes(images: Any, seeds: Any, margin: int, operation: Callable[[Any], Any]) -> Any:
+    """``operation`` applied to each image of a (K, h, w) stack inside the bounding box of its ``seeds`` grown by
+    ``margin`` (clipped to the image); zero outside the box and for an image without seeds. Same dtype as
+    ``images``."""
+    xp, device = backend.get_namespace_and_device(images)
+    K, h, w = images.shape
+    # host step: 2 small boolean profiles per cell give every bounding box in one transfer
     rows_hit = backend.to_numpy(xp.any(seeds, axis=2)).tolist()
     cols_hit = backend.to_numpy(xp.any(seeds, axis=1)).tolist()
-    masks = xp.zeros(seeds.shape, dtype=xp.bool, device=device)
+    out = xp.zeros(images.shape, dtype=images.dtype, device=device)
     for k in range(K):
         r0, r1 = grown_range(rows_hit[k], margin, h)
         c0, c1 = grown_range(cols_hit[k], margin, w)
         if r0 < r1:
-            masks[k, r0:r1, c0:c1] = dilate(seeds[k, r0:r1, c0:c1], footprint)
-    return _unstack(masks)
+            out[k, r0:r1, c0:c1] = operation(images[k, r0:r1, c0:c1])
+    return out
 
 
 def smooth_images(S: Any, frame_shape: tuple[int, int], *, method: str = "median", radius: float = 0.0) -> Any:
@@ -203,21 +212,9 @@ def smooth_images(S: Any, frame_shape: tuple[int, int], *, method: str = "median
 
 def _median_smooth(images: Any) -> Any:
     """Bounding-box 5 x 5 median smoothing of a (K, h, w) stack (see :func:`smooth_images`)."""
-    xp, device = backend.get_namespace_and_device(images)
-    K, h, w = images.shape
-    seeds = images > AREA_THRESHOLD
-    # host step: 2 small boolean profiles per cell give every bounding box in one transfer
-    rows_hit = backend.to_numpy(xp.any(seeds, axis=2)).tolist()
-    cols_hit = backend.to_numpy(xp.any(seeds, axis=1)).tolist()
-    out = xp.zeros(images.shape, dtype=images.dtype, device=device)
-    for k in range(K):
-        r0, r1 = grown_range(rows_hit[k], SMOOTH_BOX_MARGIN, h)
-        c0, c1 = grown_range(cols_hit[k], SMOOTH_BOX_MARGIN, w)
-        if r0 >= r1:
-            continue
-        box = images[k, r0:r1, c0:c1]
-        out[k, r0:r1, c0:c1] = backend.median_filter(box, (SMOOTH_MEDIAN_SIZE, SMOOTH_MEDIAN_SIZE), mode="constant")
-    return out
+    size = (SMOOTH_MEDIAN_SIZE, SMOOTH_MEDIAN_SIZE)
+    return _in_boxes(images, images > AREA_THRESHOLD, SMOOTH_BOX_MARGIN,
+                     lambda box: backend.median_filter(box, size, mode="constant"))
 
 
 def smooth_traces(T: Any) -> Any:
