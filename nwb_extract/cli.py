@@ -82,7 +82,7 @@ def _frames_arg(text: str) -> tuple[int | None, int | None]:
             raise ValueError
         return (int(start) if start.strip() else None, int(stop) if stop.strip() else None)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, STOP exclusive, e.g. 0:1000), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, STOP exclusive, e.g. 0:1000), got {text!r}") from None
 
 
 def _key_value_arg(text: str) -> tuple[str, Any]:

@@ -284,7 +284,7 @@ def _synthetic_movie(centres, seed=0, n=300, shape=(32, 36), amplitude=15.0):
     kernel = (1 - np.exp(-lags / 2.0)) * np.exp(-lags / 8.0)  # smooth rise: the trace-SNR noise estimate (high
     kernel /= kernel.max()  # frequencies) then sees noise, not transient onsets
     images = []
-    for k, (r, c) in enumerate(centres):
+    for r, c in centres:
         image = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 2.0 ** 2))
         spikes = np.zeros(n)
         spikes[rng.choice(n - 40, size=6, replace=False) + 5] = 1.0

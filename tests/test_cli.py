@@ -6,9 +6,7 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pynwb
-import pytest
 
 from nwb_extract import __version__
 from nwb_extract.cli import main

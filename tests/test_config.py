@@ -239,7 +239,7 @@ def test_validation_errors(settings, message):
 
 def test_unknown_attribute_suggests_name():
     with pytest.raises(AttributeError, match="did you mean 'avg_cell_radius'"):
-        ExtractConfig().avg_cell_radus
+        ExtractConfig().avg_cell_radus  # noqa: B018
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -602,7 +602,7 @@ def add_result_to_nwbfile(
     """
     _check_run_options(result, mask_type, run_name)
     timing = dict(timing)
-    if not (set(timing) in ({"rate", "starting_time"}, {"timestamps"})):
+    if set(timing) not in ({"rate", "starting_time"}, {"timestamps"}):
         raise InputError(f"timing must be {{'rate', 'starting_time'}} or {{'timestamps'}}, got keys {sorted(timing)}")
     if "timestamps" in timing:
         timing["timestamps"] = np.asarray(timing["timestamps"], dtype=np.float64)
