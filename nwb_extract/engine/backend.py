@@ -20,7 +20,9 @@ only when the input arrays are CuPy arrays.
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
@@ -404,80 +406,147 @@ def _traced_perimeter(component: np.ndarray) -> float:
     return 0.980 * n_even + 1.406 * (steps.shape[0] - n_even) - 0.091 * n_corner
 
 
-def contiguous_layout(x: Any) -> Any:
-    """``x`` with its elements in one dense block: NumPy/CuPy return a C- or F-contiguous array unchanged (a
-    transposed C array is F-contiguous) and copy any other strided view once to C order, so that the residual step
-    (:func:`clipped_residual_product`) streams memory in order; other namespaces do not expose layout and get ``x``
-    back unchanged."""
+#: Rows of the data the NumPy residual kernel takes at a time: their slices of X and of the output (cells x rows)
+#: stay in the L2 cache while the data stream past.
+RESIDUAL_ROW_CHUNK = 1024
+
+
+class ResidualOperator:
+    """``min(X A - B + kappa, 0) A^T`` for a fixed factor A (k, m) and data B (r, m): the one movie-sized step of
+    the robust fixed-point iteration (spec §6.2, §12), prepared once per solve and applied every iteration.
+
+    ``apply(X, kappa)`` takes X (r, k) and kappa (a float, or an array broadcastable to (r, m): adaptive kappa) and
+    returns (r, k). The solvers multiply the result by their k x k matrix Q, which gives the spec's
+    ``min(X A - B + kappa, 0) A^T Q`` (``= ... Pm`` with ``Pm = A^T Q``, summed in another order).
+
+    A is sparse: a footprint pixel lies in one or two cells of a tile, a frame of the thresholded S-step traces in
+    a few. NumPy uses a compiled kernel (:func:`cpu_kernels.clipped_residual_gram`) that visits only A's non-zeros,
+    reading B once per call as ``B^T`` in C order: free when B is F-contiguous (the tiled steps hand over a
+    transposed tile), one copy at construction otherwise. CuPy and other namespaces evaluate the dense expression
+    (CuPy in one reused buffer).
+    """
+
+    def __init__(self, A: Any, B: Any) -> None:
+        self.xp = get_namespace(A, B)
+        self.A, self.B = A, B
+        self.shape = (B.shape[0], A.shape[0])
+        if is_numpy(self.xp):
+            self._prepare_numpy(A, B)
+        elif is_cupy(self.xp):
+            cupy = __import__("cupy")
+            self._buffer = cupy.empty(B.shape, dtype=B.dtype)
+            self._A_t = cupy.ascontiguousarray(A.T)
+
+    def _prepare_numpy(self, A: np.ndarray, B: np.ndarray) -> None:
+        A_t = np.asarray(A.T, dtype=B.dtype)
+        columns, cells = np.nonzero(A_t)  # row-major over A^T: by column of A, then cell
+        self._indptr = np.concatenate([[0], np.cumsum(np.bincount(columns, minlength=A_t.shape[0]))])
+        self._cells = cells.astype(np.int64)
+        self._values = np.ascontiguousarray(A_t[columns, cells])
+        self._data_t = np.ascontiguousarray(B.T)  # a view when B is F-contiguous
+        self._kappa_source: Any = None
+        self._kappa_t = np.empty((0, B.shape[0]), dtype=B.dtype)
+
+    def _numpy_kappa(self, kappa: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array."""
+        dtype, r = self.B.dtype, self.B.shape[0]
+        if getattr(kappa, "ndim", 0) == 0:
+            return np.empty((0, r), dtype=dtype), np.full((r,), float(kappa), dtype=dtype)
+        if kappa is not self._kappa_source:
+            self._kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=dtype)
+            self._kappa_source = kappa
+        return self._kappa_t, np.empty((r,), dtype=dtype)
+
+    def apply(self, X: Any, kappa: Any) -> Any:
+        """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k)."""
+        xp = self.xp
+        if is_numpy(xp):
+            from nwb_extract.engine import cpu_kernels
+
+            kappa_t, kappa_row = self._numpy_kappa(kappa)
+            x_t = np.ascontiguousarray(X.T, dtype=self.B.dtype)
+            out_t = np.empty_like(x_t)
+            cpu_kernels.clipped_residual_gram(self._indptr, self._cells, self._values, x_t, self._data_t, kappa_t,
+                                              kappa_row, out_t, RESIDUAL_ROW_CHUNK)
+            return out_t.T
+        if is_cupy(xp):
+            cupy = __import__("cupy")
+            residual = self._buffer
+            cupy.matmul(X, self.A, out=residual)
+            residual -= self.B
+            residual += kappa
+            cupy.minimum(residual, 0.0, out=residual)
+            return residual @ self._A_t
+        return xp.clip(X @ self.A - self.B + kappa, max=0.0) @ xp.matrix_transpose(self.A)
+
+
+def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
+    """``movie[:, pixels]`` transposed: (n, P) frames x pixels and (p,) int indices -> (p, n) pixels x frames.
+
+    NumPy returns a C-contiguous array built in cache-sized blocks (a compiled kernel), so that its transpose
+    (n, p) is F-contiguous and :class:`ResidualOperator` reads it without a copy. Other namespaces return the
+    transposed ``take`` (on CuPy a C-contiguous copy).
+    """
+    xp = get_namespace(movie, pixels)
+    if is_numpy(xp) and movie.flags.c_contiguous:
+        from nwb_extract.engine import cpu_kernels
+
+        out = np.empty((pixels.shape[0], movie.shape[0]), dtype=movie.dtype)
+        return cpu_kernels.gather_transposed(movie, np.asarray(pixels, dtype=np.int64), out)
+    gathered = xp.matrix_transpose(xp.take(movie, pixels, axis=1))
+    return __import__("cupy").ascontiguousarray(gathered) if is_cupy(xp) else gathered
+
+
+def row_major(x: Any) -> Any:
+    """``x`` with its rows contiguous in memory: NumPy returns a C-contiguous array (``x`` itself when it already
+    is one); other namespaces do not expose layout and get ``x`` back."""
     xp = get_namespace(x)
-    if is_numpy(xp) or is_cupy(xp):
-        if x.flags.c_contiguous or x.flags.f_contiguous:
-            return x
-        return xp.asarray(x, copy=True) if is_numpy(xp) else __import__("cupy").ascontiguousarray(x)
-    return x
+    return np.ascontiguousarray(x) if is_numpy(xp) else x
 
 
-#: Bytes of the residual block that :func:`clipped_residual_product` works on at a time with NumPy: small enough to
-#: stay in the CPU cache between its four passes, large enough that BLAS runs at full speed (measured on the 2-core
-#: CI machine: 1.4-2x faster than one movie-sized buffer for tiles of 2600-9000 pixels x 3000 frames, the same for
-#: small tiles).
-RESIDUAL_BLOCK_BYTES = 1 << 22
+def quadratic_region_sums(a: Any, B: Any, x: Any, threshold: Any) -> tuple[Any, Any, Any]:
+    """Column sums over the quadratic region of the single-source fit (spec §5.5): rows i of column j where
+    ``B[i, j] < a[i] x[j] + threshold[j]``.
 
-
-def clipped_residual_product(X: Any, A: Any, B: Any, P: Any, kappa: Any) -> Any:
-    """``min(X @ A - B + kappa, 0) @ P``: the one movie-sized step of the robust fixed-point iteration (spec §6.2,
-    §12 "fuse min(XA - B + kappa, 0)").
-
-    X (r, k), A (k, m), B (r, m) data, P (m, k); ``kappa`` a float or an (r, m) array (adaptive kappa); returns
-    (r, k). NumPy works through B in blocks of about :data:`RESIDUAL_BLOCK_BYTES` with one reused buffer, so no
-    (r, m) temporary is allocated: blocks of rows when B is C-contiguous, blocks of columns when it is F-contiguous
-    (a transposed frames x pixels tile, used as it is); other layouts are copied once (pass B through
-    :func:`contiguous_layout` before an iteration loop). CuPy uses one (r, m) buffer with in-place updates; other
-    namespaces evaluate the plain standard expression. All give the same values up to float summation order.
+    a (p,), B (p, m), x (m,), threshold (m,), float32. Returns ``(sum a_i B_ij, sum a_i, sum a_i^2)`` over that
+    region, each (m,) float32. NumPy makes one pass over B per call in a compiled kernel (float64 accumulation;
+    B in C order, see :func:`row_major`); other namespaces evaluate the masked products.
     """
-    xp = get_namespace(X, A, B, P)
+    xp = get_namespace(a, B, x, threshold)
     if is_numpy(xp):
-        per_entry = getattr(kappa, "ndim", 0) > 0
-        if per_entry:
-            kappa = np.broadcast_to(kappa, B.shape)  # a view: (1, m) or (r, 1) kappa sliced like B
-        if B.flags.c_contiguous or not B.flags.f_contiguous:
-            return _residual_by_rows(X, A, np.ascontiguousarray(B), P, kappa, per_entry)
-        out_t = _residual_by_rows(A.T, X.T, B.T, None, kappa.T if per_entry else kappa, per_entry, P_left=P.T)
-        return out_t.T
-    if is_cupy(xp):
-        residual = X @ A
-        residual -= B
-        residual += kappa
-        __import__("cupy").minimum(residual, 0.0, out=residual)
-        return residual @ P
-    return xp.clip(X @ A - B + kappa, max=0.0) @ P
+        from nwb_extract.engine import cpu_kernels
+
+        out = np.empty((3, B.shape[1]), dtype=np.float64)
+        cpu_kernels.quadratic_region_sums(np.ascontiguousarray(a, dtype=B.dtype), np.ascontiguousarray(B), x,
+                                          threshold, out)
+        out = out.astype(B.dtype)
+        return out[0], out[1], out[2]
+    quadratic = xp.astype(B < a[:, None] * x[None, :] + threshold[None, :], B.dtype)
+    profiles = xp.stack([a, a * a], axis=0)
+    on_quadratic = profiles @ quadratic
+    return (a[None, :] @ (B * quadratic))[0, :], on_quadratic[0, :], on_quadratic[1, :]
 
 
-def _residual_by_rows(X: np.ndarray, A: np.ndarray, B: np.ndarray, P: np.ndarray | None, kappa: Any,
-                      per_entry: bool, P_left: np.ndarray | None = None) -> np.ndarray:
-    """NumPy body of :func:`clipped_residual_product` over blocks of rows of a C-contiguous B (r, m).
+def host_threads() -> int:
+    """Worker threads for independent pieces of NumPy work: the CPU cores this process may use, at most
+    :data:`MAX_HOST_THREADS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_HOST_THREADS))
 
-    With ``P`` (m, k): returns ``min(X A - B + kappa, 0) @ P`` (r, k). With ``P_left`` (k, r) instead: returns
-    ``P_left @ min(X A - B + kappa, 0)`` (k, m), summed over the row blocks — the transposed problem, for an
-    F-contiguous B handed in as its C-contiguous transpose.
-    """
-    r, m = B.shape
-    rows = max(1, min(r, RESIDUAL_BLOCK_BYTES // max(1, m * B.itemsize)))
-    dtype = np.result_type(X, A, B)
-    block = np.empty((rows, m), dtype=dtype)
-    out = np.empty((r, P.shape[1]), dtype=dtype) if P is not None else np.zeros((P_left.shape[0], m), dtype=dtype)
-    for start in range(0, r, rows):
-        stop = min(start + rows, r)
-        residual = block[:stop - start]
-        np.matmul(X[start:stop], A, out=residual)
-        residual -= B[start:stop]
-        residual += kappa[start:stop] if per_entry else kappa
-        np.minimum(residual, 0.0, out=residual)
-        if P is not None:
-            np.matmul(residual, P, out=out[start:stop])
-        else:
-            out += P_left[:, start:stop] @ residual
-    return out
+
+#: Upper bound of :func:`host_threads` (each thread holds one tile of the movie).
+MAX_HOST_THREADS = 4
+
+
+def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any) -> list:
+    """``[func(item) for item in items]``, results in order. NumPy runs the items on :func:`host_threads` threads
+    (the compiled kernels and large NumPy operations release the GIL; each item's arithmetic is the same as in
+    turn, so results do not depend on the thread count); other namespaces run them in turn."""
+    workers = min(host_threads(), len(items)) if is_numpy(xp) else 1
+    if workers <= 1:
+        return [func(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(func, items))
 
 
 def normal_cdf(x: Any) -> Any:

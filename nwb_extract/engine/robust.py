@@ -201,24 +201,21 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
         weights = weights / xp.sum(weights)
         alpha = float(0.05 * xp.sum(a) / xp.sum(xp.astype(positive, a.dtype)) * xp.mean(a) / xp.mean(a2))
     stops = sorted(estimate_at | {max_iter})
-    # one pass builds the quadratic-region mask and one product gives the sums of a and a^2 over it; the sum of a
-    # over the linear region is the full sum minus that (the denominator stays a direct sum, exactly 0 when no
-    # pixel is quadratic)
+    # one pass over B sums a, a^2 and a B over the quadratic region; the sum of a over the linear region is the
+    # full sum minus that (the denominator stays a direct sum, exactly 0 when no pixel is quadratic)
     a_sum = xp.sum(a)
-    profiles = xp.concat([a, a2], axis=0)  # (2, p)
+    profile = a[0, :]
+    B = backend.row_major(B)  # the region sums read B row by row
     it = 0
     while it < max_iter:
         it += 1
         x_before = x
-        model = a[0, :, None] * x[None, :]
         if it in estimate_at:
-            d = (weights @ xp.astype(B > model, B.dtype))[0, :]
+            d = (weights @ xp.astype(B > profile[:, None] * x[None, :], B.dtype))[0, :]
             kappa_vec = kappa_of_epsilon(eps_func(d, kappa_vec, 0.0, alpha))
         threshold = kappa_vec * noise_std
-        quadratic = xp.astype(B < model + threshold[None, :], B.dtype)
-        on_quadratic = profiles @ quadratic  # (2, m)
-        numerator = (a @ (B * quadratic))[0, :] + threshold * (a_sum - on_quadratic[0, :] - lam)
-        denominator = on_quadratic[1, :]
+        weighted, on_quadratic, denominator = backend.quadratic_region_sums(profile, B, x, threshold)
+        numerator = weighted + threshold * (a_sum - on_quadratic - lam)
         has_quadratic = denominator > 0
         safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
         x = xp.where(has_quadratic, xp.clip(numerator / safe, min=0.0), x_before)
@@ -237,16 +234,17 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
 class _System:
     """Scaled, preconditioned linear algebra shared by the ADMM solvers (spec §6.2), computed once per solve.
 
-    ``A_hat = A / scale`` (rows), ``Q = (A_hat A_hat^T + rho I)^-1``, ``Pm = A_hat^T Q`` (m, k),
-    ``X_ls = B Pm`` (r, k), ``rho_Q = rho Q``; float32 except the scalar ``rho``.
+    ``A_hat = A / scale`` (rows), ``Q = (A_hat A_hat^T + rho I)^-1``, ``X_ls = B A_hat^T Q`` (r, k),
+    ``rho_Q = rho Q``, and ``residual``, the operator ``X -> min(X A_hat - B + kappa, 0) A_hat^T`` (the spec's
+    ``... Pm`` is ``residual(X) Q``); float32 except the scalar ``rho``.
     """
 
     scale: Any
     A_hat: Any
     Q: Any
     rho_Q: Any
-    Pm: Any
     X_ls: Any
+    residual: backend.ResidualOperator
     rho: float
 
 
@@ -264,8 +262,9 @@ def _scaled_system(A: Any, B: Any, xp: Any, device: Any) -> _System:
     rho = math.sqrt(e_min * e_max) if e_max > 0 else 1.0
     eye = xp.eye(k, dtype=xp.float64, device=device)
     Q = xp.astype(xp.linalg.inv(gram + rho * eye), A.dtype)
-    Pm = xp.matrix_transpose(A_hat) @ Q
-    return _System(scale=scale, A_hat=A_hat, Q=Q, rho_Q=rho * Q, Pm=Pm, X_ls=B @ Pm, rho=rho)
+    X_ls = B @ (xp.matrix_transpose(A_hat) @ Q)
+    return _System(scale=scale, A_hat=A_hat, Q=Q, rho_Q=rho * Q, X_ls=X_ls, rho=rho,
+                   residual=backend.ResidualOperator(A_hat, B))
 
 
 def _frobenius(x: Any, xp: Any) -> float:
@@ -361,7 +360,6 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
     offset = system.X_ls
     if use_decay and adaptive is None:
         offset = offset - float(kappa) * (lam_hat[None, :] @ system.Q)
-    B = backend.contiguous_layout(B)  # the residual step streams B in memory order
     Z = X
     U = xp.zeros_like(X)
     stops = sorted(set(estimate_at) | {n_iter})
@@ -377,8 +375,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
             else:
                 kappa_t, pre_kappa = _adaptive_kappa(xp.matrix_transpose(E), xp.matrix_transpose(Z), pre_kappa, xp)
                 kappa_now = xp.matrix_transpose(kappa_t)
-        X = (backend.clipped_residual_product(X, system.A_hat, B, system.Pm, kappa_now) + offset
-             + (Z - U) @ system.rho_Q)
+        X = system.residual.apply(X, kappa_now) @ system.Q + offset + (Z - U) @ system.rho_Q
         Z_prev = Z
         Z = _masked(project(X + U, xp), mask, xp)
         U = U + X - Z
@@ -564,15 +561,14 @@ def fp_solve(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any = No
     lam = xp.zeros((k,), dtype=dtype, device=device) if lam is None else xp.astype(lam, dtype)
     A64 = xp.astype(A, xp.float64)
     Q = xp.astype(xp.linalg.inv(A64 @ xp.matrix_transpose(A64)), dtype)
-    Pm = xp.matrix_transpose(A) @ Q
-    offset = B @ Pm - lam[None, :] @ Q
-    B = backend.contiguous_layout(B)
+    offset = B @ (xp.matrix_transpose(A) @ Q) - lam[None, :] @ Q
+    residual = backend.ResidualOperator(A, B)
     X = xp.astype(X, dtype)
     loss: list[float] | None = [] if record_loss else None
     for _ in range(n_iter):
         if loss is not None:  # the reference records the objective of the iterate entering each iteration
             loss.append(float(xp.sum(one_sided_huber(X @ A - B, float(kappa))) + xp.sum(X * lam[None, :])))
-        X = _masked(backend.clipped_residual_product(X, A, B, Pm, float(kappa)) + offset, mask, xp)
+        X = _masked(residual.apply(X, float(kappa)) @ Q + offset, mask, xp)
     return X, SolveInfo(iterations=n_iter, loss=loss)
 
 

@@ -195,23 +195,34 @@ def _t_step(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, solve: Callable,
     union = xp.sum(S, axis=1) > 0
     accumulated = xp.zeros((K, n), dtype=dtype, device=device)
     floor = xp.full((K,), -math.inf, dtype=dtype, device=device)
-    for pix in _tile_pixel_sets(union, frame_shape, tiles, xp):
+
+    def fit_tile(pix: Any) -> tuple[Any, list] | None:
+        """The tile's cells (bool (K,)) and its power-weighted fits ``(t0, t1, (k, t1 - t0))`` per time chunk."""
         S_tile = xp.take(S, pix, axis=0)
         is_cell = xp.sum(S_tile, axis=0) > 0
         cells = xp.nonzero(is_cell)[0]
         if cells.shape[0] == 0:
-            continue
-        slots = _slots(is_cell, xp)
+            return None
         A = xp.matrix_transpose(xp.take(S_tile, cells, axis=1))
         power = xp.sum(A * A, axis=1)
-        M_tile = xp.take(Mt, pix, axis=1)
+        M_tile = xp.matrix_transpose(backend.gather_pixels_transposed(Mt, pix))  # (n, p), pixel-major in memory
         T_cells = xp.take(T, cells, axis=0)
+        fits = []
         for t0, t1 in _ranges(n, tiles.n_time):
             X0 = xp.matrix_transpose(T_cells[:, t0:t1])
             X, _ = solve(X0, A, M_tile[t0:t1, :], kappa, n_iter, lam=xp.take(lam, cells), **solver_kwargs)
             if shift == "tile":
                 X = X - xp.min(X, axis=0, keepdims=True)
-            contribution = xp.matrix_transpose(X) * power[:, None]
+            fits.append((t0, t1, xp.matrix_transpose(X) * power[:, None]))
+        return is_cell, fits
+
+    # tiles are fitted independently (side by side on the host's cores) and accumulated in the reference's order
+    for tile in backend.map_in_threads(fit_tile, list(_tile_pixel_sets(union, frame_shape, tiles, xp)), xp):
+        if tile is None:
+            continue
+        is_cell, fits = tile
+        slots = _slots(is_cell, xp)
+        for t0, t1, contribution in fits:
             accumulated[:, t0:t1] = accumulated[:, t0:t1] + _spread(contribution, slots, 0, xp, device)
             if shift == "running_min":
                 floor = xp.where(is_cell, xp.maximum(floor, xp.min(accumulated[:, t0:t1], axis=1)), floor)
@@ -353,11 +364,12 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     corr_in = xp.zeros((K, n), dtype=dtype, device=device)
     corr_out = xp.zeros((K, n), dtype=dtype, device=device)
     image_blocks, surround_blocks, pixel_blocks = [], [], []
-    for pix in _tile_pixel_sets(union, frame_shape, tiles, xp):
+
+    def fit_tile(pix: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """The tile's cells (bool (K,)), images and surround images (p, k), and the movie projected on each (k, n)."""
         mask_tile = xp.take(mask, pix, axis=0)
         is_cell = xp.any(mask_tile, axis=0)
         cells = xp.nonzero(is_cell)[0]
-        slots = _slots(is_cell, xp)
         mask_sub = xp.take(mask_tile, cells, axis=1)
         A = xp.take(T_thr, cells, axis=0)
         M_tile = xp.take(Mt, pix, axis=1)  # (n, p); the solver gets it transposed (a view)
@@ -367,8 +379,16 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
         del M_fit
         surround = xp.clip(xp.matrix_transpose(A @ M_tile), min=0.0)
         surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
-        corr_in = corr_in + _spread(xp.matrix_transpose(M_tile @ image), slots, 0, xp, device)
-        corr_out = corr_out + _spread(xp.matrix_transpose(M_tile @ surround), slots, 0, xp, device)
+        return (is_cell, image, surround, xp.matrix_transpose(M_tile @ image),
+                xp.matrix_transpose(M_tile @ surround))
+
+    # tiles are fitted independently (side by side on the host's cores) and collected in the reference's order
+    pixel_sets = list(_tile_pixel_sets(union, frame_shape, tiles, xp))
+    for pix, (is_cell, image, surround, on_image, on_surround) in zip(
+            pixel_sets, backend.map_in_threads(fit_tile, pixel_sets, xp)):
+        slots = _slots(is_cell, xp)
+        corr_in = corr_in + _spread(on_image, slots, 0, xp, device)
+        corr_out = corr_out + _spread(on_surround, slots, 0, xp, device)
         image_blocks.append(_spread(image, slots, 1, xp, device))
         surround_blocks.append(_spread(surround, slots, 1, xp, device))
         pixel_blocks.append(pix)

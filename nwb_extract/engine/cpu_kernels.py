@@ -1,0 +1,124 @@
+"""Compiled CPU kernels (Numba) behind :mod:`backend`'s NumPy branches; no other module imports this one.
+
+Each kernel is the NumPy implementation of one backend function whose CuPy and generic Array API implementations
+live in :mod:`backend`. They compile on first use (about 2 s) and are cached on disk by Numba afterwards. All are
+serial and release the GIL (``nogil``), so threads (e.g. Dask's) can run them side by side; none uses
+``fastmath``, so float operations happen in the order written and results are reproducible.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Side of the square blocks of :func:`gather_transposed`.
+TRANSPOSE_BLOCK = 64
+
+_jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+
+@_jit
+def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row, out_t, row_chunk):  # pragma: no cover
+    """``out_t = (min(X A - B + kappa, 0) A^T)^T`` with A sparse, visiting only A's non-zeros.
+
+    indptr (m + 1,) int64, cells (nnz,) int64, values (nnz,) float32: A (k, m) by columns (CSC): the cells of
+    column j are ``cells[indptr[j]:indptr[j + 1]]``. x_t (k, r) = X^T, data_t (m, r) = B^T, both C-contiguous
+    float32. kappa_t (m, r) per-entry kappa^T, or shape (0, r) to use kappa_row (r,) for every column. out_t (k, r)
+    is overwritten. Rows are processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in
+    cache while B streams past). Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then
+    ``out[c] += a_c s``. Work is proportional to nnz(A) x r instead of k x m x r.
+    """
+    k, r = x_t.shape
+    m = data_t.shape[0]
+    per_entry = kappa_t.shape[0] == m
+    residual = np.empty(min(r, row_chunk), dtype=x_t.dtype)
+    zero = residual.dtype.type(0)
+    for i0 in range(0, r, row_chunk):
+        i1 = min(r, i0 + row_chunk)
+        n = i1 - i0
+        for c in range(k):
+            out_t[c, i0:i1] = 0.0
+        for j in range(m):
+            e0 = indptr[j]
+            e1 = indptr[j + 1]
+            data = data_t[j, i0:i1]
+            kappa = kappa_t[j, i0:i1] if per_entry else kappa_row[i0:i1]
+            if e1 - e0 == 1:  # most columns: one pass, no buffer (the same float operations as below)
+                a = values[e0]
+                x = x_t[cells[e0], i0:i1]
+                out = out_t[cells[e0], i0:i1]
+                for i in range(n):
+                    value = a * x[i] - data[i] + kappa[i]
+                    out[i] += a * (value if value < 0 else zero)
+            elif e1 - e0 == 2:  # overlaps of two cells, fused the same way
+                a = values[e0]
+                b = values[e0 + 1]
+                x = x_t[cells[e0], i0:i1]
+                y = x_t[cells[e0 + 1], i0:i1]
+                out = out_t[cells[e0], i0:i1]
+                out_b = out_t[cells[e0 + 1], i0:i1]
+                for i in range(n):
+                    value = a * x[i] + b * y[i] - data[i] + kappa[i]
+                    value = value if value < 0 else zero
+                    out[i] += a * value
+                    out_b[i] += b * value
+            elif e1 > e0:
+                for i in range(n):
+                    residual[i] = 0.0
+                for e in range(e0, e1):
+                    a = values[e]
+                    x = x_t[cells[e], i0:i1]
+                    for i in range(n):
+                        residual[i] += a * x[i]
+                for i in range(n):
+                    value = residual[i] - data[i] + kappa[i]
+                    residual[i] = value if value < 0 else zero
+                for e in range(e0, e1):
+                    a = values[e]
+                    out = out_t[cells[e], i0:i1]
+                    for i in range(n):
+                        out[i] += a * residual[i]
+    return out_t
+
+
+@_jit
+def gather_transposed(movie, pixels, out):  # pragma: no cover
+    """``out[q, t] = movie[t, pixels[q]]``: columns of a C-contiguous (n, P) movie gathered into a C-contiguous
+    (p, n) array, in square blocks so that both sides are read and written cache line by cache line."""
+    n = movie.shape[0]
+    p = pixels.shape[0]
+    for q0 in range(0, p, TRANSPOSE_BLOCK):
+        q1 = min(p, q0 + TRANSPOSE_BLOCK)
+        for t0 in range(0, n, TRANSPOSE_BLOCK):
+            t1 = min(n, t0 + TRANSPOSE_BLOCK)
+            for q in range(q0, q1):
+                column = pixels[q]
+                for t in range(t0, t1):
+                    out[q, t] = movie[t, column]
+    return out
+
+
+@_jit
+def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
+    """Sums over the quadratic region of the single-source fit, every column at once.
+
+    a (p,) profile, data (p, m) = B C-contiguous, x (m,) coefficients, threshold (m,), all float32; out (3, m)
+    float64, overwritten, receives for every column j, over the rows i where ``b_ij < a_i x_j + threshold_j`` (the
+    product and sum rounded to float32, as the array expression does): ``sum a_i b_ij``, ``sum a_i`` and
+    ``sum a_i^2``, accumulated in float64 in row order (the inner loop runs over columns, so it vectorises).
+    """
+    p, m = data.shape
+    out[:] = 0.0
+    weighted = out[0]
+    total = out[1]
+    squares = out[2]
+    for i in range(p):
+        ai = a[i]
+        row = data[i]
+        for j in range(m):
+            b = row[j]
+            quadratic = b < ai * x[j] + threshold[j]
+            weighted[j] += ai * b if quadratic else 0.0
+            total[j] += ai if quadratic else 0.0
+            squares[j] += ai * ai if quadratic else 0.0
+    return out
