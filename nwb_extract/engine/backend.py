@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import array_api_compat
 import numpy as np
@@ -406,6 +408,52 @@ def _traced_perimeter(component: np.ndarray) -> float:
     return 0.980 * n_even + 1.406 * (steps.shape[0] - n_even) - 0.091 * n_corner
 
 
+class WorkCount:
+    """Arithmetic and memory traffic of the movie-sized kernels, counted from their shapes while
+    :func:`counting_work` is active (for the benchmark's roofline; costs nothing otherwise).
+
+    ``stages`` maps a stage name (set by the pipeline through :func:`work_stage`) to ``[flops, bytes]``: floating-point
+    operations (a multiply-add counts 2) and the least memory traffic the kernels need (each movie element read once
+    per call, plus a per-entry kappa), in bytes.
+    """
+
+    def __init__(self) -> None:
+        self.stages: dict[str, list[float]] = {}
+        self.stage = "other"
+        self._lock = threading.Lock()
+
+    def add(self, flops: float, nbytes: float) -> None:
+        with self._lock:
+            totals = self.stages.setdefault(self.stage, [0.0, 0.0])
+            totals[0] += flops
+            totals[1] += nbytes
+
+
+_work: WorkCount | None = None
+
+
+@contextmanager
+def counting_work() -> Iterator[WorkCount]:
+    """Count the work of the movie-sized kernels run inside the block (see :class:`WorkCount`)."""
+    global _work
+    _work = WorkCount()
+    try:
+        yield _work
+    finally:
+        _work = None
+
+
+def work_stage(name: str) -> None:
+    """Attribute the work counted from now on to stage ``name`` (no effect unless :func:`counting_work` is on)."""
+    if _work is not None:
+        _work.stage = name
+
+
+def _count_work(flops: float, nbytes: float) -> None:
+    if _work is not None:
+        _work.add(flops, nbytes)
+
+
 #: Rows of the data the NumPy residual kernel takes at a time: their slices of X and of the output (cells x rows)
 #: stay in the L2 cache while the data stream past.
 RESIDUAL_ROW_CHUNK = 1024
@@ -437,6 +485,16 @@ class ResidualOperator:
             self._buffer = cupy.empty(B.shape, dtype=B.dtype)
             self._A_t = cupy.ascontiguousarray(A.T)
 
+    def _count(self, kappa: Any) -> None:
+        """Work of one application on the non-zeros of A (the NumPy kernel's; the dense paths do more): two
+        products over the non-zeros and three operations per used column and row; B (and a per-entry kappa) read
+        once."""
+        r = self.shape[0]
+        A = to_numpy(self.A) if not is_numpy(self.xp) else self.A
+        nnz, used = int(np.count_nonzero(A)), int(np.count_nonzero(np.any(A != 0, axis=0)))
+        per_entry = getattr(kappa, "ndim", 0) > 0
+        _count_work((4 * nnz + 3 * used) * r, 4 * used * r * (2 if per_entry else 1))
+
     def _prepare_numpy(self, A: np.ndarray, B: np.ndarray) -> None:
         A_t = np.asarray(A.T, dtype=B.dtype)
         columns, cells = np.nonzero(A_t)  # row-major over A^T: by column of A, then cell
@@ -460,6 +518,8 @@ class ResidualOperator:
     def apply(self, X: Any, kappa: Any) -> Any:
         """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k)."""
         xp = self.xp
+        if _work is not None:
+            self._count(kappa)
         if is_numpy(xp):
             from nwb_extract.engine import cpu_kernels
 
@@ -488,6 +548,7 @@ def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
     transposed ``take`` (on CuPy a C-contiguous copy).
     """
     xp = get_namespace(movie, pixels)
+    _count_work(0, 8 * pixels.shape[0] * movie.shape[0])
     if is_numpy(xp) and movie.flags.c_contiguous:
         from nwb_extract.engine import cpu_kernels
 
@@ -513,6 +574,7 @@ def quadratic_region_sums(a: Any, B: Any, x: Any, threshold: Any) -> tuple[Any, 
     B in C order, see :func:`row_major`); other namespaces evaluate the masked products.
     """
     xp = get_namespace(a, B, x, threshold)
+    _count_work(8 * B.shape[0] * B.shape[1], 4 * B.shape[0] * B.shape[1])
     if is_numpy(xp):
         from nwb_extract.engine import cpu_kernels
 
