@@ -21,7 +21,7 @@ from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, cellfind, preprocess
-from nwb_extract.engine.refine import cell_area
+from nwb_extract.engine.footprints import cell_area
 from nwb_extract.engine.cellfind import (STOP_REASONS, CellFindingResult, find_cells, fit_single_cell,
                                          gaussian_template, init_image, summary_stack, update_summary_stack)
 from nwb_extract.errors import InputError

@@ -25,9 +25,10 @@ from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, noise, spatiotemporal
-from nwb_extract.engine.refine import (METRIC_NAMES, RULE_NAMES, cell_area, estimate_avg_radius, estimate_radius,
-                                       find_conncomp, make_mask, normalize_to_one, refine, remove_redundant,
-                                       smooth_images, smooth_traces, update_merged_images)
+from nwb_extract.engine.footprints import cell_area, normalize_to_one
+from nwb_extract.engine.matching import find_conncomp
+from nwb_extract.engine.refine import (METRIC_NAMES, RULE_NAMES, estimate_avg_radius, estimate_radius, make_mask, refine,
+                                       remove_redundant, smooth_images, smooth_traces, update_merged_images)
 from nwb_extract.errors import InputError
 
 #: metrics that are correlations accumulated in float32 by the reference (see module docstring)

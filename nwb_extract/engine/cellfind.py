@@ -32,8 +32,8 @@ import numpy as np
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, morphology, noise, preprocess
+from nwb_extract.engine.footprints import cell_area
 from nwb_extract.engine.matlab import matlab_round
-from nwb_extract.engine.refine import cell_area
 from nwb_extract.engine.robust import solve_single_source
 from nwb_extract.errors import InputError
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig, primary_trace_kind
-from nwb_extract.engine import backend, cellfind, noise, partition, preprocess, refine, traces
+from nwb_extract.engine import backend, cellfind, footprints, noise, partition, preprocess, refine, traces
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.tiled import solve_T
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
@@ -111,17 +111,6 @@ def _read_block(movie: Any, n_frames: int, rows: slice, cols: slice, xp: Any, de
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
-def _stack_to_S(stack: Any) -> Any:
-    """(K, h, w) stack -> (P, K) matrix, row-major pixels."""
-    xp = backend.get_namespace(stack)
-    return xp.permute_dims(xp.reshape(stack, (stack.shape[0], -1)), (1, 0))
-
-
-def _S_to_stack(S: Any, frame_shape: tuple[int, int]) -> Any:
-    xp = backend.get_namespace(S)
-    return xp.reshape(xp.permute_dims(S, (1, 0)), (S.shape[1],) + tuple(frame_shape))
-
-
 def _masked_median(values: Any, keep: Any, floor: float | None) -> float:
     """Median of ``values`` where ``keep`` (and ``values > floor``); 1e-6 when nothing is left."""
     xp = backend.get_namespace(values)
@@ -208,7 +197,7 @@ def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs
         if cfg.cellfind_filter_type == "none":
             noise_per_pixel = xp.reshape(found.noise_per_pixel, (-1,))
     else:
-        S = refine.normalize_to_one(xp.clip(_stack_to_S(S_init), 0.0, None))
+        S = footprints.normalize_to_one(xp.clip(footprints.to_columns(S_init), 0.0, None))
         summary_image = xp.max(Y, axis=0)
         if inputs.T_init is None:
             noise_per_pixel = noise.estimate_noise_std(Mt, axis=0)
@@ -261,7 +250,7 @@ def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs
         out.stop_reason = stop_reason
         return out
     if cell_metrics is None:  # no refinement ran: quality metrics of the given / found cells
-        S_smooth = refine.normalize_to_one(refine.smooth_images(S, frame_shape))
+        S_smooth = footprints.normalize_to_one(refine.smooth_images(S, frame_shape))
         table = refine.quality_metrics(S, S_smooth, T, frame_shape)
         cell_metrics = {name: table[i, :] for i, name in enumerate(refine.METRIC_NAMES)}
 
@@ -294,8 +283,8 @@ def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs
                                           (h0, w0), frame_shape, cfg)
     images = {"summary_image": summary_image, "max_image": max_image, "F_per_pixel": F_per_pixel}
     if dss > 1:
-        S = _stack_to_S(_upsample_space(_S_to_stack(S, frame_shape), dss, (h0, w0)))
-        S = refine.normalize_to_one(S)
+        S = footprints.to_columns(_upsample_space(footprints.to_stack(S, frame_shape), dss, (h0, w0)))
+        S = footprints.normalize_to_one(S)
         images = {key: _upsample_space(img[None, ...], dss, (h0, w0))[0] for key, img in images.items()}
     return _PartitionOutput(S=S, per_cell=per_cell, images=images, S_bad=S_bad, T_bad=T_bad, bad_rules=bad_rules,
                             stop_reason=stop_reason, timings=timings, run_info=run_info)
@@ -319,7 +308,7 @@ def _finish_bad(S_bad: Any, T_bad: Any, bad_rules: tuple[str, ...], S_trash: Any
         T_bad = traces.interpolate_time(T_bad, n_full)
     T_bad = traces.divide_by_cell_baseline(T_bad, S_bad, xp.reshape(F_per_pixel, (-1,)))
     if dss > 1:
-        S_bad = refine.normalize_to_one(_stack_to_S(_upsample_space(_S_to_stack(S_bad, frame_shape), dss, full_shape)))
+        S_bad = footprints.normalize_to_one(footprints.to_columns(_upsample_space(footprints.to_stack(S_bad, frame_shape), dss, full_shape)))
     return S_bad, xp.permute_dims(T_bad, (1, 0)), tuple(rules)
 
 
@@ -437,7 +426,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         [partition.PartitionResult(kept=kept, S=out.S, per_cell=out.per_cell, images=out.images)
          for kept, out in outputs], frame_shape, cfg, trace_key=primary or _REFINEMENT_KEY)
 
-    footprints = backend.to_numpy(_S_to_stack(stitched.S, frame_shape)).astype(np.float32)
+    cell_images = backend.to_numpy(footprints.to_stack(stitched.S, frame_shape)).astype(np.float32)
     per_cell = {key: backend.to_numpy(v) for key, v in stitched.per_cell.items()}
     metrics_table = per_cell.pop(_METRICS_KEY)
     per_cell.pop(_REFINEMENT_KEY)
@@ -456,7 +445,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     if len(outputs) == 1:
         run_info.update(outputs[0][1].run_info)
     return ExtractResult(
-        footprints=footprints,
+        footprints=cell_images,
         traces=trace_dict,
         primary_trace=primary,
         summary_image=backend.to_numpy(stitched.images["summary_image"]).astype(np.float64),
@@ -485,7 +474,7 @@ def _eliminated(outputs: list, frame_shape: tuple[int, int], n_frames: int,
         if out.S_bad.shape[1] == 0:
             continue
         S_fov = partition.embed_footprints(out.S_bad, kept, frame_shape)
-        stacks.append(backend.to_numpy(_S_to_stack(S_fov, frame_shape)))
+        stacks.append(backend.to_numpy(footprints.to_stack(S_fov, frame_shape)))
         trace_blocks.append(backend.to_numpy(out.T_bad))
         rules.extend(out.bad_rules)
     if not stacks:

@@ -2,10 +2,11 @@
 
 Contents
 --------
-* §2.2 helpers: :func:`normalize_to_one`, :func:`cell_area`, :func:`estimate_avg_radius`, :func:`estimate_radius`,
-  :func:`make_mask`, :func:`smooth_images`, :func:`smooth_traces`;
+* §2.2 helpers: :func:`estimate_avg_radius`, :func:`estimate_radius`, :func:`make_mask`, :func:`smooth_images`,
+  :func:`smooth_traces` (the shared footprint helpers are in :mod:`footprints`);
 * §7.2 metrics: :data:`METRIC_NAMES` (the 30 rows, in EXTRACT's fixed order) and :func:`quality_metrics`;
-* §7.3 elimination rules :data:`RULE_NAMES`, §7.4 :func:`find_conncomp` and :func:`update_merged_images`, combined
+* §7.3 elimination rules :data:`RULE_NAMES`, §7.4 :func:`update_merged_images` (groups from
+  :func:`matching.find_conncomp`), combined
   in :func:`remove_redundant`, which returns a :class:`Classification`;
 * §7.1 the loop: :func:`refine` -> :class:`RefinementResult`.
 
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from nwb_extract.engine import backend, noise, spatiotemporal
-from nwb_extract.engine.matching import pearson_columns
+from nwb_extract.engine.footprints import AREA_THRESHOLD, cell_area, normalize_to_one, to_columns, to_stack
+from nwb_extract.engine.matching import find_conncomp, pearson_columns
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.morphology import dilate, disk_footprint, gaussian_kernel, grown_range
 from nwb_extract.engine.robust import l1_lambda
@@ -49,10 +51,6 @@ METRIC_NAMES: tuple[str, ...] = (
 RULE_NAMES: tuple[str, ...] = (
     "T_duplicate", "S_duplicate", "T_zeroed", "T_poor", "S_tiny", "S_huge", "S_poor", "S_eccent", "ST_spurious",
 )
-#: Floor of a column maximum in :func:`normalize_to_one`.
-NORMALIZE_FLOOR = 1e-6
-#: Image value above which a pixel counts towards a cell's area (``cell_area``) and its mask seed.
-AREA_THRESHOLD = 0.1
 #: Margin (px) around the ``S > 0.1`` bounding box in the median smoothing, and its window side.
 SMOOTH_BOX_MARGIN = 2
 SMOOTH_MEDIAN_SIZE = 5
@@ -67,18 +65,6 @@ _ST_METRICS = tuple(name for name in METRIC_NAMES if name.startswith("ST"))
 
 # ----------------------------------------------------------------------------------------------------------------
 # §0 / §2.2 helpers
-
-
-def normalize_to_one(S: Any) -> Any:
-    """Each column divided by ``max(1e-6, column max)`` (spec §0 ``normalize_to_one``); (P, K) -> (P, K)."""
-    xp = backend.get_namespace(S)
-    return S / xp.clip(xp.max(S, axis=0), min=NORMALIZE_FLOOR)[None, :]
-
-
-def cell_area(S: Any, threshold: float = AREA_THRESHOLD) -> Any:
-    """Pixels per column with ``S > threshold`` (spec §0 ``cell_area``): (P, K) -> int64 (K,)."""
-    xp = backend.get_namespace(S)
-    return xp.sum(xp.astype(S > threshold, xp.int64), axis=0)
 
 
 def estimate_avg_radius(S: Any) -> float:
@@ -115,18 +101,6 @@ def estimate_radius(S: Any, radius: float) -> float:
     return (estimate_avg_radius(S[:, :k_sel]) + float(radius)) / 2.0
 
 
-def _stack(S: Any, frame_shape: tuple[int, int]) -> Any:
-    """(P, K) -> (K, h, w)."""
-    xp = backend.get_namespace(S)
-    return xp.reshape(xp.permute_dims(S, (1, 0)), (S.shape[1], *frame_shape))
-
-
-def _unstack(images: Any) -> Any:
-    """(K, h, w) -> (P, K)."""
-    xp = backend.get_namespace(images)
-    return xp.permute_dims(xp.reshape(images, (images.shape[0], -1)), (1, 0))
-
-
 def _check_frame_shape(S: Any, frame_shape: tuple[int, int]) -> tuple[int, int]:
     h, w = (int(v) for v in frame_shape)
     if h * w != S.shape[0]:
@@ -151,14 +125,14 @@ def make_mask(S: Any, frame_shape: tuple[int, int], radius: float, *, threshold:
     bool array (P, K)
     """
     frame_shape = _check_frame_shape(S, frame_shape)
-    seeds = _stack(S > threshold, frame_shape)
+    seeds = to_stack(S > threshold, frame_shape)
     if radius <= 0:
-        return _unstack(seeds)
+        return to_columns(seeds)
     xp, device = backend.get_namespace_and_device(S)
     footprint = disk_footprint(radius, xp=xp, device=device)
     # each mask can only grow by the disk's half-width around its seeds
     masks = _in_boxes(seeds, seeds, footprint.shape[0] // 2, lambda box: dilate(box, footprint))
-    return _unstack(masks)
+    return to_columns(masks)
 
 
 def _in_boxes(images: Any, seeds: Any, margin: int, operation: Callable[[Any], Any]) -> Any:
@@ -198,15 +172,15 @@ def smooth_images(S: Any, frame_shape: tuple[int, int], *, method: str = "median
     """
     frame_shape = _check_frame_shape(S, frame_shape)
     if method == "median":
-        return _unstack(_median_smooth(_stack(S, frame_shape)))
+        return to_columns(_median_smooth(to_stack(S, frame_shape)))
     if method == "gaussian":
         xp, device = backend.get_namespace_and_device(S)
         if radius <= 0:
             return xp.asarray(S, copy=True)
         size = math.ceil(2 * radius + 1)
         kernel = gaussian_kernel(size, radius / 2.5, dtype=S.dtype, xp=xp, device=device)
-        smoothed = backend.correlate(_stack(S, frame_shape), kernel[None, :, :], mode="constant")
-        return _unstack(smoothed)
+        smoothed = backend.correlate(to_stack(S, frame_shape), kernel[None, :, :], mode="constant")
+        return to_columns(smoothed)
     raise ValueError(f"method must be 'median' or 'gaussian', got {method!r}")
 
 
@@ -272,7 +246,7 @@ def spatial_corruption(S: Any, frame_shape: tuple[int, int]) -> Any:
     mean = _matlab_divide(xp.sum(xp.where(inside, S, zero), axis=0), count, xp)
     global_dev = xp.where(inside, (S - mean[None, :]) ** 2, zero) / xp.clip(mean, min=0.01)[None, :]
     box = xp.full((1, 4, 4), 1.0 / 16.0, dtype=S.dtype, device=device)
-    local_mean = _unstack(backend.correlate(_stack(S, frame_shape), box, mode="nearest", origin=(0, -1, -1)))
+    local_mean = to_columns(backend.correlate(to_stack(S, frame_shape), box, mode="nearest", origin=(0, -1, -1)))
     local_dev = xp.where(inside, (S - local_mean) ** 2 / xp.clip(local_mean, min=0.01), zero)
     v_global = _matlab_divide(xp.sum(global_dev, axis=0), count, xp)
     v_local = _matlab_divide(xp.sum(local_dev, axis=0), count, xp)
@@ -287,7 +261,7 @@ def shape_metrics(S: Any, frame_shape: tuple[int, int]) -> tuple[Any, Any]:
     """
     xp = backend.get_namespace(S)
     frame_shape = _check_frame_shape(S, frame_shape)
-    area, perimeter, major, minor = backend.largest_component_shape(_stack(S > SHAPE_THRESHOLD, frame_shape))
+    area, perimeter, major, minor = backend.largest_component_shape(to_stack(S > SHAPE_THRESHOLD, frame_shape))
     eccent = _matlab_divide(major, minor, xp)
     circularity = _matlab_divide(4.0 * math.pi * area, perimeter * perimeter, xp)
     inf = xp.full_like(area, math.inf)
@@ -363,64 +337,6 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
 
 # ----------------------------------------------------------------------------------------------------------------
 # §7.4 duplicates
-
-
-def find_conncomp(X: Any, threshold: float, A2: Any = None) -> tuple[list[tuple[int, ...]], Any]:
-    """Groups of columns of ``X`` linked by correlation above ``threshold`` (spec §7.4, EXTRACT ``find_conncomp``).
-
-    ``C = (X^T X - n mu mu^T) / ((|x_i| + 1e-6)(|x_j| + 1e-6))`` (centred norms), adjacency ``A = C > threshold``
-    (the diagonal included), ``A &= A2`` when given; connected components of the undirected graph, numbered by
-    their smallest member. For each component with at least 2 members, the *hub* (largest column sum of ``A``,
-    first on ties) goes last: ``order = [other members ascending..., hub]``.
-
-    Parameters
-    ----------
-    X : array (m, K) — one variable per column (images, or mixed traces).
-    threshold : float — correlation threshold.
-    A2 : bool array (K, K), optional — extra adjacency constraint (spatial overlap).
-
-    Returns
-    -------
-    groups : list of tuples of int — 0-based column indices per component (>= 2 members), in the order above.
-    A : bool array (K, K) — the adjacency, in ``X``'s namespace.
-    """
-    xp = backend.get_namespace(X)
-    X = xp.astype(X, xp.float64)
-    m = X.shape[0]
-    mean = xp.mean(X, axis=0)
-    gram = xp.matrix_transpose(X) @ X - m * (mean[:, None] * mean[None, :])
-    norms = xp.sqrt(xp.clip(xp.linalg.diagonal(gram), min=0.0)) + 1e-6
-    A = gram / (norms[:, None] * norms[None, :]) > threshold
-    if A2 is not None:
-        A = A & xp.astype(A2, xp.bool)
-    # host step: components of a K x K graph (K cells) are sequential bookkeeping on small integers
-    adjacency = backend.to_numpy(A).tolist()
-    return _ordered_components(adjacency), A
-
-
-def _ordered_components(adjacency: list[list[bool]]) -> list[tuple[int, ...]]:
-    K = len(adjacency)
-    label = [-1] * K
-    groups = []
-    for seed in range(K):
-        if label[seed] >= 0:
-            continue
-        label[seed] = seed
-        members, frontier = [seed], [seed]
-        while frontier:
-            node = frontier.pop()
-            for other in range(K):
-                if label[other] < 0 and (adjacency[node][other] or adjacency[other][node]):
-                    label[other] = seed
-                    members.append(other)
-                    frontier.append(other)
-        if len(members) < 2:
-            continue
-        members.sort()
-        degree = [sum(adjacency[row][j] for row in range(K)) for j in members]
-        hub = members[degree.index(max(degree))]
-        groups.append(tuple(j for j in members if j != hub) + (hub,))
-    return groups
 
 
 def update_merged_images(S: Any, T: Any, groups: list[tuple[int, ...]] | tuple[tuple[int, ...], ...]) -> Any:
