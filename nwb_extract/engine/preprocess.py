@@ -390,7 +390,7 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     pad_h, pad_w = (nf - h) // 2, (nf - w) // 2
     rows = _symmetric_indices(xp, device, h, pad_h)
     cols = _symmetric_indices(xp, device, w, pad_w)
-    response = _butterworth_response(xp, device, nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio)
+    response = _butterworth_response(nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio, xp=xp, device=device)
     out = xp.empty(frames.shape, dtype=xp.float32, device=device) if not overwrite else frames
     for start in range(0, n, max(1, chunk_frames)):
         stop = min(n, start + max(1, chunk_frames))
@@ -401,8 +401,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     return out[0, ...] if len(movie.shape) == 2 else out
 
 
-def _butterworth_response(xp: Any, device: Any, nf: int, radius: float, f_lower_scale: float,
-                          f_upper_scale: float, smoothing_ratio: float) -> Any:
+def _butterworth_response(nf: int, radius: float, f_lower_scale: float, f_upper_scale: float, smoothing_ratio: float,
+                          *, xp: Any, device: Any) -> Any:
     """Band-pass ``H`` of spec §3.2 on the ``rfft2`` grid of an ``nf × nf`` image: float32 ``(nf, nf//2 + 1)``.
 
     Built in float64 (a one-off ``nf²`` array), then cast, as the reference does (``single(lpf .* hpf)``).
