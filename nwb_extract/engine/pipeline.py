@@ -4,6 +4,10 @@ The movie is split into partitions (§1.3); each partition is read once (a recta
 trimmed of zero edges, preprocessed once, and run through cell finding (§5) or the given footprints (§2.1),
 refinement and quality control (§7) and the final robust regression (§8), which produces all three trace kinds.
 Partitions are stitched and seam duplicates removed (§1.4).
+
+The stage settings are built once per run (:class:`_Plan`); one partition runs as :func:`_prepare`,
+:func:`_initialise`, :func:`_estimate_noise`, :func:`_refine`, :func:`_final_traces` and :func:`_partition_output`,
+timed per stage by a :class:`_StageClock` that synchronises the device before reading the clock.
 """
 
 from __future__ import annotations
