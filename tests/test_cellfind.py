@@ -21,9 +21,10 @@ from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, cellfind, preprocess
-from nwb_extract.engine.refine import cell_area
-from nwb_extract.engine.cellfind import (STOP_REASONS, CellFindingResult, find_cells, fit_single_cell,
-                                         gaussian_template, init_image, summary_stack, update_summary_stack)
+from nwb_extract.engine.footprints import cell_area
+from nwb_extract.engine.cellfind import (STOP_REASONS, CellFindingResult, CellFindSettings, find_cells,
+                                         fit_single_cell, gaussian_template, init_image, summary_stack,
+                                         update_summary_stack)
 from nwb_extract.errors import InputError
 
 FIT_CASES = [
@@ -219,7 +220,7 @@ def test_find_cells_stage_golden(functions):
     Y = np.ascontiguousarray(g["inputs/M_pre"][...].transpose(2, 0, 1))
     Y_before = Y.copy()
     cfg = ExtractConfig(avg_cell_radius=4).resolved()  # the case's config: defaults with radius 4
-    res = find_cells(Y, cfg, radius=4.0)
+    res = find_cells(Y, CellFindSettings.from_config(cfg), radius=4.0)
     np.testing.assert_array_equal(Y, Y_before)  # the caller's movie is not modified
 
     assert isinstance(res, CellFindingResult)
@@ -258,8 +259,9 @@ def test_find_cells_pipeline_partition_golden(reference_dir):
         assert (part.attrs["row_start"], part.attrs["col_start"]) == (0, 0)
         assert (part.attrs["row_stop"], part.attrs["col_stop"]) == movie.shape[1:]
     radius = 5.0
-    Y, _ = preprocess.preprocess_movie(movie, radius=radius)
-    res = find_cells(Y, ExtractConfig(avg_cell_radius=radius).resolved(), radius=radius)
+    Y, _ = preprocess.preprocess_movie(movie, preprocess.PreprocessSettings(), radius=radius)
+    settings = CellFindSettings.from_config(ExtractConfig(avg_cell_radius=radius).resolved())
+    res = find_cells(Y, settings, radius=radius)
     assert res.stop_reason == stop_ref == "yield"
     np.testing.assert_array_equal(res.seeds + 1, seeds_ref)
     np.testing.assert_array_equal(res.is_good, good_ref)
@@ -298,7 +300,7 @@ def test_find_cells_two_synthetic_cells():
     # amplitude 15 puts both trace SNRs well above thresholds.T_min_snr = 7, so no threshold tie decides
     centres = [(9, 10), (22, 26)]
     movie, images = _synthetic_movie(centres)
-    res = find_cells(movie, ExtractConfig(avg_cell_radius=4).resolved(), radius=4.0)
+    res = find_cells(movie, CellFindSettings.from_config(ExtractConfig(avg_cell_radius=4).resolved()), radius=4.0)
     assert res.n_cells == 2
     found = []
     for k in range(2):
@@ -315,7 +317,7 @@ def test_find_cells_two_synthetic_cells():
 
 def test_find_cells_pure_noise_finds_nothing():
     movie = np.random.default_rng(3).normal(size=(300, 32, 36)).astype(np.float32)
-    res = find_cells(movie, ExtractConfig(avg_cell_radius=4).resolved(), radius=4.0)
+    res = find_cells(movie, CellFindSettings.from_config(ExtractConfig(avg_cell_radius=4).resolved()), radius=4.0)
     assert res.n_cells == 0
     assert res.stop_reason == "min_magnitude"
     assert res.S.shape == (32 * 36, 0) and res.T.shape == (0, 300)
@@ -328,7 +330,7 @@ def test_find_cells_movie_mask_restricts_noise_median():
     cfg = ExtractConfig(avg_cell_radius=4).resolved()
     mask = np.zeros(movie.shape[1:], bool)
     mask[:, 18:] = True
-    res = find_cells(movie, cfg, radius=4.0, movie_mask=mask)
+    res = find_cells(movie, CellFindSettings.from_config(cfg), radius=4.0, movie_mask=mask)
     expected = float(np.median(res.noise_per_pixel[mask]))
     assert res.noise_std == pytest.approx(expected, rel=1e-6)
     assert res.noise_std > 2 * float(np.median(res.noise_per_pixel[~mask]))
@@ -338,14 +340,15 @@ def test_find_cells_gaussian_init_and_no_filter_keep_input():
     movie, _ = _synthetic_movie([(9, 10), (22, 26)], seed=4)
     before = movie.copy()
     cfg = ExtractConfig(avg_cell_radius=4, init_with_gaussian=True, cellfind_filter_type="none").resolved()
-    res = find_cells(movie, cfg, radius=4.0)
+    res = find_cells(movie, CellFindSettings.from_config(cfg), radius=4.0)
     np.testing.assert_array_equal(movie, before)  # the 'none' filter must not let the loop modify the input
     assert res.n_cells == 2
 
 
 def test_find_cells_max_steps_stop():
     movie, _ = _synthetic_movie([(9, 10), (22, 26)])
-    res = find_cells(movie, ExtractConfig(avg_cell_radius=4, cellfind_max_steps=1).resolved(), radius=4.0)
+    settings = CellFindSettings.from_config(ExtractConfig(avg_cell_radius=4, cellfind_max_steps=1).resolved())
+    res = find_cells(movie, settings, radius=4.0)
     assert res.stop_reason == "max_iter" and res.is_good.size == 1 and res.n_cells == 1
 
 
@@ -355,8 +358,8 @@ def test_find_cells_namespaces_agree_with_numpy(namespace):
     # T_min_snr 23 lies between the two cells' trace SNRs (~26 and ~20): one is accepted, one rejected, so the
     # rejection path (window zeroing, trash) runs in every namespace too
     cfg = ExtractConfig(avg_cell_radius=3, thresholds={"T_min_snr": 23.0}).resolved()
-    ref = find_cells(movie, cfg, radius=3.0)
-    res = find_cells(to_xp(movie, xp, device), cfg, radius=3.0)
+    ref = find_cells(movie, CellFindSettings.from_config(cfg), radius=3.0)
+    res = find_cells(to_xp(movie, xp, device), CellFindSettings.from_config(cfg), radius=3.0)
     assert ref.n_cells == 1 and ref.S_trash.shape[1] >= 1
     for name in ("S", "T", "summary_image", "noise_per_pixel", "S_trash", "T_trash"):
         value = getattr(res, name)
@@ -374,15 +377,16 @@ def test_find_cells_namespaces_agree_with_numpy(namespace):
 
 
 def test_find_cells_rejects_bad_input():
-    cfg = ExtractConfig(avg_cell_radius=4).resolved()
+    settings = CellFindSettings.from_config(ExtractConfig(avg_cell_radius=4).resolved())
     with pytest.raises(InputError, match="frames, rows, cols"):
-        find_cells(np.zeros((10, 12), np.float32), cfg, radius=4.0)
+        find_cells(np.zeros((10, 12), np.float32), settings, radius=4.0)
     with pytest.raises(InputError, match="radius"):
-        find_cells(np.zeros((10, 12, 12), np.float32), cfg, radius=0.0)
+        find_cells(np.zeros((10, 12, 12), np.float32), settings, radius=0.0)
 
 
 def test_find_cells_all_zero_movie_stops_at_once():
-    res = find_cells(np.zeros((20, 10, 12), np.float32), ExtractConfig(avg_cell_radius=3).resolved(), radius=3.0)
+    settings = CellFindSettings.from_config(ExtractConfig(avg_cell_radius=3).resolved())
+    res = find_cells(np.zeros((20, 10, 12), np.float32), settings, radius=3.0)
     assert res.n_cells == 0 and res.stop_reason == "min_magnitude" and res.seeds.shape == (0, 2)
 
 

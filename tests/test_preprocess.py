@@ -8,6 +8,7 @@ rtol 1e-5 and atol 1e-5 * max|ref| (the reference is float32; its own rounding s
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import array_api_compat
 import h5py
@@ -294,10 +295,11 @@ def test_correct_baseline_runs_only_with_remove_background(functions_h5):
     # The reference's default call is a no-op (spec §13 item 4): preprocess_movie calls it only on request.
     g = functions_h5["correct_baseline"]
     M = to_engine(g["inputs/M"][...])
-    kwargs = dict(radius=3.0, spatial_highpass_cutoff=math.inf, skip_dff=True)
-    default, _ = pp.preprocess_movie(M, **kwargs)
+    settings = pp.PreprocessSettings(spatial_highpass_cutoff=math.inf, skip_dff=True)
+    default, _ = pp.preprocess_movie(M, settings, radius=3.0)
     np.testing.assert_array_equal(default, M)
-    removed, _ = pp.preprocess_movie(M, remove_background=True, avg_event_tau=float(g.attrs["tau"]), **kwargs)
+    with_background = replace(settings, remove_background=True, avg_event_tau=float(g.attrs["tau"]))
+    removed, _ = pp.preprocess_movie(M, with_background, radius=3.0)
     assert_matches_reference(removed, to_engine(g["outputs/M_remove_background"][...]))
 
 
@@ -424,7 +426,7 @@ def test_apply_second_df_subtracts_the_temporal_quantile(q):
 def test_preprocess_movie_stage_golden(functions_h5):
     g = functions_h5["stage_preprocess"]
     movie = to_engine(g["inputs/M"][...])  # uint16, converted inside
-    out, F = pp.preprocess_movie(movie, radius=4.0)  # EXTRACT defaults: mean ΔF, high-pass cutoff 5
+    out, F = pp.preprocess_movie(movie, pp.PreprocessSettings(), radius=4.0)  # defaults: mean ΔF, high-pass cutoff 5
     assert out.dtype == np.float32 and F.shape == (32, 40)
     assert_matches_reference(out, to_engine(g["outputs/M_pre"][...]))
     assert_matches_reference(F, g["outputs/F_per_pixel"][...])
@@ -436,8 +438,8 @@ def test_preprocess_movie_step_order_with_every_option():
     movie[:, 5, 6] = 1000.0  # a hot pixel
     mask = np.ones((12, 14), bool)
     mask[:, :2] = False
-    out, F = pp.preprocess_movie(movie, radius=2.0, movie_mask=mask, medfilt_outlier_pixels=True, second_df=0.5,
-                                 fix_zero_FOV_strips=True)
+    settings = pp.PreprocessSettings(medfilt_outlier_pixels=True, second_df=0.5, fix_zero_FOV_strips=True)
+    out, F = pp.preprocess_movie(movie, settings, radius=2.0, movie_mask=mask)
     step, _ = pp.medfilt_outliers(movie)
     step, F_expected = pp.compute_df(step)
     step = pp.spatial_bandpass(step, 2.0, 5.0, math.inf)
@@ -449,7 +451,7 @@ def test_preprocess_movie_step_order_with_every_option():
 
 def test_preprocess_movie_temporal_denoising_is_not_implemented_yet():
     with pytest.raises(NotImplementedYetError, match="temporal_denoising"):
-        pp.preprocess_movie(_movie(), radius=3.0, temporal_denoising=True)
+        pp.preprocess_movie(_movie(), pp.PreprocessSettings(temporal_denoising=True), radius=3.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -457,7 +459,8 @@ def test_preprocess_movie_temporal_denoising_is_not_implemented_yet():
 
 
 _CALLS = {
-    "preprocess_movie": lambda m: pp.preprocess_movie(m, radius=3.0, movie_mask=None, second_df=0.3)[0],
+    "preprocess_movie": lambda m: pp.preprocess_movie(m, pp.PreprocessSettings(second_df=0.3), radius=3.0,
+                                                      movie_mask=None)[0],
     "compute_df_F": lambda m: pp.compute_df(m, 0.5)[1],
     "bandpass_ratio2": lambda m: pp.spatial_bandpass(m, 3.0, 5.0, 2.0, 2.0, chunk_frames=7),
     "gauss": lambda m: pp.cellfind_filter(m, "gauss", 2.5),

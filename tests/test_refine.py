@@ -25,9 +25,11 @@ from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, noise, spatiotemporal
-from nwb_extract.engine.refine import (METRIC_NAMES, RULE_NAMES, cell_area, estimate_avg_radius, estimate_radius,
-                                       find_conncomp, make_mask, normalize_to_one, refine, remove_redundant,
-                                       smooth_images, smooth_traces, update_merged_images)
+from nwb_extract.engine.footprints import cell_area, normalize_to_one
+from nwb_extract.engine.matching import find_conncomp
+from nwb_extract.engine.refine import (METRIC_NAMES, RULE_NAMES, RefineSettings, estimate_avg_radius, estimate_radius,
+                                       make_mask, refine, remove_redundant, smooth_images, smooth_traces,
+                                       update_merged_images)
 from nwb_extract.errors import InputError
 
 #: metrics that are correlations accumulated in float32 by the reference (see module docstring)
@@ -324,7 +326,8 @@ def test_refine_golden_stage_extractor(functions):
     kappa = 0.7 * float(backend.median(noise.estimate_noise_std(Mt, axis=0)))
     cfg = ExtractConfig(**{k: v for k, v in json.loads(g.attrs["config_json"]).items()
                            if k in ("avg_cell_radius", "max_iter", "adaptive_kappa")}).resolved()
-    res = refine(S0, out["T_found"][...], Mt, cfg, radius=radius, kappa=kappa, frame_shape=shape)
+    res = refine(S0, out["T_found"][...], Mt, RefineSettings.from_config(cfg), radius=radius, kappa=kappa,
+                 frame_shape=shape)
     assert (res.iterations, res.stop_reason, res.converged_early) == (6, "max_iter", False)
     assert res.cell_ids == (0, 1, 2, 3, 4) and res.bad_rules == () and res.S_bad.shape == (32 * 40, 0)
     ref_S = out["spatial_weights"][...].reshape(32 * 40, -1)  # MATLAB rows x cols x cells -> row-major pixels
@@ -372,7 +375,7 @@ def test_refine_removes_duplicate_and_noise_blob():
     T0 = np.vstack([T_true, 0.9 * T_true[:1], np.abs(rng.standard_normal((1, T_true.shape[1])))]).astype(np.float32)
     cfg = ExtractConfig(avg_cell_radius=4, max_iter=4, max_iter_T=50, max_iter_S=50).resolved()
     kappa = 0.7 * float(np.median(noise.estimate_noise_std(Mt, axis=0)))
-    res = refine(S0, T0, Mt, cfg, radius=4.0, kappa=kappa, frame_shape=shape)
+    res = refine(S0, T0, Mt, RefineSettings.from_config(cfg), radius=4.0, kappa=kappa, frame_shape=shape)
     rules = dict(zip(res.bad_cell_ids, res.bad_rules))
     assert rules[4] == "T_zeroed"
     # of the symmetric duplicate pair (0, 3) exactly one survives: the higher index (reference quirk §5.4)
@@ -388,12 +391,12 @@ def test_refine_removes_duplicate_and_noise_blob():
 def test_refine_hyperparameter_tuning_and_skipped_checks():
     S_true, T_true, Mt, _ = _synthetic_movie(seed=1, n=200)
     base = dict(avg_cell_radius=4, max_iter=3, max_iter_T=20, max_iter_S=20)
-    tuning = refine(S_true, T_true, Mt, ExtractConfig(hyperparameter_tuning_flag=True, **base).resolved(),
-                    radius=4.0, kappa=0.05, frame_shape=(40, 40))
+    settings = RefineSettings.from_config(ExtractConfig(hyperparameter_tuning_flag=True, **base).resolved())
+    tuning = refine(S_true, T_true, Mt, settings, radius=4.0, kappa=0.05, frame_shape=(40, 40))
     assert (tuning.iterations, tuning.stop_reason, len(tuning.classifications)) == (1, "hyperparameter_tuning", 1)
     assert not np.asarray(tuning.classifications[0].is_attr_bad).any()
-    skipped = refine(S_true, T_true, Mt, ExtractConfig(num_iter_stop_quality_checks=[1, 3], **base).resolved(),
-                     radius=4.0, kappa=0.05, frame_shape=(40, 40))
+    settings = RefineSettings.from_config(ExtractConfig(num_iter_stop_quality_checks=[1, 3], **base).resolved())
+    skipped = refine(S_true, T_true, Mt, settings, radius=4.0, kappa=0.05, frame_shape=(40, 40))
     # iteration 2 runs quality control; iteration 3 (the last, skipped) records the tuning metrics
     assert skipped.iterations == 3 and len(skipped.classifications) == 2
     assert np.asarray(skipped.S_change)[:, :3].all()
@@ -402,9 +405,10 @@ def test_refine_hyperparameter_tuning_and_skipped_checks():
 def test_refine_early_convergence_and_zero_cells():
     S_true, T_true, Mt, _ = _synthetic_movie(seed=2, noise_std=0.0, n=200)
     cfg = ExtractConfig(avg_cell_radius=4, max_iter=6, max_iter_T=30, max_iter_S=30, TOL_main=0.5).resolved()
-    res = refine(S_true, T_true, Mt, cfg, radius=4.0, kappa=0.05, frame_shape=(40, 40))
+    res = refine(S_true, T_true, Mt, RefineSettings.from_config(cfg), radius=4.0, kappa=0.05, frame_shape=(40, 40))
     assert res.converged_early and res.stop_reason == "converged" and res.iterations == 2
-    empty = refine(S_true[:, :0], T_true[:0], Mt, cfg, radius=4.0, kappa=0.05, frame_shape=(40, 40))
+    empty = refine(S_true[:, :0], T_true[:0], Mt, RefineSettings.from_config(cfg), radius=4.0, kappa=0.05,
+                   frame_shape=(40, 40))
     assert (empty.stop_reason, empty.iterations, empty.S.shape, empty.metrics) == ("no_cells", 1, (1600, 0), {})
 
 
@@ -416,9 +420,10 @@ def test_refine_namespaces_agree_with_numpy(namespace):
     S0 = np.where(S0 < 0.05, 0, S0).astype(np.float32)
     T0 = np.stack([_spike_train(rng, 120) for _ in range(2)]).astype(np.float32)
     Mt = (T0.T @ S0.T + 0.05 * rng.standard_normal((120, 480))).astype(np.float32)
-    cfg = ExtractConfig(avg_cell_radius=3, max_iter=2, max_iter_T=20, max_iter_S=20).resolved()
-    ref = refine(S0, T0, Mt, cfg, radius=3.0, kappa=0.035, frame_shape=(20, 24))
-    res = refine(to_xp(S0, xp, device), to_xp(T0, xp, device), to_xp(Mt, xp, device), cfg, radius=3.0, kappa=0.035,
+    settings = RefineSettings.from_config(
+        ExtractConfig(avg_cell_radius=3, max_iter=2, max_iter_T=20, max_iter_S=20).resolved())
+    ref = refine(S0, T0, Mt, settings, radius=3.0, kappa=0.035, frame_shape=(20, 24))
+    res = refine(to_xp(S0, xp, device), to_xp(T0, xp, device), to_xp(Mt, xp, device), settings, radius=3.0, kappa=0.035,
                  frame_shape=(20, 24))
     assert backend.get_namespace(res.S) is backend.get_namespace(to_xp(S0, xp, device))
     assert res.cell_ids == ref.cell_ids and len(res.classifications) == 2

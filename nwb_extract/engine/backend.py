@@ -670,3 +670,61 @@ def _take1(xp: Any, a: Any, index: int, axis: int) -> Any:
 def median(x: Any, axis: int | None = None) -> Any:
     """Median (MATLAB ``median``; equals the Hazen 0.5 quantile). Empty input is an error here."""
     return quantile(x, 0.5, axis=axis)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (d) host and device helpers for the pipeline: input arrays, device choice, synchronisation, results on the host
+
+
+def is_array(x: Any) -> bool:
+    """True for an array of any Array API namespace (NumPy included); False for lazy sources such as h5py
+    datasets."""
+    return array_api_compat.is_array_api_obj(x)
+
+
+def is_device_array(x: Any) -> bool:
+    """True for an array of a namespace other than NumPy (CuPy, ``array_api_strict``, ...): the engine then runs
+    in that namespace, on that array's device."""
+    return is_array(x) and not isinstance(x, np.ndarray)
+
+
+def gpu_device(xp: Any, index: int | None) -> Any:
+    """CuPy device number ``index`` when ``xp`` is CuPy and ``index`` is given; None (the default device)
+    otherwise."""
+    if index is None or not is_cupy(xp):
+        return None
+    import cupy
+
+    return cupy.cuda.Device(int(index))
+
+
+def dtype_kind(dtype: Any) -> str:
+    """NumPy kind code (``'f'``, ``'i'``, ``'u'``, ``'b'``, ...) of a dtype of any namespace or of h5py."""
+    return np.dtype(str(dtype).replace("array_api_strict.", "")).kind
+
+
+def read_float32(source: Any, index: tuple[slice, ...], xp: Any, device: Any = None) -> Any:
+    """``source[index]`` (a NumPy array or a lazy source such as an h5py dataset) read to the host, converted to
+    float32 there, and moved to namespace ``xp`` on ``device``."""
+    return from_numpy(np.asarray(source[index], dtype=np.float32), xp, device)
+
+
+def synchronize(xp: Any, device: Any = None) -> None:
+    """Wait until the work queued on ``device`` has finished (CuPy: the current device when None), so that a clock
+    read afterwards counts it. NumPy and other host namespaces compute eagerly: a no-op."""
+    if not is_cupy(xp):
+        return
+    import cupy
+
+    (device if device is not None else cupy.cuda.Device()).synchronize()
+
+
+def to_host(x: Any, dtype: str) -> np.ndarray:
+    """``x`` (an array of any namespace and device, or a sequence of numbers) as a C-contiguous NumPy array of
+    ``dtype`` (e.g. ``'float32'``)."""
+    return np.ascontiguousarray(to_numpy(x) if is_array(x) else x, dtype=dtype)
+
+
+def numpy_version() -> str:
+    """Version of the installed NumPy (recorded in results)."""
+    return np.__version__

@@ -9,7 +9,8 @@ reached (§5.3).
 
 Public API
 ----------
-* :func:`find_cells` — the whole of §5 on one partition; returns a :class:`CellFindingResult`;
+* :func:`find_cells` — the whole of §5 on one partition, with a :class:`CellFindSettings`; returns a
+  :class:`CellFindingResult`;
 * :func:`summary_stack`, :func:`update_summary_stack` — the summary image and its incremental update (§5.2);
 * :func:`init_image`, :func:`gaussian_template` — the two seed images (§5.3.1, §5.1);
 * :func:`fit_single_cell` — ``alt_opt_single`` (§5.4), returning a :class:`SingleCellFit`;
@@ -25,15 +26,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, morphology, noise, preprocess
+from nwb_extract.engine.footprints import cell_area
 from nwb_extract.engine.matlab import matlab_round
-from nwb_extract.engine.refine import cell_area
 from nwb_extract.engine.robust import solve_single_source
 from nwb_extract.errors import InputError
 
@@ -113,8 +111,8 @@ class SingleCellFit:
     t: Any
     t_corr: Any
     s_corr: Any
-    s_change: np.ndarray
-    t_change: np.ndarray
+    s_change: Any
+    t_change: Any
 
 
 @dataclass(frozen=True)
@@ -164,15 +162,15 @@ class CellFindingResult:
     noise_std: float
     min_magnitude: float
     stop_reason: str
-    seeds: np.ndarray
-    max_values: np.ndarray
-    metrics: np.ndarray
-    is_attr_bad: np.ndarray
-    is_good: np.ndarray
+    seeds: Any
+    max_values: Any
+    metrics: Any
+    is_attr_bad: Any
+    is_good: Any
     S_trash: Any
     T_trash: Any
-    S_change: np.ndarray
-    T_change: np.ndarray
+    S_change: Any
+    T_change: Any
 
     @property
     def n_cells(self) -> int:
@@ -596,8 +594,9 @@ def _fit_single_cell(Y: Any, s0: Any, noise_std: float, size_limit: float, *, ka
     if not float(xp.max(s)) > 0:
         raise InputError("seed image s0 has no positive pixel; a cell cannot be fitted from it")
     t: Any = None  # the reference's scalar placeholder 1e6
-    s_change = np.zeros(max_iter, dtype=np.float32)
-    t_change = np.zeros(max_iter, dtype=np.float32)
+    host = backend.select("numpy")  # per-alternation bookkeeping lives on the host
+    s_change = host.zeros((max_iter,), dtype=host.float32)
+    t_change = host.zeros((max_iter,), dtype=host.float32)
     current: _Support | None = None
     active: tuple[_Support, Any, Any] | None = None  # (support, t on active frames, B on active frames)
     kappa_trace = ADAPTIVE_KAPPA_START if adaptive_kappa else kappa_t
@@ -753,7 +752,82 @@ def _is_duplicate(s: Any, t: Any, S_rows: _Rows, T_rows: _Rows) -> bool:
     return bool(xp.any(corr > DUPLICATE_CORRELATION))
 
 
-def find_cells(Y: Any, cfg: ExtractConfig, *, radius: float, movie_mask: Any = None) -> CellFindingResult:
+@dataclass(frozen=True)
+class CellFindSettings:
+    """Settings of cell finding (spec §5, §3.5), by EXTRACT config name; built once per run by the pipeline.
+
+    ``filter_*`` are the cell-finding filter's settings (``cellfind_filter_type``, ``spatial_lowpass_cutoff``,
+    ``cellfind_spatial_highpass_cutoff``, ``smoothing_ratio_x2y``, ``moving_radius_spatial``,
+    ``moving_radius_temporal``, ``filter_sigma``); ``size_lower_limit`` / ``size_upper_limit`` are multiples of
+    ``pi r^2`` (``thresholds.*``), as in the config.
+    """
+
+    filter_type: str
+    filter_lowpass_cutoff: float
+    filter_highpass_cutoff: float
+    filter_smoothing_ratio: float
+    filter_moving_radius_spatial: float
+    filter_moving_radius_temporal: float
+    filter_sigma: tuple[float, ...]
+    min_snr: float
+    kappa_std_ratio: float
+    adaptive_kappa: bool
+    max_iter: int
+    max_steps: int
+    numpix_threshold: int
+    check_min_magnitude: bool
+    init_with_gaussian: bool
+    avg_yield_threshold: float
+    high2low_brightness_ratio: float
+    T_min_snr: float
+    size_lower_limit: float
+    size_upper_limit: float
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> CellFindSettings:
+        """The settings of a resolved :class:`~nwb_extract.config.ExtractConfig`."""
+        return cls(
+            filter_type=cfg.cellfind_filter_type, filter_lowpass_cutoff=cfg.spatial_lowpass_cutoff,
+            filter_highpass_cutoff=cfg.cellfind_spatial_highpass_cutoff,
+            filter_smoothing_ratio=cfg.smoothing_ratio_x2y, filter_moving_radius_spatial=cfg.moving_radius_spatial,
+            filter_moving_radius_temporal=cfg.moving_radius_temporal,
+            filter_sigma=tuple(float(v) for v in cfg.filter_sigma), min_snr=cfg.cellfind_min_snr,
+            kappa_std_ratio=cfg.cellfind_kappa_std_ratio, adaptive_kappa=bool(cfg.cellfind_adaptive_kappa),
+            max_iter=int(cfg.cellfind_max_iter), max_steps=int(cfg.cellfind_max_steps),
+            numpix_threshold=int(cfg.cellfind_numpix_threshold),
+            check_min_magnitude=bool(cfg.cellfind_check_min_magnitude),
+            init_with_gaussian=bool(cfg.init_with_gaussian), avg_yield_threshold=cfg.avg_yield_threshold,
+            high2low_brightness_ratio=cfg.high2low_brightness_ratio, T_min_snr=cfg.thresholds.T_min_snr,
+            size_lower_limit=cfg.thresholds.size_lower_limit, size_upper_limit=cfg.thresholds.size_upper_limit)
+
+
+@dataclass
+class _Search:
+    """State of the cell-finding loop (spec §5.3): the filtered movie copy with its summary stack, the limits,
+    and the per-step records (device rows for images and traces, host lists for the rest)."""
+
+    work: Any                   # (n, h, w) filtered copy, modified in place
+    summary: Any                # (h, w) summary image, updated around each subtracted cell
+    peak: Any                   # (h, w) peak frame of every pixel
+    summary_image: Any          # (h, w) summary image before any subtraction
+    noise_per_pixel: Any        # (h, w)
+    noise_std: float
+    min_magnitude: float
+    min_px: float               # size limits in pixels
+    max_px: float
+    half_width: int             # seed-image window half-width
+    accepted: tuple[_Rows, _Rows]
+    rejected: tuple[_Rows, _Rows]
+    seeds: list = field(default_factory=list)
+    max_values: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    attr_bad: list = field(default_factory=list)
+    good: list = field(default_factory=list)
+    s_changes: list = field(default_factory=list)
+    t_changes: list = field(default_factory=list)
+
+
+def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask: Any = None) -> CellFindingResult:
     """Find cells one at a time on one partition (spec §5, ``cw_extract``; the §2.1 branch without ``S_init``).
 
     Setup (§5.1): the cell-finding copy of ``Y`` is filtered (``cellfind_filter_type``), each pixel's noise is
@@ -772,10 +846,8 @@ def find_cells(Y: Any, cfg: ExtractConfig, *, radius: float, movie_mask: Any = N
     ----------
     Y : float32 array (n, h, w)
         Preprocessed (unfiltered) movie at working resolution; not modified.
-    cfg : ExtractConfig
-        Resolved config; reads the ``cellfind_*`` fields, ``spatial_lowpass_cutoff``, ``smoothing_ratio_x2y``,
-        ``moving_radius_*``, ``filter_sigma``, ``init_with_gaussian``, ``avg_yield_threshold``,
-        ``high2low_brightness_ratio`` and ``thresholds.{T_min_snr, size_lower_limit, size_upper_limit}``.
+    settings : CellFindSettings
+        E.g. ``CellFindSettings.from_config(cfg)``.
     radius : float
         Working-resolution ``avg_cell_radius`` (px).
     movie_mask : bool array (h, w), optional
@@ -785,122 +857,162 @@ def find_cells(Y: Any, cfg: ExtractConfig, *, radius: float, movie_mask: Any = N
     -------
     CellFindingResult
     """
-    xp, device = backend.get_namespace_and_device(Y)
     if len(Y.shape) != 3:
         raise InputError(f"find_cells needs a movie (frames, rows, cols); got shape {tuple(Y.shape)}")
     if not radius > 0:
         raise InputError(f"avg_cell_radius must be > 0 pixels at working resolution; got {radius}")
+    search, has_valid = _start_search(Y, settings, radius, movie_mask)
+    stop_reason = "max_iter" if has_valid else "min_magnitude"  # nothing valid: stop as on a dim seed
+    if has_valid:
+        stop_reason = _run_search(search, settings)
+    else:
+        logger.warning("cell finding: every pixel is (near) zero; no cell can be found")
+    if stop_reason == "min_magnitude":  # the stopping step keeps a row of zeros, as in the reference
+        search.metrics.append([0.0] * 4)
+        search.attr_bad.append([False] * 5)
+        search.good.append(False)
+    logger.info("cell finding: %d cells after %d steps (stop: %s)", search.accepted[0].count, len(search.good),
+                stop_reason)
+    return _search_result(search, stop_reason, settings.max_iter)
+
+
+def _cellfind_copy(Y: Any, settings: CellFindSettings, radius: float) -> Any:
+    """The filtered cell-finding copy of ``Y`` (n, h, w) (spec §3.5); never ``Y`` itself."""
+    xp = backend.get_namespace(Y)
+    work = preprocess.cellfind_filter(
+        Y, settings.filter_type, radius, spatial_lowpass_cutoff=settings.filter_lowpass_cutoff,
+        cellfind_spatial_highpass_cutoff=settings.filter_highpass_cutoff,
+        smoothing_ratio_x2y=settings.filter_smoothing_ratio,
+        moving_radius_spatial=settings.filter_moving_radius_spatial,
+        moving_radius_temporal=settings.filter_moving_radius_temporal, filter_sigma=settings.filter_sigma)
+    if work is Y:  # 'none' filter: the copy is modified by the search, the caller's movie must not be
+        work = xp.asarray(Y, copy=True)
+    return work
+
+
+def _start_search(Y: Any, settings: CellFindSettings, radius: float, movie_mask: Any) -> tuple[_Search, bool]:
+    """Setup of spec §5.1: the filtered copy, its noise and summary stack, the thresholds; and whether any pixel
+    is valid."""
+    xp, device = backend.get_namespace_and_device(Y)
     n, h, w = Y.shape
     P = h * w
-
     valid = xp.reshape(xp.max(Y, axis=0) > VALID_PIXEL_LEVEL, (-1,))
     if movie_mask is not None:
         valid = valid & xp.reshape(xp.astype(movie_mask, xp.bool), (-1,))
-    work = preprocess.cellfind_filter(
-        Y, cfg.cellfind_filter_type, radius, spatial_lowpass_cutoff=cfg.spatial_lowpass_cutoff,
-        cellfind_spatial_highpass_cutoff=cfg.cellfind_spatial_highpass_cutoff,
-        smoothing_ratio_x2y=cfg.smoothing_ratio_x2y, moving_radius_spatial=cfg.moving_radius_spatial,
-        moving_radius_temporal=cfg.moving_radius_temporal, filter_sigma=tuple(float(v) for v in cfg.filter_sigma))
-    if work is Y:  # 'none' filter: the copy is modified below, the caller's movie must not be
-        work = xp.asarray(Y, copy=True)
+    work = _cellfind_copy(Y, settings, radius)
     # the loop works on the (n, h, w) copy itself; the (n, P) matrix is only read here, before any change
     Mt = xp.reshape(work, (n, P))
     noise_per_pixel = noise.estimate_noise_std(Mt, axis=0)
     stack = summary_stack(Mt, (h, w))
-    summary_image = xp.asarray(stack.image, copy=True)
-    summary, peak = stack.image, stack.peak_frame
-
     has_valid = bool(xp.any(valid))
     noise_std = float(backend.median(noise_per_pixel[valid])) if has_valid else 0.0
-    noise_limit = noise_std * cfg.cellfind_min_snr + noise_std * _bias(cfg.cellfind_kappa_std_ratio)
-    ratio = cfg.high2low_brightness_ratio
-    dim_limit = 0.0 if math.isinf(ratio) else float(backend.quantile(summary, 0.999)) / ratio
-    min_magnitude = max(noise_limit, dim_limit)
+    min_magnitude = _min_magnitude(noise_std, stack.image, settings)
     cell_px = math.pi * radius ** 2
-    min_px = cell_px * cfg.thresholds.size_lower_limit
-    max_px = cell_px * cfg.thresholds.size_upper_limit
-    window = matlab_round(1.0 / cfg.avg_yield_threshold)
-    half_width = math.floor(1.5 * radius)
-    max_iter = int(cfg.cellfind_max_iter)
     logger.info("cell finding: noise std %.4g, minimum magnitude %.4g", noise_std, min_magnitude)
+    search = _Search(
+        work=work, summary=stack.image, peak=stack.peak_frame, summary_image=xp.asarray(stack.image, copy=True),
+        noise_per_pixel=xp.reshape(noise_per_pixel, (h, w)), noise_std=noise_std, min_magnitude=min_magnitude,
+        min_px=cell_px * settings.size_lower_limit, max_px=cell_px * settings.size_upper_limit,
+        half_width=math.floor(1.5 * radius), accepted=(_Rows(P, xp, device), _Rows(n, xp, device)),
+        rejected=(_Rows(P, xp, device), _Rows(n, xp, device)))
+    return search, has_valid
 
-    S_rows, T_rows = _Rows(P, xp, device), _Rows(n, xp, device)
-    S_bad, T_bad = _Rows(P, xp, device), _Rows(n, xp, device)
-    metrics, attr_bad, good = [], [], []
-    seeds, max_values, s_changes, t_changes = [], [], [], []
-    stop_reason = "max_iter" if has_valid else "min_magnitude"  # nothing valid: stop as on a dim seed
-    if not has_valid:
-        logger.warning("cell finding: every pixel is (near) zero; no cell can be found")
-    for step in range(1, int(cfg.cellfind_max_steps) + 1 if has_valid else 1):
-        seed_map = _seed_map(summary, min_magnitude, int(cfg.cellfind_numpix_threshold))
-        p_star = _column_major_argmax(seed_map)
-        row, col = divmod(p_star, w)
+
+def _min_magnitude(noise_std: float, summary: Any, settings: CellFindSettings) -> float:
+    """Seed threshold of spec §5.1: ``max(sigma (min_snr + bias(kappa)), q_0.999(summary) / ratio)``."""
+    noise_limit = noise_std * settings.min_snr + noise_std * _bias(settings.kappa_std_ratio)
+    ratio = settings.high2low_brightness_ratio
+    dim_limit = 0.0 if math.isinf(ratio) else float(backend.quantile(summary, 0.999)) / ratio
+    return max(noise_limit, dim_limit)
+
+
+def _run_search(search: _Search, settings: CellFindSettings) -> str:
+    """The main loop of spec §5.3 until a stop rule fires; returns the stop reason."""
+    window = matlab_round(1.0 / settings.avg_yield_threshold)
+    w = search.summary.shape[1]
+    for step in range(1, settings.max_steps + 1):
+        seed_map = _seed_map(search.summary, search.min_magnitude, settings.numpix_threshold)
+        row, col = divmod(_column_major_argmax(seed_map), w)
         value = float(seed_map[row, col])
-        if cfg.cellfind_check_min_magnitude and value < min_magnitude:
-            stop_reason = "min_magnitude"
-            break
-        seeds.append((row, col))
-        if cfg.init_with_gaussian:
-            s0 = gaussian_template((h, w), (row, col), xp=xp, device=device)
-        else:
-            s0 = _init_image(work, (row, col), half_width)
-        fit = _fit_single_cell(work, s0, noise_std, max_px, kappa_t=cfg.cellfind_kappa_std_ratio,
-                               kappa_s=cfg.cellfind_kappa_std_ratio, max_iter=max_iter,
-                               adaptive_kappa=bool(cfg.cellfind_adaptive_kappa), support="strel")
-        s_changes.append(fit.s_change)
-        t_changes.append(fit.t_change)
-
-        area = int(cell_area(fit.s))
-        max_t = float(xp.max(fit.t))
-        snr = _trace_snr(fit.t)
-        duplicate = _is_duplicate(fit.s, fit.t, S_rows, T_rows)
-        flags = [area < min_px, area > max_px, max_t < min_magnitude, snr < cfg.thresholds.T_min_snr, duplicate]
-        metrics.append([float(area), max_t, snr, float(duplicate)])
-        attr_bad.append(flags)
-        is_bad = any(flags)
-
-        _subtract(work, summary, peak, fit)
-        if is_bad:
-            r0, r1, c0, c1 = (max(row - SUMMARY_SPREAD, 0), min(row + SUMMARY_SPREAD + 1, h),
-                              max(col - SUMMARY_SPREAD, 0), min(col + SUMMARY_SPREAD + 1, w))
-            work[:, r0:r1, c0:c1] = 0.0
-            summary[r0:r1, c0:c1] = 0.0
-            S_bad.append(fit.s)
-            T_bad.append(fit.t)
-        else:
-            S_rows.append(fit.s)
-            T_rows.append(fit.t)
-            max_values.append(value)
-        good.append(not is_bad)
-        if step > 2 * window and sum(good[-window:]) / window <= cfg.avg_yield_threshold:
-            stop_reason = "yield"
-            break
+        if settings.check_min_magnitude and value < search.min_magnitude:
+            return "min_magnitude"
+        _search_step(search, settings, (row, col), value)
+        good = search.good
+        if step > 2 * window and sum(good[-window:]) / window <= settings.avg_yield_threshold:
+            return "yield"
         if step % 100 == 0:
-            logger.info("cell finding: step %d, %d cells found", step, S_rows.count)
-    if stop_reason == "min_magnitude":  # the stopping step keeps a row of zeros, as in the reference
-        metrics.append([0.0] * 4)
-        attr_bad.append([False] * 5)
-        good.append(False)
-    logger.info("cell finding: %d cells after %d steps (stop: %s)", S_rows.count, len(good), stop_reason)
+            logger.info("cell finding: step %d, %d cells found", step, search.accepted[0].count)
+    return "max_iter"
 
-    n_fitted = len(seeds)
+
+def _search_step(search: _Search, settings: CellFindSettings, seed: tuple[int, int], value: float) -> None:
+    """One step of spec §5.3 at ``seed`` (summary ``value``): fit, check, subtract, accept or reject."""
+    xp, device = backend.get_namespace_and_device(search.work)
+    _, h, w = search.work.shape
+    row, col = seed
+    search.seeds.append(seed)
+    if settings.init_with_gaussian:
+        s0 = gaussian_template((h, w), seed, xp=xp, device=device)
+    else:
+        s0 = _init_image(search.work, seed, search.half_width)
+    fit = _fit_single_cell(search.work, s0, search.noise_std, search.max_px, kappa_t=settings.kappa_std_ratio,
+                           kappa_s=settings.kappa_std_ratio, max_iter=settings.max_iter,
+                           adaptive_kappa=settings.adaptive_kappa, support="strel")
+    search.s_changes.append(fit.s_change)
+    search.t_changes.append(fit.t_change)
+
+    area = int(cell_area(fit.s))
+    max_t = float(xp.max(fit.t))
+    snr = _trace_snr(fit.t)
+    duplicate = _is_duplicate(fit.s, fit.t, *search.accepted)
+    flags = [area < search.min_px, area > search.max_px, max_t < search.min_magnitude, snr < settings.T_min_snr,
+             duplicate]
+    search.metrics.append([float(area), max_t, snr, float(duplicate)])
+    search.attr_bad.append(flags)
+    is_bad = any(flags)
+
+    _subtract(search.work, search.summary, search.peak, fit)
+    if is_bad:
+        r0, r1, c0, c1 = (max(row - SUMMARY_SPREAD, 0), min(row + SUMMARY_SPREAD + 1, h),
+                          max(col - SUMMARY_SPREAD, 0), min(col + SUMMARY_SPREAD + 1, w))
+        search.work[:, r0:r1, c0:c1] = 0.0
+        search.summary[r0:r1, c0:c1] = 0.0
+        rows = search.rejected
+    else:
+        rows = search.accepted
+        search.max_values.append(value)
+    rows[0].append(fit.s)
+    rows[1].append(fit.t)
+    search.good.append(not is_bad)
+
+
+def _search_result(search: _Search, stop_reason: str, max_iter: int) -> CellFindingResult:
+    """The :class:`CellFindingResult` of a finished search; the step records become host arrays."""
+    xp = backend.get_namespace(search.work)
+    host = backend.select("numpy")
+    n_fitted, n_steps = len(search.seeds), len(search.good)
+
+    def records(values: list, dtype: Any, shape: tuple[int, ...]) -> Any:
+        return host.reshape(host.asarray(values, dtype=dtype), shape)
+
+    (S_rows, T_rows), (S_bad, T_bad) = search.accepted, search.rejected
     return CellFindingResult(
         S=xp.permute_dims(S_rows.rows(), (1, 0)),
         T=T_rows.rows(),
-        summary_image=summary_image,
-        noise_per_pixel=xp.reshape(noise_per_pixel, (h, w)),
-        noise_std=noise_std,
-        min_magnitude=min_magnitude,
+        summary_image=search.summary_image,
+        noise_per_pixel=search.noise_per_pixel,
+        noise_std=search.noise_std,
+        min_magnitude=search.min_magnitude,
         stop_reason=stop_reason,
-        seeds=np.asarray(seeds, dtype=np.int64).reshape(n_fitted, 2),
-        max_values=np.asarray(max_values, dtype=np.float32),
-        metrics=np.asarray(metrics, dtype=np.float32).reshape(len(good), 4),
-        is_attr_bad=np.asarray(attr_bad, dtype=bool).reshape(len(good), 5),
-        is_good=np.asarray(good, dtype=bool),
+        seeds=records(search.seeds, host.int64, (n_fitted, 2)),
+        max_values=host.asarray(search.max_values, dtype=host.float32),
+        metrics=records(search.metrics, host.float32, (n_steps, 4)),
+        is_attr_bad=records(search.attr_bad, host.bool, (n_steps, 5)),
+        is_good=host.asarray(search.good, dtype=host.bool),
         S_trash=xp.permute_dims(S_bad.rows(), (1, 0)),
         T_trash=T_bad.rows(),
-        S_change=np.asarray(s_changes, dtype=np.float32).reshape(n_fitted, max_iter),
-        T_change=np.asarray(t_changes, dtype=np.float32).reshape(n_fitted, max_iter),
+        S_change=records(search.s_changes, host.float32, (n_fitted, max_iter)),
+        T_change=records(search.t_changes, host.float32, (n_fitted, max_iter)),
     )
 
 

@@ -4,7 +4,8 @@ Used by partition stitching (``regression_only``: map the found cells back onto 
 :mod:`nwb_extract.metrics` (matching to ground truth). Footprint sets follow the engine's cells-first
 convention: an array ``(K, ...)`` whose first axis indexes cells and whose remaining axes (``(H, W)`` for images,
 ``(P,)`` for flattened pixels) are flattened into pixels. Only :func:`pearson_columns` takes pixel-by-cell
-matrices ``(P, K)``, as the spec's ``pearson_cols`` does.
+matrices ``(P, K)``, as the spec's ``pearson_cols`` does. :func:`find_conncomp` groups the columns of one set
+by their correlation (duplicates within a partition, §7.4, and across partition seams, §1.4).
 """
 
 from __future__ import annotations
@@ -167,6 +168,64 @@ def match_optimal(F1: Any, F2: Any, threshold: float, *, xp: Any = None) -> tupl
     keep = values > threshold
     pairs = xp.stack((rows[keep], cols[keep]), axis=1)
     return pairs, values[keep]
+
+
+def find_conncomp(X: Any, threshold: float, A2: Any = None) -> tuple[list[tuple[int, ...]], Any]:
+    """Groups of columns of ``X`` linked by correlation above ``threshold`` (spec §7.4, EXTRACT ``find_conncomp``).
+
+    ``C = (X^T X - n mu mu^T) / ((|x_i| + 1e-6)(|x_j| + 1e-6))`` (centred norms), adjacency ``A = C > threshold``
+    (the diagonal included), ``A &= A2`` when given; connected components of the undirected graph, numbered by
+    their smallest member. For each component with at least 2 members, the *hub* (largest column sum of ``A``,
+    first on ties) goes last: ``order = [other members ascending..., hub]``.
+
+    Parameters
+    ----------
+    X : array (m, K) — one variable per column (images, or mixed traces).
+    threshold : float — correlation threshold.
+    A2 : bool array (K, K), optional — extra adjacency constraint (spatial overlap).
+
+    Returns
+    -------
+    groups : list of tuples of int — 0-based column indices per component (>= 2 members), in the order above.
+    A : bool array (K, K) — the adjacency, in ``X``'s namespace.
+    """
+    xp = backend.get_namespace(X)
+    X = xp.astype(X, xp.float64)
+    m = X.shape[0]
+    mean = xp.mean(X, axis=0)
+    gram = xp.matrix_transpose(X) @ X - m * (mean[:, None] * mean[None, :])
+    norms = xp.sqrt(xp.clip(xp.linalg.diagonal(gram), min=0.0)) + 1e-6
+    A = gram / (norms[:, None] * norms[None, :]) > threshold
+    if A2 is not None:
+        A = A & xp.astype(A2, xp.bool)
+    # host step: components of a K x K graph (K cells) are sequential bookkeeping on small integers
+    adjacency = backend.to_numpy(A).tolist()
+    return _ordered_components(adjacency), A
+
+
+def _ordered_components(adjacency: list[list[bool]]) -> list[tuple[int, ...]]:
+    K = len(adjacency)
+    label = [-1] * K
+    groups = []
+    for seed in range(K):
+        if label[seed] >= 0:
+            continue
+        label[seed] = seed
+        members, frontier = [seed], [seed]
+        while frontier:
+            node = frontier.pop()
+            for other in range(K):
+                if label[other] < 0 and (adjacency[node][other] or adjacency[other][node]):
+                    label[other] = seed
+                    members.append(other)
+                    frontier.append(other)
+        if len(members) < 2:
+            continue
+        members.sort()
+        degree = [sum(adjacency[row][j] for row in range(K)) for j in members]
+        hub = members[degree.index(max(degree))]
+        groups.append(tuple(j for j in members if j != hub) + (hub,))
+    return groups
 
 
 def _check_threshold(threshold: float) -> None:

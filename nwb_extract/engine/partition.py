@@ -30,8 +30,7 @@ from typing import Any, TypeVar
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, preprocess
-from nwb_extract.engine.matching import match_sets
-from nwb_extract.engine.refine import find_conncomp
+from nwb_extract.engine.matching import find_conncomp, match_sets
 from nwb_extract.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -435,7 +434,7 @@ def find_duplicate_cells(S: Any, T: Any, overlap: Any, T_dup_thresh: float = 0.9
     """Cells found twice across partition seams, to be removed (spec §1.4 item 4).
 
     Candidates are the cells with positive total weight on the ``overlap`` pixels. They are grouped by image
-    correlation (:func:`refine.find_conncomp` with ``S_corr_thresh``); in each group
+    correlation (:func:`matching.find_conncomp` with ``S_corr_thresh``); in each group
 
     1. trace components at ``T_dup_thresh`` keep only their member with the largest support ``count(S > 0)``
        (first in component order on ties);

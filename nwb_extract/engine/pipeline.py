@@ -4,6 +4,10 @@ The movie is split into partitions (§1.3); each partition is read once (a recta
 trimmed of zero edges, preprocessed once, and run through cell finding (§5) or the given footprints (§2.1),
 refinement and quality control (§7) and the final robust regression (§8), which produces all three trace kinds.
 Partitions are stitched and seam duplicates removed (§1.4).
+
+The stage settings are built once per run (:class:`_Plan`); one partition runs as :func:`_prepare`,
+:func:`_initialise`, :func:`_estimate_noise`, :func:`_refine`, :func:`_final_traces` and :func:`_partition_output`,
+timed per stage by a :class:`_StageClock` that synchronises the device before reading the clock.
 """
 
 from __future__ import annotations
@@ -12,15 +16,14 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
-
-import array_api_compat
-import numpy as np
+from typing import Any
 
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig, primary_trace_kind
-from nwb_extract.engine import backend, cellfind, noise, partition, preprocess, refine, traces
+from nwb_extract.engine import backend, cellfind, footprints, noise, partition, preprocess, refine, traces
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.tiled import solve_T
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
@@ -57,8 +60,8 @@ def _check_movie(movie: Any) -> tuple[int, int, int]:
     n, h, w = (int(s) for s in shape)
     if n < 2 or h < 2 or w < 2:
         raise InputError(f"movie shape {tuple(shape)} is too small: need at least 2 frames and 2 x 2 pixels")
-    dtype = np.dtype(str(getattr(movie, "dtype", "float32")).replace("array_api_strict.", ""))
-    if dtype.kind not in "fiub":
+    dtype = getattr(movie, "dtype", "float32")
+    if backend.dtype_kind(dtype) not in "fiub":
         raise InputError(f"movie dtype {dtype} is not numeric")
     return n, h, w
 
@@ -74,10 +77,11 @@ def _check_config_arrays(cfg: ExtractConfig, n: int, h: int, w: int) -> None:
             raise InputError(f"{name} has frame shape {tuple(value.shape[-2:])} but the movie's frames are {(h, w)}; "
                              "it must follow the movie's stored axis order (rows, cols)")
     if cfg.S_init is not None:
-        S = np.clip(np.asarray(cfg.S_init, np.float32), 0, None).reshape(cfg.S_init.shape[0], -1)
-        empty = np.flatnonzero(S.max(axis=1) <= 1e-6)
-        if empty.size:
-            raise InputError(f"S_init footprints {empty.tolist()} are all zero (or negative); remove them")
+        host = backend.select("numpy")
+        S = host.reshape(host.asarray(cfg.S_init, dtype=host.float32), (cfg.S_init.shape[0], -1))
+        empty = backend.to_numpy(host.nonzero(host.max(S, axis=1) <= 1e-6)[0]).tolist()
+        if empty:
+            raise InputError(f"S_init footprints {empty} are all zero (or negative); remove them")
     if cfg.T_init is not None:
         if cfg.T_init.shape[0] != n:
             raise InputError(f"T_init has {cfg.T_init.shape[0]} frames but the movie has {n}")
@@ -88,48 +92,74 @@ def _check_config_arrays(cfg: ExtractConfig, n: int, h: int, w: int) -> None:
 
 def _namespace(movie: Any, cfg: ExtractConfig) -> tuple[Any, Any]:
     """Namespace and device to run on: the movie's own for non-NumPy arrays, else the configured backend."""
-    if array_api_compat.is_array_api_obj(movie) and not isinstance(movie, np.ndarray):
+    if backend.is_device_array(movie):
         return backend.get_namespace_and_device(movie)
     xp = backend.select(cfg.python.backend)
-    device = None
-    if backend.is_cupy(xp) and cfg.python.device is not None:
-        import cupy  # only reached with a GPU
-
-        device = cupy.cuda.Device(int(cfg.python.device))
-    return xp, device
+    return xp, backend.gpu_device(xp, cfg.python.device)
 
 
-def _read_block(movie: Any, n_frames: int, rows: slice, cols: slice, xp: Any, device: Any, chunk: int) -> Any:
-    """Frames ``0..n_frames`` of the block ``rows x cols`` as float32 (n, h, w) in ``xp`` on ``device``,
-    read in frame chunks (lazy sources are never read whole)."""
-    if array_api_compat.is_array_api_obj(movie) and not isinstance(movie, np.ndarray):
+def _read_block(movie: Any, n_frames: int, block: partition.Block, *, xp: Any, device: Any, chunk: int) -> Any:
+    """Frames ``0..n_frames`` of ``block`` as float32 (n, h, w) in ``xp`` on ``device``, read in frame chunks
+    (lazy sources are never read whole)."""
+    rows, cols = block.slices
+    if backend.is_device_array(movie):
         return xp.astype(movie[:n_frames, rows, cols], xp.float32)
-    parts = []
-    for t0 in range(0, n_frames, chunk):
-        block = np.asarray(movie[t0:min(t0 + chunk, n_frames), rows, cols], dtype=np.float32)
-        parts.append(backend.from_numpy(block, xp, device))
+    parts = [backend.read_float32(movie, (slice(t0, min(t0 + chunk, n_frames)), rows, cols), xp, device)
+             for t0 in range(0, n_frames, chunk)]
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-
-
-def _stack_to_S(stack: Any) -> Any:
-    """(K, h, w) stack -> (P, K) matrix, row-major pixels."""
-    xp = backend.get_namespace(stack)
-    return xp.permute_dims(xp.reshape(stack, (stack.shape[0], -1)), (1, 0))
-
-
-def _S_to_stack(S: Any, frame_shape: tuple[int, int]) -> Any:
-    xp = backend.get_namespace(S)
-    return xp.reshape(xp.permute_dims(S, (1, 0)), (S.shape[1],) + tuple(frame_shape))
 
 
 def _masked_median(values: Any, keep: Any, floor: float | None) -> float:
     """Median of ``values`` where ``keep`` (and ``values > floor``); 1e-6 when nothing is left."""
-    xp = backend.get_namespace(values)
-    sel = xp.ones(values.shape, dtype=xp.bool, device=array_api_compat.device(values)) if keep is None else keep
+    xp, device = backend.get_namespace_and_device(values)
+    sel = xp.ones(values.shape, dtype=xp.bool, device=device) if keep is None else keep
     if floor is not None:
         sel = sel & (values > floor)
     chosen = values[sel]
     return 1e-6 if chosen.shape[0] == 0 else float(backend.median(chosen))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every partition run needs from the config, built once per run: the stage settings, the downsampling
+    factors (spec §3.6) and the working-resolution ``avg_cell_radius``; ``cfg`` for the pipeline's own switches."""
+
+    cfg: ExtractConfig
+    dss: int
+    dst: int
+    radius: float
+    preprocess: preprocess.PreprocessSettings
+    cellfind: cellfind.CellFindSettings
+    refine: refine.RefineSettings
+
+    @classmethod
+    def from_config(cls, cfg: ExtractConfig) -> _Plan:
+        dss, dst = preprocess.resolve_downsampling(
+            cfg.avg_cell_radius, cfg.avg_event_tau, downsample_space_by=cfg.downsample_space_by,
+            downsample_time_by=cfg.downsample_time_by,
+            min_radius_after_downsampling=cfg.min_radius_after_downsampling,
+            min_tau_after_downsampling=cfg.min_tau_after_downsampling)
+        return cls(cfg=cfg, dss=dss, dst=dst, radius=cfg.avg_cell_radius / dss,
+                   preprocess=preprocess.PreprocessSettings.from_config(cfg),
+                   cellfind=cellfind.CellFindSettings.from_config(cfg),
+                   refine=refine.RefineSettings.from_config(cfg))
+
+
+class _StageClock:
+    """Seconds per stage. The device is synchronised before each clock reading, so GPU work queued by a stage
+    counts for that stage."""
+
+    def __init__(self, xp: Any, device: Any):
+        self._xp, self._device = xp, device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        backend.synchronize(self._xp, self._device)
+        start = time.perf_counter()
+        yield
+        backend.synchronize(self._xp, self._device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -147,212 +177,256 @@ class _PartitionOutput:
     run_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs]],
-                   cfg: ExtractConfig) -> _PartitionOutput:
+@dataclass
+class _Prepared:
+    """One partition after preprocessing (spec §3) at working resolution ``(n, h, w)``, and its full-resolution
+    size ``(n_full, h0, w0)`` for the way back."""
+
+    Y: Any                      # (n, h, w) float32 working movie
+    Mt: Any                     # (n, h*w) the same movie as a matrix
+    M_full: Any                 # (n_full, h*w) full-rate movie when dst > 1, else None
+    F_per_pixel: Any            # (h, w) baseline of every pixel
+    max_image: Any              # (h, w)
+    movie_mask: Any             # bool (h, w) or None
+    S_init: Any                 # (K, h, w) given footprints, or None
+    T_init: Any                 # (n, K) given traces, or None
+    n_full: int
+    full_shape: tuple[int, int]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (self.Y.shape[1], self.Y.shape[2])
+
+    @property
+    def pixel_ok(self) -> Any:
+        """Bool (h*w,) pixels inside ``movie_mask``; None without a mask."""
+        xp = backend.get_namespace(self.Y)
+        return None if self.movie_mask is None else xp.reshape(self.movie_mask, (-1,))
+
+
+@dataclass
+class _Cells:
+    """A partition's cells at working resolution as the stages change them: images ``S`` (h*w, K), traces ``T``
+    (K, n), and what the stages report (cell-finding rejects, noise level, refinement eliminations, metrics)."""
+
+    S: Any
+    T: Any
+    summary_image: Any                  # (h, w)
+    stop_reason: str
+    S_trash: Any = None                 # (h*w, Kt) cell-finding rejects, or None
+    T_trash: Any = None                 # (Kt, n)
+    noise_per_pixel: Any = None         # (h*w,) when cell finding measured it on the working movie
+    radius: float = math.nan            # refined avg_cell_radius (px, §2.2)
+    kappa: float = math.nan             # kappa_std_ratio * noise std (§2.2)
+    S_bad: Any = None                   # (h*w, Kb) refinement eliminations
+    T_bad: Any = None                   # (Kb, n)
+    bad_rules: tuple[str, ...] = ()
+    metrics: dict[str, Any] | None = None
+    option: str = "none"                # the trace_output_option of the final regression
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs]], plan: _Plan,
+                   clock: _StageClock) -> _PartitionOutput:
     """Spec §2 on one partition: ``load_block()`` gives its movie ``Y`` (n, h, w) float32 (trimmed of zero edges)
     and its cut config arrays; ``Y`` is dropped as soon as the preprocessed copy exists."""
+    prepared = _prepare(load_block, plan, clock)
+    with clock.stage("cellfinding"):
+        cells = _initialise(prepared, plan)
+    cells.run_info = {"dss": plan.dss, "dst": plan.dst, "n_found": cells.S.shape[1]}
+    if cells.S.shape[1] == 0:
+        return _partition_output(prepared, cells, plan, clock, per_cell=None)
+    _estimate_noise(prepared, cells, plan)
+    with clock.stage("refinement"):
+        _refine(prepared, cells, plan)
+    if cells.S.shape[1] == 0:
+        return _partition_output(prepared, cells, plan, clock, per_cell=None)
+    with clock.stage("frr"):
+        per_cell = _final_traces(prepared, cells, plan)
+    return _partition_output(prepared, cells, plan, clock, per_cell=per_cell)
+
+
+def _prepare(load_block: Callable[[], tuple[Any, partition.PartitionInputs]], plan: _Plan,
+             clock: _StageClock) -> _Prepared:
+    """Load the partition, downsample it in space, preprocess it (or take the given baseline) and downsample it in
+    time (spec §2, §3). The raw block is referenced only here, so it is freed once preprocessed."""
     Y, inputs = load_block()
-    xp, device = backend.get_namespace_and_device(Y)
-    timings: dict[str, float] = {}
+    xp = backend.get_namespace(Y)
     n_full, h0, w0 = Y.shape
-    dss, dst = preprocess.resolve_downsampling(
-        cfg.avg_cell_radius, cfg.avg_event_tau, downsample_space_by=cfg.downsample_space_by,
-        downsample_time_by=cfg.downsample_time_by, min_radius_after_downsampling=cfg.min_radius_after_downsampling,
-        min_tau_after_downsampling=cfg.min_tau_after_downsampling)
-    radius = cfg.avg_cell_radius / dss
     movie_mask, S_init = inputs.movie_mask, inputs.S_init
+    with clock.stage("preprocess"):
+        if plan.dss > 1:
+            Y = preprocess.downsample_space(Y, plan.dss)
+            if S_init is not None:
+                S_init = preprocess.downsample_space(S_init, plan.dss)
+            if movie_mask is not None:
+                mask = xp.astype(movie_mask, xp.float32)[None, ...]
+                movie_mask = preprocess.downsample_space(mask, plan.dss)[0] > 0.5
+        Y, F_per_pixel = _baseline(Y, inputs, plan, movie_mask)
+        max_image = xp.max(Y, axis=0)
+        _, h, w = Y.shape
+        M_full = None
+        if plan.dst > 1:
+            M_full = xp.reshape(Y, (n_full, h * w))
+            Y = preprocess.downsample_time(Y, plan.dst)
+        Mt = xp.reshape(Y, (Y.shape[0], h * w))
+    return _Prepared(Y=Y, Mt=Mt, M_full=M_full, F_per_pixel=F_per_pixel, max_image=max_image,
+                     movie_mask=movie_mask, S_init=S_init, T_init=inputs.T_init, n_full=n_full, full_shape=(h0, w0))
 
-    t0 = time.perf_counter()
-    if dss > 1:
-        Y = preprocess.downsample_space(Y, dss)
-        if S_init is not None:
-            S_init = preprocess.downsample_space(S_init, dss)
-        if movie_mask is not None:
-            movie_mask = preprocess.downsample_space(xp.astype(movie_mask, xp.float32)[None, ...], dss)[0] > 0.5
-    _, h, w = Y.shape
-    frame_shape = (h, w)
-    if cfg.preprocess:
-        Y, F_per_pixel = preprocess.preprocess_movie(
-            Y, radius=radius, spatial_highpass_cutoff=cfg.spatial_highpass_cutoff,
-            baseline_quantile=cfg.baseline_quantile, skip_dff=cfg.skip_dff, movie_mask=movie_mask,
-            remove_background=cfg.remove_background, avg_event_tau=cfg.avg_event_tau,
-            medfilt_outlier_pixels=cfg.medfilt_outlier_pixels, second_df=cfg.second_df,
-            fix_zero_FOV_strips=cfg.fix_zero_FOV_strips, temporal_denoising=cfg.temporal_denoising)
-    elif inputs.F_per_pixel is not None:
-        F_per_pixel = inputs.F_per_pixel if dss == 1 else preprocess.downsample_space(inputs.F_per_pixel[None], dss)[0]
-    else:
-        warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
-                      "(F_per_pixel = 1)", stacklevel=4)
-        F_per_pixel = xp.ones(frame_shape, dtype=xp.float32, device=device)
-    max_image = xp.max(Y, axis=0)
-    M_full = None
-    if dst > 1:
-        M_full = xp.reshape(Y, (n_full, h * w))
-        Y = preprocess.downsample_time(Y, dst)
-    n = Y.shape[0]
-    Mt = xp.reshape(Y, (n, h * w))
-    pixel_ok = None if movie_mask is None else xp.reshape(movie_mask, (-1,))
-    timings["preprocess"] = time.perf_counter() - t0
 
-    # §2.1 initialisation
-    t0 = time.perf_counter()
-    noise_per_pixel = None
-    stop_reason = "external init"
-    S_trash = T_trash = None
-    if S_init is None:
-        found = cellfind.find_cells(Y, cfg, radius=radius, movie_mask=movie_mask)
-        S, T = found.S, found.T
-        summary_image = found.summary_image
-        stop_reason = found.stop_reason
-        S_trash, T_trash = found.S_trash, found.T_trash
-        if cfg.cellfind_filter_type == "none":
+def _baseline(Y: Any, inputs: partition.PartitionInputs, plan: _Plan, movie_mask: Any) -> tuple[Any, Any]:
+    """The movie (n, h, w) and its per-pixel baseline (h, w): preprocessed (spec §3), or as given with the
+    config's ``F_per_pixel`` (downsampled as the movie), or with a baseline of 1."""
+    xp, device = backend.get_namespace_and_device(Y)
+    if plan.cfg.preprocess:
+        return preprocess.preprocess_movie(Y, plan.preprocess, radius=plan.radius, movie_mask=movie_mask)
+    if inputs.F_per_pixel is None:
+        return Y, xp.ones((Y.shape[1], Y.shape[2]), dtype=xp.float32, device=device)
+    if plan.dss == 1:
+        return Y, inputs.F_per_pixel
+    return Y, preprocess.downsample_space(inputs.F_per_pixel[None], plan.dss)[0]
+
+
+def _initialise(prepared: _Prepared, plan: _Plan) -> _Cells:
+    """Initial cells (spec §2.1): found (§5), or the given ``S_init`` with ``T_init`` or traces fitted to it."""
+    xp, device = backend.get_namespace_and_device(prepared.Y)
+    if prepared.S_init is None:
+        found = cellfind.find_cells(prepared.Y, plan.cellfind, radius=plan.radius, movie_mask=prepared.movie_mask)
+        noise_per_pixel = None
+        if plan.cellfind.filter_type == "none":  # the noise was measured on the working movie itself
             noise_per_pixel = xp.reshape(found.noise_per_pixel, (-1,))
-    else:
-        S = refine.normalize_to_one(xp.clip(_stack_to_S(S_init), 0.0, None))
-        summary_image = xp.max(Y, axis=0)
-        if inputs.T_init is None:
-            noise_per_pixel = noise.estimate_noise_std(Mt, axis=0)
-            sigma_ls = _masked_median(noise_per_pixel, pixel_ok, floor=None)
-            T = solve_T(xp.zeros((S.shape[1], n), dtype=xp.float32, device=device), S, Mt, 10.0 * sigma_ls,
-                        cfg.max_iter_T, solver="fp_solve_admm", frame_shape=frame_shape, radius=radius,
-                        tiling=cfg.python.tiling)
-        else:
-            T = xp.clip(xp.permute_dims(xp.astype(inputs.T_init, xp.float32), (1, 0)), 0.0, None)
-    timings["cellfinding"] = time.perf_counter() - t0
+        return _Cells(S=found.S, T=found.T, summary_image=found.summary_image, stop_reason=found.stop_reason,
+                      S_trash=found.S_trash, T_trash=found.T_trash, noise_per_pixel=noise_per_pixel)
+    S = footprints.normalize_to_one(xp.clip(footprints.to_columns(prepared.S_init), 0.0, None))
+    cells = _Cells(S=S, T=None, summary_image=xp.max(prepared.Y, axis=0), stop_reason="external init")
+    if prepared.T_init is not None:
+        cells.T = xp.clip(xp.permute_dims(xp.astype(prepared.T_init, xp.float32), (1, 0)), 0.0, None)
+        return cells
+    Mt = prepared.Mt
+    cells.noise_per_pixel = noise.estimate_noise_std(Mt, axis=0)
+    sigma_ls = _masked_median(cells.noise_per_pixel, prepared.pixel_ok, floor=None)
+    T0 = xp.zeros((S.shape[1], Mt.shape[0]), dtype=xp.float32, device=device)
+    cells.T = solve_T(T0, S, Mt, 10.0 * sigma_ls, plan.cfg.max_iter_T, solver="fp_solve_admm",
+                      frame_shape=prepared.frame_shape, radius=plan.radius, tiling=plan.cfg.python.tiling)
+    return cells
 
-    k = S.shape[1]
-    run_info: dict[str, Any] = {"dss": dss, "dst": dst, "n_found": k}
-    if k == 0:
-        return _empty_partition(frame_shape, (h0, w0), n_full, dss, summary_image, max_image, F_per_pixel,
-                                S_trash, T_trash, stop_reason, timings, run_info, cfg)
 
-    # §2.2 radius, noise, kappa
-    radius = refine.estimate_radius(S, radius)
-    if noise_per_pixel is None:
-        noise_per_pixel = noise.estimate_noise_std(Mt, axis=0)
-    sigma = _masked_median(noise_per_pixel, pixel_ok, floor=1e-12)
-    kappa = cfg.kappa_std_ratio * sigma
-    run_info.update(noise_std=sigma, kappa=kappa, avg_cell_radius=radius)
+def _estimate_noise(prepared: _Prepared, cells: _Cells, plan: _Plan) -> None:
+    """Refined radius, noise level and kappa of the partition (spec §2.2)."""
+    cells.radius = refine.estimate_radius(cells.S, plan.radius)
+    if cells.noise_per_pixel is None:
+        cells.noise_per_pixel = noise.estimate_noise_std(prepared.Mt, axis=0)
+    sigma = _masked_median(cells.noise_per_pixel, prepared.pixel_ok, floor=1e-12)
+    cells.kappa = plan.cfg.kappa_std_ratio * sigma
+    cells.run_info.update(noise_std=sigma, kappa=cells.kappa, avg_cell_radius=cells.radius)
 
-    # §7 refinement and quality control
-    t0 = time.perf_counter()
-    S_bad = xp.zeros((h * w, 0), dtype=xp.float32, device=device)
-    T_bad = xp.zeros((0, n), dtype=xp.float32, device=device)
-    bad_rules: tuple[str, ...] = ()
-    cell_metrics = None
-    option = cfg.trace_output_option
-    if cfg.max_iter > 0:
-        refined = refine.refine(S, T, Mt, cfg, radius=radius, kappa=kappa, frame_shape=frame_shape)
-        S, T = refined.S, refined.T
-        S_bad, T_bad, bad_rules = refined.S_bad, refined.T_bad, refined.bad_rules
-        cell_metrics = refined.metrics or None
-        run_info.update(refinement_iterations=refined.iterations, refinement_stop=refined.stop_reason)
+
+def _refine(prepared: _Prepared, cells: _Cells, plan: _Plan) -> None:
+    """Refinement and quality control (spec §7) when ``max_iter > 0``; the metrics of the cells either way."""
+    xp, device = backend.get_namespace_and_device(cells.S)
+    cells.S_bad = xp.zeros((cells.S.shape[0], 0), dtype=xp.float32, device=device)
+    cells.T_bad = xp.zeros((0, prepared.Mt.shape[0]), dtype=xp.float32, device=device)
+    cells.option = plan.cfg.trace_output_option
+    if plan.refine.max_iter > 0:
+        refined = refine.refine(cells.S, cells.T, prepared.Mt, plan.refine, radius=cells.radius, kappa=cells.kappa,
+                                frame_shape=prepared.frame_shape)
+        cells.S, cells.T = refined.S, refined.T
+        cells.S_bad, cells.T_bad, cells.bad_rules = refined.S_bad, refined.T_bad, refined.bad_rules
+        cells.metrics = refined.metrics or None
+        cells.run_info.update(refinement_iterations=refined.iterations, refinement_stop=refined.stop_reason)
         if refined.converged_early:
             log.info("refinement converged early (TOL_main); the final regression still runs (docs/decisions.md)")
-        if cfg.hyperparameter_tuning_flag:
-            option = "none"
-    timings["refinement"] = time.perf_counter() - t0
-    k = S.shape[1]
-    if k == 0:
-        out = _empty_partition(frame_shape, (h0, w0), n_full, dss, summary_image, max_image, F_per_pixel,
-                               S_trash, T_trash, "no cells after refinement", timings, run_info, cfg)
-        out.S_bad, out.T_bad, out.bad_rules = _finish_bad(S_bad, T_bad, bad_rules, S_trash, T_trash, F_per_pixel,
-                                                          n_full, dst, dss, (h0, w0), frame_shape, cfg)
-        out.stop_reason = stop_reason
-        return out
-    if cell_metrics is None:  # no refinement ran: quality metrics of the given / found cells
-        S_smooth = refine.normalize_to_one(refine.smooth_images(S, frame_shape))
-        table = refine.quality_metrics(S, S_smooth, T, frame_shape)
-        cell_metrics = {name: table[i, :] for i, name in enumerate(refine.METRIC_NAMES)}
+        if plan.refine.hyperparameter_tuning_flag:
+            cells.option = "none"
+    if cells.metrics is None and cells.S.shape[1] > 0:  # no refinement ran: metrics of the given / found cells
+        S_smooth = footprints.normalize_to_one(refine.smooth_images(cells.S, prepared.frame_shape))
+        table = refine.quality_metrics(cells.S, S_smooth, cells.T, prepared.frame_shape)
+        cells.metrics = {name: table[i, :] for i, name in enumerate(refine.METRIC_NAMES)}
 
-    # §8 final robust regression, always run (decision), all three kinds
-    t0 = time.perf_counter()
-    settings = traces.RegressionSettings(
-        kappa=kappa, kappa_std_ratio=cfg.kappa_std_ratio, adaptive_kappa=cfg.adaptive_kappa,
-        n_iter=cfg.max_iter_T_final, radius=radius, frame_shape=frame_shape, trace_quantile=cfg.trace_quantile,
-        frr_check_every_step=bool(cfg.frr_check_every_step), frr_edge_case_flag=bool(cfg.frr_edge_case_flag),
-        kappa_iter_nums=tuple(cfg.kappa_iter_nums) if cfg.kappa_iter_nums is not None else (0.5, 0.7, 0.9),
-        max_iter=0, tiling=cfg.python.tiling)
+
+def _final_traces(prepared: _Prepared, cells: _Cells, plan: _Plan) -> dict[str, Any]:
+    """Per-cell results at full frame rate (spec §8): every trace kind, the refinement traces, both divided by the
+    cell baselines (n_full, K), and the quality metrics (30, K) float64."""
+    xp = backend.get_namespace(cells.S)
+    cfg, dst, n_full, S = plan.cfg, plan.dst, prepared.n_full, cells.S
+    settings = traces.RegressionSettings.from_config(cfg, kappa=cells.kappa, radius=cells.radius,
+                                                     frame_shape=prepared.frame_shape)
     if dst > 1 and cfg.reestimate_T_if_downsampled:
-        full_rate = replace(settings, kappa=kappa * math.sqrt(dst))
-        results = traces.regress(M_full, S, traces.interpolate_time(T, n_full), full_rate, option)
+        full_rate = replace(settings, kappa=cells.kappa * math.sqrt(dst))
+        results = traces.regress(prepared.M_full, S, traces.interpolate_time(cells.T, n_full), full_rate,
+                                 cells.option)
         if cfg.smooth_T:
             results = {key: backend.median_filter(v, (1, 3)) for key, v in results.items()}
     else:
-        results = traces.regress(Mt, S, T, settings, option)
+        results = traces.regress(prepared.Mt, S, cells.T, settings, cells.option)
         if dst > 1:
             results = {key: traces.interpolate_time(v, n_full) for key, v in results.items()}
-    T_out = traces.interpolate_time(T, n_full) if dst > 1 else T
-    F_flat = xp.reshape(F_per_pixel, (-1,))
+    T_out = traces.interpolate_time(cells.T, n_full) if dst > 1 else cells.T
+    F_flat = xp.reshape(prepared.F_per_pixel, (-1,))
     per_cell = {key: xp.permute_dims(traces.divide_by_cell_baseline(v, S, F_flat), (1, 0))
                 for key, v in results.items()}
     per_cell[_REFINEMENT_KEY] = xp.permute_dims(traces.divide_by_cell_baseline(T_out, S, F_flat), (1, 0))
-    per_cell[_METRICS_KEY] = xp.stack([xp.astype(cell_metrics[name], xp.float64) for name in refine.METRIC_NAMES])
-    timings["frr"] = time.perf_counter() - t0
-
-    S_bad, T_bad, bad_rules = _finish_bad(S_bad, T_bad, bad_rules, S_trash, T_trash, F_per_pixel, n_full, dst, dss,
-                                          (h0, w0), frame_shape, cfg)
-    images = {"summary_image": summary_image, "max_image": max_image, "F_per_pixel": F_per_pixel}
-    if dss > 1:
-        S = _stack_to_S(_upsample_space(_S_to_stack(S, frame_shape), dss, (h0, w0)))
-        S = refine.normalize_to_one(S)
-        images = {key: _upsample_space(img[None, ...], dss, (h0, w0))[0] for key, img in images.items()}
-    return _PartitionOutput(S=S, per_cell=per_cell, images=images, S_bad=S_bad, T_bad=T_bad, bad_rules=bad_rules,
-                            stop_reason=stop_reason, timings=timings, run_info=run_info)
+    per_cell[_METRICS_KEY] = xp.stack([xp.astype(cells.metrics[name], xp.float64) for name in refine.METRIC_NAMES])
+    return per_cell
 
 
-def _finish_bad(S_bad: Any, T_bad: Any, bad_rules: tuple[str, ...], S_trash: Any, T_trash: Any, F_per_pixel: Any,
-                n_full: int, dst: int, dss: int, full_shape: tuple[int, int], frame_shape: tuple[int, int],
-                cfg: ExtractConfig) -> tuple[Any, Any, tuple[str, ...]]:
-    """Eliminated candidates (refinement, then cell-finding rejects) at full resolution: S (h0*w0, Kb), T (n, Kb)
-    F-normalised and time-interpolated as the kept cells (spec §8.3, §8.4, §8.5). Empty with ``compact_output``."""
-    xp, device = backend.get_namespace_and_device(S_bad)
-    rules = list(bad_rules)
-    if S_trash is not None and S_trash.shape[1] > 0:
-        S_bad = xp.concat([S_bad, xp.astype(S_trash, xp.float32)], axis=1)
-        T_bad = xp.concat([T_bad, xp.astype(T_trash, xp.float32)], axis=0)
-        rules += ["cell_finding"] * S_trash.shape[1]
-    if cfg.compact_output or S_bad.shape[1] == 0:
-        return (xp.zeros((full_shape[0] * full_shape[1], 0), dtype=xp.float32, device=device),
-                xp.zeros((n_full, 0), dtype=xp.float32, device=device), ())
-    if dst > 1:
-        T_bad = traces.interpolate_time(T_bad, n_full)
-    T_bad = traces.divide_by_cell_baseline(T_bad, S_bad, xp.reshape(F_per_pixel, (-1,)))
-    if dss > 1:
-        S_bad = refine.normalize_to_one(_stack_to_S(_upsample_space(_S_to_stack(S_bad, frame_shape), dss, full_shape)))
-    return S_bad, xp.permute_dims(T_bad, (1, 0)), tuple(rules)
-
-
-def _empty_partition(frame_shape, full_shape, n_full, dss, summary_image, max_image, F_per_pixel, S_trash, T_trash,
-                     stop_reason, timings, run_info, cfg) -> _PartitionOutput:
-    """A partition without cells: empty per-cell arrays with the right leading shapes."""
-    xp, device = backend.get_namespace_and_device(max_image)
-    P = full_shape[0] * full_shape[1]
-    per_cell = {kind: xp.zeros((n_full, 0), dtype=xp.float32, device=device)
-                for kind in _trace_kinds(cfg.trace_output_option)}
-    per_cell[_REFINEMENT_KEY] = xp.zeros((n_full, 0), dtype=xp.float32, device=device)
-    per_cell[_METRICS_KEY] = xp.zeros((len(refine.METRIC_NAMES), 0), dtype=xp.float64, device=device)
-    images = {"summary_image": summary_image, "max_image": max_image, "F_per_pixel": F_per_pixel}
+def _partition_output(prepared: _Prepared, cells: _Cells, plan: _Plan, clock: _StageClock, *,
+                      per_cell: dict[str, Any] | None) -> _PartitionOutput:
+    """The partition's output at full partition resolution (spec §8.5); ``per_cell=None`` for a partition
+    without cells (empty per-cell arrays)."""
+    xp, device = backend.get_namespace_and_device(prepared.max_image)
+    full_shape, dss = prepared.full_shape, plan.dss
+    if per_cell is None:
+        S = xp.zeros((full_shape[0] * full_shape[1], 0), dtype=xp.float32, device=device)
+        per_cell = _empty_per_cell(plan.cfg.trace_output_option, prepared.n_full, xp, device)
+    elif dss > 1:
+        S = footprints.to_columns(_upsample_space(footprints.to_stack(cells.S, prepared.frame_shape), dss,
+                                                  full_shape))
+        S = footprints.normalize_to_one(S)
+    else:
+        S = cells.S
+    images = {"summary_image": cells.summary_image, "max_image": prepared.max_image,
+              "F_per_pixel": prepared.F_per_pixel}
     if dss > 1:
         images = {key: _upsample_space(img[None, ...], dss, full_shape)[0] for key, img in images.items()}
-    dst = run_info.get("dst", 1)
-    S_bad, T_bad, rules = _finish_bad(xp.zeros((frame_shape[0] * frame_shape[1], 0), dtype=xp.float32,
-                                               device=device),
-                                      xp.zeros((0, n_full // max(dst, 1)), dtype=xp.float32, device=device), (),
-                                      S_trash, T_trash, F_per_pixel, n_full, dst, dss, full_shape, frame_shape, cfg)
-    return _PartitionOutput(S=xp.zeros((P, 0), dtype=xp.float32, device=device), per_cell=per_cell, images=images,
-                            S_bad=S_bad, T_bad=T_bad, bad_rules=rules, stop_reason=stop_reason, timings=timings,
-                            run_info=run_info)
+    S_bad, T_bad, bad_rules = _eliminated_in_partition(prepared, cells, plan)
+    return _PartitionOutput(S=S, per_cell=per_cell, images=images, S_bad=S_bad, T_bad=T_bad, bad_rules=bad_rules,
+                            stop_reason=cells.stop_reason, timings=clock.seconds, run_info=cells.run_info)
 
 
-def _trace_kinds(option: str) -> list[str]:
-    from nwb_extract.config import TRACE_KINDS, TRACE_OPTION_TO_KIND
+def _empty_per_cell(option: str, n_full: int, xp: Any, device: Any) -> dict[str, Any]:
+    """Per-cell arrays of a partition without cells: (n_full, 0) traces and (30, 0) metrics."""
+    per_cell = {kind: xp.zeros((n_full, 0), dtype=xp.float32, device=device) for kind in traces.trace_kinds(option)}
+    per_cell[_REFINEMENT_KEY] = xp.zeros((n_full, 0), dtype=xp.float32, device=device)
+    per_cell[_METRICS_KEY] = xp.zeros((len(refine.METRIC_NAMES), 0), dtype=xp.float64, device=device)
+    return per_cell
 
-    if option == "none":
-        return []
-    kinds = list(TRACE_KINDS)
-    extra = TRACE_OPTION_TO_KIND[option]
-    return kinds if extra in kinds else kinds + [extra]
+
+def _eliminated_in_partition(prepared: _Prepared, cells: _Cells,
+                             plan: _Plan) -> tuple[Any, Any, tuple[str, ...]]:
+    """Eliminated candidates (refinement, then cell-finding rejects) at full resolution: S (h0*w0, Kb), T (n, Kb)
+    F-normalised and time-interpolated as the kept cells (spec §8.3, §8.4, §8.5). Empty with ``compact_output``."""
+    xp, device = backend.get_namespace_and_device(prepared.max_image)
+    h, w = prepared.frame_shape
+    S_bad = xp.zeros((h * w, 0), dtype=xp.float32, device=device) if cells.S_bad is None else cells.S_bad
+    T_bad = xp.zeros((0, prepared.Mt.shape[0]), dtype=xp.float32, device=device) if cells.T_bad is None \
+        else cells.T_bad
+    rules = list(cells.bad_rules)
+    if cells.S_trash is not None and cells.S_trash.shape[1] > 0:
+        S_bad = xp.concat([S_bad, xp.astype(cells.S_trash, xp.float32)], axis=1)
+        T_bad = xp.concat([T_bad, xp.astype(cells.T_trash, xp.float32)], axis=0)
+        rules += ["cell_finding"] * cells.S_trash.shape[1]
+    full_shape, n_full = prepared.full_shape, prepared.n_full
+    if plan.cfg.compact_output or S_bad.shape[1] == 0:
+        return (xp.zeros((full_shape[0] * full_shape[1], 0), dtype=xp.float32, device=device),
+                xp.zeros((n_full, 0), dtype=xp.float32, device=device), ())
+    if plan.dst > 1:
+        T_bad = traces.interpolate_time(T_bad, n_full)
+    T_bad = traces.divide_by_cell_baseline(T_bad, S_bad, xp.reshape(prepared.F_per_pixel, (-1,)))
+    if plan.dss > 1:
+        stack = _upsample_space(footprints.to_stack(S_bad, prepared.frame_shape), plan.dss, full_shape)
+        S_bad = footprints.normalize_to_one(footprints.to_columns(stack))
+    return S_bad, xp.permute_dims(T_bad, (1, 0)), tuple(rules)
 
 
 def _upsample_space(stack: Any, dss: int, full_shape: tuple[int, int]) -> Any:
@@ -392,21 +466,58 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     n, h, w = _check_movie(movie)
     _check_config_arrays(cfg, n, h, w)
     xp, device = _namespace(movie, cfg)
-    is_lazy = not array_api_compat.is_array_api_obj(movie)
-    n_read = min(n, int(cfg.num_frames)) if (is_lazy and cfg.num_frames) else n
+    if not cfg.preprocess and cfg.F_per_pixel is None:
+        warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
+                      "(F_per_pixel = 1)", stacklevel=2)
+    n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
+    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
+    if n_bad_values:
+        warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
     frame_shape = (h, w)
+    primary = primary_trace_kind(cfg.trace_output_option)
+    stitched = partition.stitch(
+        [partition.PartitionResult(kept=kept, S=out.S, per_cell=out.per_cell, images=out.images)
+         for kept, out in outputs], frame_shape, cfg, trace_key=primary or _REFINEMENT_KEY)
+    per_cell = {key: backend.to_host(v, "float32") for key, v in stitched.per_cell.items()
+                if key not in (_METRICS_KEY, _REFINEMENT_KEY)}
+    stop_reasons = [out.stop_reason for _, out in outputs]
+    timings["total"] = time.perf_counter() - t_start
+    return ExtractResult(
+        footprints=backend.to_host(footprints.to_stack(stitched.S, frame_shape), "float32"),
+        traces=per_cell,
+        primary_trace=primary,
+        summary_image=backend.to_host(stitched.images["summary_image"], "float64"),
+        max_image=backend.to_host(stitched.images["max_image"], "float64"),
+        F_per_pixel=backend.to_host(stitched.images["F_per_pixel"], "float64"),
+        config=cfg,
+        roi_metrics=_roi_metrics(stitched),
+        eliminated=None if cfg.compact_output else _eliminated(outputs, frame_shape),
+        timings=timings,
+        stop_reason=stop_reasons[0] if len(set(stop_reasons)) == 1 else ", ".join(stop_reasons),
+        versions={"nwb_extract": __version__, "engine": ENGINE_VERSION, "numpy": backend.numpy_version(),
+                  "array_namespace": xp.__name__},
+        backend="cupy" if backend.is_cupy(xp) else ("numpy" if backend.is_numpy(xp) else xp.__name__),
+        device=str(device if device is not None else "cpu"),
+        run_info=_run_info(outputs, stitched),
+    )
+
+
+def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
+                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], int]:
+    """Every partition of ``movie`` (frames ``0..n_read``) through :func:`_run_partition` (spec §1.3): the kept
+    block and output of each, the stage timings summed over partitions (s), and the count of NaN / inf values."""
+    cfg = plan.cfg
+    frame_shape = (int(movie.shape[1]), int(movie.shape[2]))
     npy, npx = partition.partition_grid(cfg, frame_shape)
     blocks = partition.partition_blocks(frame_shape, npy, npx, partition.partition_overlap(cfg.avg_cell_radius))
-    timings = {stage: 0.0 for stage in _STAGES}
+    run_clock = _StageClock(xp, device)
     n_bad_values = 0
 
     def load(block: partition.Block) -> tuple[Any, partition.Block]:
         """The block's movie, sanitized and trimmed of zero edges, and its kept pixels."""
         nonlocal n_bad_values
-        t0 = time.perf_counter()
-        rows, cols = block.slices
-        Y = _read_block(movie, n_read, rows, cols, xp, device, int(cfg.python.chunk_frames))
-        timings["read"] += time.perf_counter() - t0
+        with run_clock.stage("read"):
+            Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
         Y, n_bad = preprocess.sanitize(Y)
         n_bad_values += n_bad
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
@@ -418,35 +529,32 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         kept_blocks: list[partition.Block] = []
 
         def load_block() -> tuple[Any, partition.PartitionInputs]:
-            # the raw block is referenced only inside _run_partition, so it is freed once preprocessed
             Y, kept = load(block)
             kept_blocks.append(kept)
             return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
 
-        out = _run_partition(load_block, cfg)
+        out = _run_partition(load_block, plan, _StageClock(xp, device))
         return kept_blocks[0], out
 
     outputs = partition.run_partitions(blocks, run_one)
-    if n_bad_values:
-        warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
+    timings = {stage: run_clock.seconds.get(stage, 0.0) for stage in _STAGES}
     for _, out in outputs:
         for stage, seconds in out.timings.items():
             timings[stage] += seconds
-    primary = primary_trace_kind(cfg.trace_output_option)
-    stitched = partition.stitch(
-        [partition.PartitionResult(kept=kept, S=out.S, per_cell=out.per_cell, images=out.images)
-         for kept, out in outputs], frame_shape, cfg, trace_key=primary or _REFINEMENT_KEY)
+    return outputs, timings, n_bad_values
 
-    footprints = backend.to_numpy(_S_to_stack(stitched.S, frame_shape)).astype(np.float32)
-    per_cell = {key: backend.to_numpy(v) for key, v in stitched.per_cell.items()}
-    metrics_table = per_cell.pop(_METRICS_KEY)
-    per_cell.pop(_REFINEMENT_KEY)
-    trace_dict = {key: np.ascontiguousarray(v, dtype=np.float32) for key, v in per_cell.items()}
-    roi_metrics = {name: metrics_table[i].astype(np.float64) for i, name in enumerate(refine.METRIC_NAMES)}
-    roi_metrics["partition"] = np.asarray(stitched.cell_partition, dtype=np.int64)
-    eliminated = _eliminated(outputs, frame_shape, n_read, cfg)
-    stop_reasons = [out.stop_reason for _, out in outputs]
-    timings["total"] = time.perf_counter() - t_start
+
+def _roi_metrics(stitched: partition.Stitched) -> dict[str, Any]:
+    """Per-cell quality metrics (K,) float64 by name, and the partition of every cell (K,) int64."""
+    table = backend.to_host(stitched.per_cell[_METRICS_KEY], "float64")
+    roi_metrics = {name: table[i] for i, name in enumerate(refine.METRIC_NAMES)}
+    roi_metrics["partition"] = backend.to_host(stitched.cell_partition, "int64")
+    return roi_metrics
+
+
+def _run_info(outputs: list[tuple[partition.Block, _PartitionOutput]],
+              stitched: partition.Stitched) -> dict[str, Any]:
+    """Per-partition run info and the stitching counts; a single partition's info also at the top level."""
     run_info = {
         "partitions": [{"rows": [kept.rows[0], kept.rows[1]], "cols": [kept.cols[0], kept.cols[1]],
                         **{k: v for k, v in out.run_info.items()}} for kept, out in outputs],
@@ -455,40 +563,22 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     }
     if len(outputs) == 1:
         run_info.update(outputs[0][1].run_info)
-    return ExtractResult(
-        footprints=footprints,
-        traces=trace_dict,
-        primary_trace=primary,
-        summary_image=backend.to_numpy(stitched.images["summary_image"]).astype(np.float64),
-        max_image=backend.to_numpy(stitched.images["max_image"]).astype(np.float64),
-        F_per_pixel=backend.to_numpy(stitched.images["F_per_pixel"]).astype(np.float64),
-        config=cfg,
-        roi_metrics=roi_metrics,
-        eliminated=eliminated,
-        timings=timings,
-        stop_reason=stop_reasons[0] if len(set(stop_reasons)) == 1 else ", ".join(stop_reasons),
-        versions={"nwb_extract": __version__, "engine": ENGINE_VERSION, "numpy": np.__version__,
-                  "array_namespace": xp.__name__},
-        backend="cupy" if backend.is_cupy(xp) else ("numpy" if backend.is_numpy(xp) else xp.__name__),
-        device=str(device if device is not None else "cpu"),
-        run_info=run_info,
-    )
+    return run_info
 
 
-def _eliminated(outputs: list, frame_shape: tuple[int, int], n_frames: int,
-                cfg: ExtractConfig) -> EliminatedCandidates | None:
-    """Eliminated candidates of all partitions, embedded in the FOV (None with compact_output or none)."""
-    if cfg.compact_output:
-        return None
+def _eliminated(outputs: list[tuple[partition.Block, _PartitionOutput]],
+                frame_shape: tuple[int, int]) -> EliminatedCandidates | None:
+    """Eliminated candidates of all partitions, embedded in the FOV (None when there are none)."""
+    host = backend.select("numpy")
     stacks, trace_blocks, rules = [], [], []
     for kept, out in outputs:
         if out.S_bad.shape[1] == 0:
             continue
         S_fov = partition.embed_footprints(out.S_bad, kept, frame_shape)
-        stacks.append(backend.to_numpy(_S_to_stack(S_fov, frame_shape)))
-        trace_blocks.append(backend.to_numpy(out.T_bad))
+        stacks.append(backend.to_host(footprints.to_stack(S_fov, frame_shape), "float32"))
+        trace_blocks.append(backend.to_host(out.T_bad, "float32"))
         rules.extend(out.bad_rules)
     if not stacks:
         return None
-    return EliminatedCandidates(footprints=np.concatenate(stacks).astype(np.float32),
-                                traces=np.concatenate(trace_blocks, axis=1).astype(np.float32), rules=tuple(rules))
+    return EliminatedCandidates(footprints=host.concat(stacks, axis=0), traces=host.concat(trace_blocks, axis=1),
+                                rules=tuple(rules))

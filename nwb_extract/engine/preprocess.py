@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nwb_extract.engine.matlab import matlab_round
@@ -389,7 +390,7 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     pad_h, pad_w = (nf - h) // 2, (nf - w) // 2
     rows = _symmetric_indices(xp, device, h, pad_h)
     cols = _symmetric_indices(xp, device, w, pad_w)
-    response = _butterworth_response(xp, device, nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio)
+    response = _butterworth_response(nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio, xp=xp, device=device)
     out = xp.empty(frames.shape, dtype=xp.float32, device=device) if not overwrite else frames
     for start in range(0, n, max(1, chunk_frames)):
         stop = min(n, start + max(1, chunk_frames))
@@ -400,8 +401,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     return out[0, ...] if len(movie.shape) == 2 else out
 
 
-def _butterworth_response(xp: Any, device: Any, nf: int, radius: float, f_lower_scale: float,
-                          f_upper_scale: float, smoothing_ratio: float) -> Any:
+def _butterworth_response(nf: int, radius: float, f_lower_scale: float, f_upper_scale: float, smoothing_ratio: float,
+                          *, xp: Any, device: Any) -> Any:
     """Band-pass ``H`` of spec §3.2 on the ``rfft2`` grid of an ``nf × nf`` image: float32 ``(nf, nf//2 + 1)``.
 
     Built in float64 (a one-off ``nf²`` array), then cast, as the reference does (``single(lpf .* hpf)``).
@@ -605,12 +606,33 @@ def resolve_downsampling(avg_cell_radius: float, avg_event_tau: float, *,
 # the whole preprocessing
 
 
-def preprocess_movie(movie: Any, *, radius: float, spatial_highpass_cutoff: float = 5.0,
-                     baseline_quantile: float | None = None, skip_dff: bool = False, movie_mask: Any = None,
-                     remove_background: bool = False, avg_event_tau: float = 10.0,
-                     medfilt_outlier_pixels: bool = False, second_df: float | None = None,
-                     fix_zero_FOV_strips: bool = False, temporal_denoising: bool = False,
-                     chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Settings of :func:`preprocess_movie`: the EXTRACT config values of the same names (spec §3), and
+    ``chunk_frames``, the frames band-passed at once. The defaults are EXTRACT's."""
+
+    spatial_highpass_cutoff: float = 5.0
+    baseline_quantile: float | None = None
+    skip_dff: bool = False
+    remove_background: bool = False
+    avg_event_tau: float = 10.0
+    medfilt_outlier_pixels: bool = False
+    second_df: float | None = None
+    fix_zero_FOV_strips: bool = False
+    temporal_denoising: bool = False
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PreprocessSettings:
+        """The settings of a resolved :class:`~nwb_extract.config.ExtractConfig`."""
+        return cls(spatial_highpass_cutoff=cfg.spatial_highpass_cutoff, baseline_quantile=cfg.baseline_quantile,
+                   skip_dff=cfg.skip_dff, remove_background=cfg.remove_background, avg_event_tau=cfg.avg_event_tau,
+                   medfilt_outlier_pixels=cfg.medfilt_outlier_pixels, second_df=cfg.second_df,
+                   fix_zero_FOV_strips=cfg.fix_zero_FOV_strips, temporal_denoising=cfg.temporal_denoising)
+
+
+def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
+                     movie_mask: Any = None) -> tuple[Any, Any]:
     """EXTRACT's preprocessing of one partition in the order of spec §3 (run only when ``preprocess`` is true).
 
     1. ``fix_zero_FOV_strips``: a logged no-op (decision, spec §13 item 5: the reference calls the *cropping*
@@ -624,13 +646,12 @@ def preprocess_movie(movie: Any, *, radius: float, spatial_highpass_cutoff: floa
     ----------
     movie : array (n, h, w), any real dtype (converted to float32; NaN must already be removed, see
         :func:`sanitize`)
+    settings : PreprocessSettings
+        Which steps run, with which values.
     radius : float
         ``avg_cell_radius`` after spatial downsampling, in pixels.
-    spatial_highpass_cutoff, baseline_quantile, skip_dff, movie_mask, remove_background, avg_event_tau,
-    medfilt_outlier_pixels, second_df, fix_zero_FOV_strips, temporal_denoising :
-        The EXTRACT config values of the same names (``movie_mask``: bool (h, w) or None).
-    chunk_frames : int
-        Frames band-passed at once.
+    movie_mask : bool array (h, w), optional
+        EXTRACT's ``movie_mask``: pixels outside are zeroed.
 
     Returns
     -------
@@ -639,29 +660,29 @@ def preprocess_movie(movie: Any, *, radius: float, spatial_highpass_cutoff: floa
     F_per_pixel : float32 array (h, w)
         Per-pixel baseline from :func:`compute_df`.
     """
-    if temporal_denoising:
+    if settings.temporal_denoising:
         raise NotImplementedYetError("temporal_denoising (wavelet denoising of every pixel's trace) is not "
                                      "implemented yet; set temporal_denoising=False")
     xp, _ = backend.get_namespace_and_device(movie)
     movie = _as_float32(xp, movie)
-    if fix_zero_FOV_strips:
+    if settings.fix_zero_FOV_strips:
         logger.info("fix_zero_FOV_strips: zero edge strips were already trimmed from this partition; "
                     "no further change (the reference's in-preprocessing crop is not replicated)")
-    if medfilt_outlier_pixels:
+    if settings.medfilt_outlier_pixels:
         movie, n_outliers = medfilt_outliers(movie)
         logger.info("medfilt_outlier_pixels: replaced %d hot or dead pixels", n_outliers)
-    df_movie, F_per_pixel = compute_df(movie, baseline_quantile, skip_dff)
+    df_movie, F_per_pixel = compute_df(movie, settings.baseline_quantile, settings.skip_dff)
     owned = df_movie is not movie  # a new array: the band-pass may filter it in place
     movie = df_movie
-    if not math.isinf(spatial_highpass_cutoff):
-        movie = spatial_bandpass(movie, radius, spatial_highpass_cutoff, math.inf, chunk_frames=chunk_frames,
-                                 overwrite=owned and movie.dtype == xp.float32)
+    if not math.isinf(settings.spatial_highpass_cutoff):
+        movie = spatial_bandpass(movie, radius, settings.spatial_highpass_cutoff, math.inf,
+                                 chunk_frames=settings.chunk_frames, overwrite=owned and movie.dtype == xp.float32)
     if movie_mask is not None:
         movie = apply_movie_mask(movie, movie_mask)
-    if remove_background:
-        movie = correct_baseline(movie, avg_event_tau)
-    if second_df is not None:
-        movie = apply_second_df(movie, second_df)
+    if settings.remove_background:
+        movie = correct_baseline(movie, settings.avg_event_tau)
+    if settings.second_df is not None:
+        movie = apply_second_df(movie, settings.second_df)
     return movie, F_per_pixel
 
 

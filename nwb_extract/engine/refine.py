@@ -2,12 +2,13 @@
 
 Contents
 --------
-* §2.2 helpers: :func:`normalize_to_one`, :func:`cell_area`, :func:`estimate_avg_radius`, :func:`estimate_radius`,
-  :func:`make_mask`, :func:`smooth_images`, :func:`smooth_traces`;
+* §2.2 helpers: :func:`estimate_avg_radius`, :func:`estimate_radius`, :func:`make_mask`, :func:`smooth_images`,
+  :func:`smooth_traces` (the shared footprint helpers are in :mod:`footprints`);
 * §7.2 metrics: :data:`METRIC_NAMES` (the 30 rows, in EXTRACT's fixed order) and :func:`quality_metrics`;
-* §7.3 elimination rules :data:`RULE_NAMES`, §7.4 :func:`find_conncomp` and :func:`update_merged_images`, combined
+* §7.3 elimination rules :data:`RULE_NAMES`, §7.4 :func:`update_merged_images` (groups from
+  :func:`matching.find_conncomp`), combined
   in :func:`remove_redundant`, which returns a :class:`Classification`;
-* §7.1 the loop: :func:`refine` -> :class:`RefinementResult`.
+* §7.1 the loop: :func:`refine` with a :class:`RefineSettings` -> :class:`RefinementResult`.
 
 Shapes follow the spec: ``S`` (P, K) images (one column per cell, row-major pixels ``p = row * w + col`` of
 ``frame_shape = (h, w)``), ``T`` (K, n) traces, ``Mt`` (n, P) movie. Arrays stay in the inputs' namespace and
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from nwb_extract.engine import backend, noise, spatiotemporal
-from nwb_extract.engine.matching import pearson_columns
+from nwb_extract.engine.footprints import AREA_THRESHOLD, cell_area, normalize_to_one, to_columns, to_stack
+from nwb_extract.engine.matching import find_conncomp, pearson_columns
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.morphology import dilate, disk_footprint, gaussian_kernel, grown_range
 from nwb_extract.engine.robust import l1_lambda
@@ -49,10 +52,6 @@ METRIC_NAMES: tuple[str, ...] = (
 RULE_NAMES: tuple[str, ...] = (
     "T_duplicate", "S_duplicate", "T_zeroed", "T_poor", "S_tiny", "S_huge", "S_poor", "S_eccent", "ST_spurious",
 )
-#: Floor of a column maximum in :func:`normalize_to_one`.
-NORMALIZE_FLOOR = 1e-6
-#: Image value above which a pixel counts towards a cell's area (``cell_area``) and its mask seed.
-AREA_THRESHOLD = 0.1
 #: Margin (px) around the ``S > 0.1`` bounding box in the median smoothing, and its window side.
 SMOOTH_BOX_MARGIN = 2
 SMOOTH_MEDIAN_SIZE = 5
@@ -67,18 +66,6 @@ _ST_METRICS = tuple(name for name in METRIC_NAMES if name.startswith("ST"))
 
 # ----------------------------------------------------------------------------------------------------------------
 # §0 / §2.2 helpers
-
-
-def normalize_to_one(S: Any) -> Any:
-    """Each column divided by ``max(1e-6, column max)`` (spec §0 ``normalize_to_one``); (P, K) -> (P, K)."""
-    xp = backend.get_namespace(S)
-    return S / xp.clip(xp.max(S, axis=0), min=NORMALIZE_FLOOR)[None, :]
-
-
-def cell_area(S: Any, threshold: float = AREA_THRESHOLD) -> Any:
-    """Pixels per column with ``S > threshold`` (spec §0 ``cell_area``): (P, K) -> int64 (K,)."""
-    xp = backend.get_namespace(S)
-    return xp.sum(xp.astype(S > threshold, xp.int64), axis=0)
 
 
 def estimate_avg_radius(S: Any) -> float:
@@ -115,18 +102,6 @@ def estimate_radius(S: Any, radius: float) -> float:
     return (estimate_avg_radius(S[:, :k_sel]) + float(radius)) / 2.0
 
 
-def _stack(S: Any, frame_shape: tuple[int, int]) -> Any:
-    """(P, K) -> (K, h, w)."""
-    xp = backend.get_namespace(S)
-    return xp.reshape(xp.permute_dims(S, (1, 0)), (S.shape[1], *frame_shape))
-
-
-def _unstack(images: Any) -> Any:
-    """(K, h, w) -> (P, K)."""
-    xp = backend.get_namespace(images)
-    return xp.permute_dims(xp.reshape(images, (images.shape[0], -1)), (1, 0))
-
-
 def _check_frame_shape(S: Any, frame_shape: tuple[int, int]) -> tuple[int, int]:
     h, w = (int(v) for v in frame_shape)
     if h * w != S.shape[0]:
@@ -151,14 +126,14 @@ def make_mask(S: Any, frame_shape: tuple[int, int], radius: float, *, threshold:
     bool array (P, K)
     """
     frame_shape = _check_frame_shape(S, frame_shape)
-    seeds = _stack(S > threshold, frame_shape)
+    seeds = to_stack(S > threshold, frame_shape)
     if radius <= 0:
-        return _unstack(seeds)
+        return to_columns(seeds)
     xp, device = backend.get_namespace_and_device(S)
     footprint = disk_footprint(radius, xp=xp, device=device)
     # each mask can only grow by the disk's half-width around its seeds
     masks = _in_boxes(seeds, seeds, footprint.shape[0] // 2, lambda box: dilate(box, footprint))
-    return _unstack(masks)
+    return to_columns(masks)
 
 
 def _in_boxes(images: Any, seeds: Any, margin: int, operation: Callable[[Any], Any]) -> Any:
@@ -198,15 +173,15 @@ def smooth_images(S: Any, frame_shape: tuple[int, int], *, method: str = "median
     """
     frame_shape = _check_frame_shape(S, frame_shape)
     if method == "median":
-        return _unstack(_median_smooth(_stack(S, frame_shape)))
+        return to_columns(_median_smooth(to_stack(S, frame_shape)))
     if method == "gaussian":
         xp, device = backend.get_namespace_and_device(S)
         if radius <= 0:
             return xp.asarray(S, copy=True)
         size = math.ceil(2 * radius + 1)
         kernel = gaussian_kernel(size, radius / 2.5, dtype=S.dtype, xp=xp, device=device)
-        smoothed = backend.correlate(_stack(S, frame_shape), kernel[None, :, :], mode="constant")
-        return _unstack(smoothed)
+        smoothed = backend.correlate(to_stack(S, frame_shape), kernel[None, :, :], mode="constant")
+        return to_columns(smoothed)
     raise ValueError(f"method must be 'median' or 'gaussian', got {method!r}")
 
 
@@ -272,7 +247,7 @@ def spatial_corruption(S: Any, frame_shape: tuple[int, int]) -> Any:
     mean = _matlab_divide(xp.sum(xp.where(inside, S, zero), axis=0), count, xp)
     global_dev = xp.where(inside, (S - mean[None, :]) ** 2, zero) / xp.clip(mean, min=0.01)[None, :]
     box = xp.full((1, 4, 4), 1.0 / 16.0, dtype=S.dtype, device=device)
-    local_mean = _unstack(backend.correlate(_stack(S, frame_shape), box, mode="nearest", origin=(0, -1, -1)))
+    local_mean = to_columns(backend.correlate(to_stack(S, frame_shape), box, mode="nearest", origin=(0, -1, -1)))
     local_dev = xp.where(inside, (S - local_mean) ** 2 / xp.clip(local_mean, min=0.01), zero)
     v_global = _matlab_divide(xp.sum(global_dev, axis=0), count, xp)
     v_local = _matlab_divide(xp.sum(local_dev, axis=0), count, xp)
@@ -287,7 +262,7 @@ def shape_metrics(S: Any, frame_shape: tuple[int, int]) -> tuple[Any, Any]:
     """
     xp = backend.get_namespace(S)
     frame_shape = _check_frame_shape(S, frame_shape)
-    area, perimeter, major, minor = backend.largest_component_shape(_stack(S > SHAPE_THRESHOLD, frame_shape))
+    area, perimeter, major, minor = backend.largest_component_shape(to_stack(S > SHAPE_THRESHOLD, frame_shape))
     eccent = _matlab_divide(major, minor, xp)
     circularity = _matlab_divide(4.0 * math.pi * area, perimeter * perimeter, xp)
     inf = xp.full_like(area, math.inf)
@@ -363,64 +338,6 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
 
 # ----------------------------------------------------------------------------------------------------------------
 # §7.4 duplicates
-
-
-def find_conncomp(X: Any, threshold: float, A2: Any = None) -> tuple[list[tuple[int, ...]], Any]:
-    """Groups of columns of ``X`` linked by correlation above ``threshold`` (spec §7.4, EXTRACT ``find_conncomp``).
-
-    ``C = (X^T X - n mu mu^T) / ((|x_i| + 1e-6)(|x_j| + 1e-6))`` (centred norms), adjacency ``A = C > threshold``
-    (the diagonal included), ``A &= A2`` when given; connected components of the undirected graph, numbered by
-    their smallest member. For each component with at least 2 members, the *hub* (largest column sum of ``A``,
-    first on ties) goes last: ``order = [other members ascending..., hub]``.
-
-    Parameters
-    ----------
-    X : array (m, K) — one variable per column (images, or mixed traces).
-    threshold : float — correlation threshold.
-    A2 : bool array (K, K), optional — extra adjacency constraint (spatial overlap).
-
-    Returns
-    -------
-    groups : list of tuples of int — 0-based column indices per component (>= 2 members), in the order above.
-    A : bool array (K, K) — the adjacency, in ``X``'s namespace.
-    """
-    xp = backend.get_namespace(X)
-    X = xp.astype(X, xp.float64)
-    m = X.shape[0]
-    mean = xp.mean(X, axis=0)
-    gram = xp.matrix_transpose(X) @ X - m * (mean[:, None] * mean[None, :])
-    norms = xp.sqrt(xp.clip(xp.linalg.diagonal(gram), min=0.0)) + 1e-6
-    A = gram / (norms[:, None] * norms[None, :]) > threshold
-    if A2 is not None:
-        A = A & xp.astype(A2, xp.bool)
-    # host step: components of a K x K graph (K cells) are sequential bookkeeping on small integers
-    adjacency = backend.to_numpy(A).tolist()
-    return _ordered_components(adjacency), A
-
-
-def _ordered_components(adjacency: list[list[bool]]) -> list[tuple[int, ...]]:
-    K = len(adjacency)
-    label = [-1] * K
-    groups = []
-    for seed in range(K):
-        if label[seed] >= 0:
-            continue
-        label[seed] = seed
-        members, frontier = [seed], [seed]
-        while frontier:
-            node = frontier.pop()
-            for other in range(K):
-                if label[other] < 0 and (adjacency[node][other] or adjacency[other][node]):
-                    label[other] = seed
-                    members.append(other)
-                    frontier.append(other)
-        if len(members) < 2:
-            continue
-        members.sort()
-        degree = [sum(adjacency[row][j] for row in range(K)) for j in members]
-        hub = members[degree.index(max(degree))]
-        groups.append(tuple(j for j in members if j != hub) + (hub,))
-    return groups
 
 
 def update_merged_images(S: Any, T: Any, groups: list[tuple[int, ...]] | tuple[tuple[int, ...], ...]) -> Any:
@@ -631,19 +548,108 @@ def _keep_columns(a: Any, keep: Any, axis: int) -> Any:
     return xp.take(a, xp.nonzero(keep)[0], axis=axis)
 
 
-def _pixel_thresholds(cfg: Any, radius: float) -> dict[str, float]:
-    """``cfg.thresholds`` with the size limits turned from multiples of ``pi r^2`` into pixels (spec §2.2)."""
-    values = cfg.thresholds.to_dict()
-    area = math.pi * radius * radius
-    values["size_lower_limit"] = float(values["size_lower_limit"]) * area
-    values["size_upper_limit"] = float(values["size_upper_limit"]) * area
-    return values
+@dataclass(frozen=True)
+class RefineSettings:
+    """Settings of the refinement loop (spec §7.1), by EXTRACT config name; built once per run by the pipeline.
+
+    ``thresholds`` holds ``cfg.thresholds`` by name, size limits as multiples of ``pi r^2`` (as in the config);
+    ``tiling`` and ``early_convergence_check`` are the Python settings of the same names.
+    """
+
+    max_iter: int
+    max_iter_T: int
+    max_iter_S: int
+    adaptive_kappa: int
+    adaptive_kappa_filter: bool
+    l1_penalty_factor: float
+    smooth_T: bool
+    smooth_S: bool
+    low_cell_area_flag: bool
+    pre_mask_on: bool
+    pre_mask_radius: float
+    num_iter_stop_quality_checks: frozenset[int]
+    hyperparameter_tuning_flag: bool
+    TOL_main: float
+    thresholds: Mapping[str, float]
+    tiling: str
+    early_convergence_check: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RefineSettings:
+        """The settings of a resolved :class:`~nwb_extract.config.ExtractConfig`."""
+        return cls(
+            max_iter=int(cfg.max_iter), max_iter_T=cfg.max_iter_T, max_iter_S=cfg.max_iter_S,
+            adaptive_kappa=cfg.adaptive_kappa, adaptive_kappa_filter=cfg.adaptive_kappa_filter,
+            l1_penalty_factor=cfg.l1_penalty_factor, smooth_T=cfg.smooth_T, smooth_S=cfg.smooth_S,
+            low_cell_area_flag=cfg.low_cell_area_flag, pre_mask_on=cfg.pre_mask_on,
+            pre_mask_radius=cfg.pre_mask_radius,
+            num_iter_stop_quality_checks=frozenset(int(i) for i in cfg.num_iter_stop_quality_checks),
+            hyperparameter_tuning_flag=cfg.hyperparameter_tuning_flag, TOL_main=cfg.TOL_main,
+            thresholds=MappingProxyType(cfg.thresholds.to_dict()), tiling=cfg.python.tiling,
+            early_convergence_check=cfg.python.early_convergence_check)
+
+    def pixel_thresholds(self, radius: float) -> dict[str, float]:
+        """:attr:`thresholds` with the size limits turned from multiples of ``pi r^2`` into pixels (spec §2.2)."""
+        values = dict(self.thresholds)
+        area = math.pi * radius * radius
+        values["size_lower_limit"] = float(values["size_lower_limit"]) * area
+        values["size_upper_limit"] = float(values["size_upper_limit"]) * area
+        return values
 
 
-def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
+@dataclass(frozen=True)
+class _LoopConstants:
+    """What one :func:`refine` call fixes: settings, geometry, noise level, thresholds in pixels and the solvers
+    (names and keyword arguments) of the T- and S-steps."""
+
+    settings: RefineSettings
+    frame_shape: tuple[int, int]
+    radius: float
+    kappa: float
+    thresholds: dict[str, float]
+    mask_radius: int
+    t_solver: str
+    s_solver: str
+    t_kwargs: dict[str, Any]
+    s_kwargs: dict[str, Any]
+
+
+def _loop_constants(settings: RefineSettings, frame_shape: tuple[int, int], radius: float,
+                    kappa: float) -> _LoopConstants:
+    t_solver = "fp_solve_adaptive" if settings.adaptive_kappa == 2 else "fp_solve_admm"
+    s_solver = "fp_solve_adaptive_filter" if settings.adaptive_kappa_filter else "fp_solve_admm"
+    steps = dict(frame_shape=frame_shape, radius=radius, tiling=settings.tiling)
+    early = {"check_from_start": True} if settings.early_convergence_check else {}
+    return _LoopConstants(
+        settings=settings, frame_shape=frame_shape, radius=radius, kappa=kappa,
+        thresholds=settings.pixel_thresholds(radius), mask_radius=matlab_round(radius), t_solver=t_solver,
+        s_solver=s_solver, t_kwargs={**steps, **(early if t_solver == "fp_solve_admm" else {})},
+        s_kwargs={**steps, **(early if s_solver == "fp_solve_admm" else {})})
+
+
+@dataclass
+class _LoopState:
+    """The cells as the loop changes them: images, smoothed images, traces, initial ids, per-iteration relative
+    changes (K, max_iter), fixed masks, quality-control records and the eliminated cells (newest first)."""
+
+    S: Any
+    T: Any
+    S_smooth: Any
+    cell_ids: list[int]
+    S_change: Any
+    T_change: Any
+    pre_mask: Any
+    records: list[Classification] = field(default_factory=list)
+    bad_S: list[Any] = field(default_factory=list)
+    bad_T: list[Any] = field(default_factory=list)
+    bad_ids: list[int] = field(default_factory=list)
+    bad_rules: list[str] = field(default_factory=list)
+
+
+def refine(S: Any, T: Any, Mt: Any, settings: RefineSettings, *, radius: float, kappa: float,
            frame_shape: tuple[int, int]) -> RefinementResult:
     """EXTRACT's cell refinement (spec §7.1): alternate robust T- and S-steps, smooth, check quality, merge and
-    eliminate, for ``cfg.max_iter`` iterations or until ``TOL_main``.
+    eliminate, for ``max_iter`` iterations or until ``TOL_main``.
 
     Per iteration: T-step (:func:`tiled.solve_T`, ``fp_solve_adaptive`` when ``adaptive_kappa == 2`` else
     ``fp_solve_admm``, l1 penalty when ``l1_penalty_factor > 1e-6``), optional ``smooth_T``; masks
@@ -657,11 +663,7 @@ def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
     S : array (P, K) float32 — initial images (columns max 1), row-major pixels of ``frame_shape``.
     T : array (K, n) float32 — initial traces.
     Mt : array (n, P) float32 — the preprocessed (downsampled) movie, frames x pixels.
-    cfg : :class:`~nwb_extract.config.ExtractConfig` (resolved); read: ``max_iter``, ``max_iter_T``, ``max_iter_S``,
-        ``adaptive_kappa``, ``adaptive_kappa_filter``, ``l1_penalty_factor``, ``smooth_T``, ``smooth_S``,
-        ``low_cell_area_flag``, ``pre_mask_on``, ``pre_mask_radius``, ``num_iter_stop_quality_checks``,
-        ``hyperparameter_tuning_flag``, ``TOL_main``, ``thresholds`` (size limits as multiples of ``pi r^2``) and
-        ``python.tiling``.
+    settings : :class:`RefineSettings` — e.g. ``RefineSettings.from_config(cfg)``.
     radius : float — refined ``avg_cell_radius`` in pixels (:func:`estimate_radius`).
     kappa : float — ``kappa_std_ratio * noise std`` (§2.2).
     frame_shape : (h, w).
@@ -672,94 +674,126 @@ def refine(S: Any, T: Any, Mt: Any, cfg: Any, *, radius: float, kappa: float,
     """
     xp, device = backend.get_namespace_and_device(S, T, Mt)
     frame_shape = _check_frame_shape(S, frame_shape)
-    thresholds = _pixel_thresholds(cfg, radius)
-    max_iter = int(cfg.max_iter)
-    K0 = S.shape[1]
-    t_solver = "fp_solve_adaptive" if cfg.adaptive_kappa == 2 else "fp_solve_admm"
-    s_solver = "fp_solve_adaptive_filter" if cfg.adaptive_kappa_filter else "fp_solve_admm"
-    steps = dict(frame_shape=frame_shape, radius=radius, tiling=cfg.python.tiling)
-    early = {"check_from_start": True} if cfg.python.early_convergence_check else {}
-    t_early = early if t_solver == "fp_solve_admm" else {}
-    s_early = early if s_solver == "fp_solve_admm" else {}
-    skip_checks = set(int(i) for i in cfg.num_iter_stop_quality_checks)
-    mask_radius = matlab_round(radius)
-    pre_mask = make_mask(S, frame_shape, cfg.pre_mask_radius, threshold=0.0) if cfg.pre_mask_on else None
-
-    S_smooth = S
-    cell_ids = list(range(K0))
-    S_change = xp.zeros((K0, max_iter), dtype=xp.float32, device=device)
-    T_change = xp.zeros((K0, max_iter), dtype=xp.float32, device=device)
-    records: list[Classification] = []
-    bad_S, bad_T, bad_ids, bad_rules = [], [], [], []
+    constants = _loop_constants(settings, frame_shape, radius, kappa)
+    K0, max_iter = S.shape[1], settings.max_iter
+    pre_mask = make_mask(S, frame_shape, settings.pre_mask_radius, threshold=0.0) if settings.pre_mask_on else None
+    state = _LoopState(S=S, T=T, S_smooth=S, cell_ids=list(range(K0)), pre_mask=pre_mask,
+                       S_change=xp.zeros((K0, max_iter), dtype=xp.float32, device=device),
+                       T_change=xp.zeros((K0, max_iter), dtype=xp.float32, device=device))
     iterations, stop = 0, "max_iter"
     for it in range(max_iter):
         iterations = it + 1
-        if S.shape[1] == 0:
+        if state.S.shape[1] == 0:
             stop = "no_cells"
             break
-        lam = l1_lambda(S, T, S_smooth, cfg.l1_penalty_factor) if cfg.l1_penalty_factor > L1_MIN_FACTOR else None
-        T_before = T
-        T = solve_T(T, S, Mt, kappa, cfg.max_iter_T, solver=t_solver, lam=lam, **steps, **t_early)
-        if cfg.smooth_T:
-            T = smooth_traces(T)
-        T_change[:, it] = xp.astype(_relative_change(T, T_before, axis=1), xp.float32)
-        mask = pre_mask if pre_mask is not None else make_mask(S_smooth, frame_shape, mask_radius)
-        S_before = S
-        s_step = solve_S(S, T, Mt, mask, kappa, cfg.max_iter_S, solver=s_solver, **steps, **s_early)
-        S = s_step.S
-        S_smooth = _smoothed(S, frame_shape, radius, cfg.low_cell_area_flag)
-        S_change[:, it] = xp.astype(_relative_change(S, S_before, axis=0), xp.float32)
-        tuning = cfg.hyperparameter_tuning_flag or (iterations in skip_checks and iterations == max_iter)
-        st = spatiotemporal.inputs_from_s_step(s_step, Mt, radius) if tuning or st_enabled(thresholds) else None
-        if cfg.hyperparameter_tuning_flag:
-            records.append(_tuning_record(S, S_smooth, T, frame_shape, cell_ids, st))
-            stop = "hyperparameter_tuning"
+        reason = _iterate(state, Mt, constants, it)
+        if reason is not None:
+            stop = reason
             break
-        if iterations in skip_checks:
-            if iterations == max_iter:
-                records.append(_tuning_record(S, S_smooth, T, frame_shape, cell_ids, st))
-            continue
-        record = dataclasses.replace(remove_redundant(S, S_smooth, T, frame_shape, thresholds, st=st),
-                                     cell_ids=tuple(cell_ids))
-        records.append(record)
-        if record.merge_groups:
-            S = update_merged_images(S, T, record.merge_groups)
-            S_smooth = _resmooth_merged(S, S_smooth, frame_shape, [g[0] for g in record.merge_groups])
-        keep = ~record.is_bad
-        rules = record.rules()
-        eliminated = [k for k, rule in enumerate(rules) if rule is not None]
-        if eliminated:
-            bad = record.is_bad
-            bad_S.insert(0, _keep_columns(S, bad, 1))
-            bad_T.insert(0, _keep_columns(T, bad, 0))
-            bad_ids[:0] = [cell_ids[k] for k in eliminated]
-            bad_rules[:0] = [rules[k] for k in eliminated]
-            S, S_smooth = _keep_columns(S, keep, 1), _keep_columns(S_smooth, keep, 1)
-            T = _keep_columns(T, keep, 0)
-            S_change, T_change = _keep_columns(S_change, keep, 0), _keep_columns(T_change, keep, 0)
-            if pre_mask is not None:
-                pre_mask = _keep_columns(pre_mask, keep, 1)
-            cell_ids = [c for k, c in enumerate(cell_ids) if rules[k] is None]
-        if cfg.smooth_S:
-            S = S_smooth
-        if (it > 0 and S.shape[1] > 0 and _nanmax_below(S_change[:, it], cfg.TOL_main)
-                and _nanmax_below(T_change[:, it], cfg.TOL_main)):
-            stop = "converged"
-            break
-    n = T.shape[1]
-    P = S.shape[0]
-    last = records[-1] if records else None
+    return _refinement_result(state, iterations, stop)
+
+
+def _iterate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int) -> str | None:
+    """Iteration ``it`` (0-based) of spec §7.1 on ``state``; the stop reason when the loop ends here, else None."""
+    settings = constants.settings
+    s_step = _alternate(state, Mt, constants, it)
+    iterations, max_iter = it + 1, settings.max_iter
+    skip_checks = settings.num_iter_stop_quality_checks
+    tuning = settings.hyperparameter_tuning_flag or (iterations in skip_checks and iterations == max_iter)
+    st = (spatiotemporal.inputs_from_s_step(s_step, Mt, constants.radius)
+          if tuning or st_enabled(constants.thresholds) else None)
+    if settings.hyperparameter_tuning_flag:
+        state.records.append(_tuning_record(state.S, state.S_smooth, state.T, constants.frame_shape,
+                                            state.cell_ids, st))
+        return "hyperparameter_tuning"
+    if iterations in skip_checks:
+        if iterations == max_iter:
+            state.records.append(_tuning_record(state.S, state.S_smooth, state.T, constants.frame_shape,
+                                                state.cell_ids, st))
+        return None
+    _quality_control(state, constants, st)
+    if settings.smooth_S:
+        state.S = state.S_smooth
+    if (it > 0 and state.S.shape[1] > 0 and _nanmax_below(state.S_change[:, it], settings.TOL_main)
+            and _nanmax_below(state.T_change[:, it], settings.TOL_main)):
+        return "converged"
+    return None
+
+
+def _alternate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int) -> Any:
+    """The T-step (with ``smooth_T``) and the S-step of iteration ``it``, recording the relative changes in column
+    ``it``; returns the S-step result (:class:`tiled.SStepResult`)."""
+    xp = backend.get_namespace(Mt)
+    settings = constants.settings
+    lam = (l1_lambda(state.S, state.T, state.S_smooth, settings.l1_penalty_factor)
+           if settings.l1_penalty_factor > L1_MIN_FACTOR else None)
+    T_before = state.T
+    T = solve_T(state.T, state.S, Mt, constants.kappa, settings.max_iter_T, solver=constants.t_solver, lam=lam,
+                **constants.t_kwargs)
+    if settings.smooth_T:
+        T = smooth_traces(T)
+    state.T = T
+    state.T_change[:, it] = xp.astype(_relative_change(T, T_before, axis=1), xp.float32)
+    mask = (state.pre_mask if state.pre_mask is not None
+            else make_mask(state.S_smooth, constants.frame_shape, constants.mask_radius))
+    S_before = state.S
+    s_step = solve_S(state.S, T, Mt, mask, constants.kappa, settings.max_iter_S, solver=constants.s_solver,
+                     **constants.s_kwargs)
+    state.S = s_step.S
+    state.S_smooth = _smoothed(state.S, constants.frame_shape, constants.radius, settings.low_cell_area_flag)
+    state.S_change[:, it] = xp.astype(_relative_change(state.S, S_before, axis=0), xp.float32)
+    return s_step
+
+
+def _quality_control(state: _LoopState, constants: _LoopConstants, st: Any) -> None:
+    """Spec §7.2-7.4 on ``state``: record the classification, merge trace duplicates, drop eliminated cells."""
+    record = dataclasses.replace(
+        remove_redundant(state.S, state.S_smooth, state.T, constants.frame_shape, constants.thresholds, st=st),
+        cell_ids=tuple(state.cell_ids))
+    state.records.append(record)
+    if record.merge_groups:
+        state.S = update_merged_images(state.S, state.T, record.merge_groups)
+        state.S_smooth = _resmooth_merged(state.S, state.S_smooth, constants.frame_shape,
+                                          [g[0] for g in record.merge_groups])
+    rules = record.rules()
+    if any(rule is not None for rule in rules):
+        _eliminate(state, record.is_bad, rules)
+
+
+def _eliminate(state: _LoopState, bad: Any, rules: tuple[str | None, ...]) -> None:
+    """Move the ``bad`` cells (bool (K,)) of ``state`` to the front of the eliminated ones, with their rules."""
+    keep = ~bad
+    eliminated = [k for k, rule in enumerate(rules) if rule is not None]
+    state.bad_S.insert(0, _keep_columns(state.S, bad, 1))
+    state.bad_T.insert(0, _keep_columns(state.T, bad, 0))
+    state.bad_ids[:0] = [state.cell_ids[k] for k in eliminated]
+    state.bad_rules[:0] = [rules[k] for k in eliminated]
+    state.S, state.S_smooth = _keep_columns(state.S, keep, 1), _keep_columns(state.S_smooth, keep, 1)
+    state.T = _keep_columns(state.T, keep, 0)
+    state.S_change, state.T_change = _keep_columns(state.S_change, keep, 0), _keep_columns(state.T_change, keep, 0)
+    if state.pre_mask is not None:
+        state.pre_mask = _keep_columns(state.pre_mask, keep, 1)
+    state.cell_ids = [c for k, c in enumerate(state.cell_ids) if rules[k] is None]
+
+
+def _refinement_result(state: _LoopState, iterations: int, stop: str) -> RefinementResult:
+    """The :class:`RefinementResult` of a finished loop; metrics of the kept cells from the last record."""
+    xp, device = backend.get_namespace_and_device(state.S)
+    S, T = state.S, state.T
+    n, P = T.shape[1], S.shape[0]
     metrics = {}
-    if last is not None:
-        kept_now = [last.cell_ids.index(c) for c in cell_ids]
+    if state.records:
+        last = state.records[-1]
+        kept_now = [last.cell_ids.index(c) for c in state.cell_ids]
         columns = xp.asarray(kept_now, dtype=xp.int64, device=device)
         metrics = {name: xp.take(last.metrics[i, :], columns) for i, name in enumerate(METRIC_NAMES)}
     return RefinementResult(
-        S=S, T=T, S_smooth=S_smooth, cell_ids=tuple(cell_ids), classifications=tuple(records), metrics=metrics,
-        S_bad=xp.concat(bad_S, axis=1) if bad_S else xp.zeros((P, 0), dtype=S.dtype, device=device),
-        T_bad=xp.concat(bad_T, axis=0) if bad_T else xp.zeros((0, n), dtype=T.dtype, device=device),
-        bad_cell_ids=tuple(bad_ids), bad_rules=tuple(bad_rules), S_change=S_change, T_change=T_change,
-        iterations=iterations, converged_early=stop == "converged", stop_reason=stop)
+        S=S, T=T, S_smooth=state.S_smooth, cell_ids=tuple(state.cell_ids), classifications=tuple(state.records),
+        metrics=metrics,
+        S_bad=xp.concat(state.bad_S, axis=1) if state.bad_S else xp.zeros((P, 0), dtype=S.dtype, device=device),
+        T_bad=xp.concat(state.bad_T, axis=0) if state.bad_T else xp.zeros((0, n), dtype=T.dtype, device=device),
+        bad_cell_ids=tuple(state.bad_ids), bad_rules=tuple(state.bad_rules), S_change=state.S_change,
+        T_change=state.T_change, iterations=iterations, converged_early=stop == "converged", stop_reason=stop)
 
 
 def _smoothed(S: Any, frame_shape: tuple[int, int], radius: float, low_cell_area_flag: bool) -> Any:

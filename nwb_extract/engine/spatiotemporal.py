@@ -286,10 +286,13 @@ def _event_weights(trace: Any, starts: list[int], stops: list[int]) -> Any:
     return xp.where(inside & varies[None, :], values - mean[None, :], zero)
 
 
-def _cell_st_correlations(image: Any, trace: Any, Mt: Any, width: int, starts: list[int], stops: list[int],
-                          box_rows: tuple[int, int], box_cols: tuple[int, int]) -> Any:
-    """One cell's per-event correlations (G,) between its boxed image and the movie's trace-correlation image."""
+def _cell_st_correlations(image: Any, trace: Any, Mt: Any, width: int, events: tuple[list[int], list[int]],
+                          box: tuple[tuple[int, int], tuple[int, int]]) -> Any:
+    """One cell's per-event correlations (G,) between its boxed image and the movie's trace-correlation image;
+    ``events`` are the (starts, stops) frames of its G events, ``box`` the (rows, cols) ranges of its image."""
     xp, device = backend.get_namespace_and_device(image, Mt)
+    starts, stops = events
+    box_rows, box_cols = box
     rows = xp.arange(box_rows[0], box_rows[1], dtype=xp.int64, device=device)
     cols = xp.arange(box_cols[0], box_cols[1], dtype=xp.int64, device=device)
     pixels = xp.reshape(rows[:, None] * width + cols[None, :], (-1,))
@@ -348,8 +351,9 @@ def st_correlation(S: Any, T: Any, Mt: Any, frame_shape: tuple[int, int], radius
             values.append(xp.zeros((1,), dtype=xp.float64, device=device))
             owner.append(k)
         elif end > position and box_rows[0] < box_rows[1]:
-            values.append(xp.astype(_cell_st_correlations(S[:, k], smooth[k, :], Mt, w, starts[position:end],
-                                                          stops[position:end], box_rows, box_cols), xp.float64))
+            cell_events = (starts[position:end], stops[position:end])
+            values.append(xp.astype(_cell_st_correlations(S[:, k], smooth[k, :], Mt, w, cell_events,
+                                                          (box_rows, box_cols)), xp.float64))
             owner.extend([k] * (end - position))
         position = end
     if not values:

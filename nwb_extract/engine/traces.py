@@ -25,6 +25,7 @@ from nwb_extract.config import TRACE_KINDS, TRACE_OPTION_TO_KIND
 from nwb_extract.engine import backend
 from nwb_extract.engine.tiled import solve_T, solve_T_robust
 
+
 @dataclass(frozen=True)
 class RegressionSettings:
     """Settings of the final regression (EXTRACT config names; spec §8.2, §6.3, §6.8).
@@ -44,6 +45,19 @@ class RegressionSettings:
     kappa_iter_nums: tuple[float, ...] = (0.5, 0.7, 0.9)
     max_iter: int = 0
     tiling: str = "deterministic"
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, kappa: float, radius: float,
+                    frame_shape: tuple[int, int]) -> RegressionSettings:
+        """The settings of a resolved :class:`~nwb_extract.config.ExtractConfig` for one partition's noise level
+        ``kappa``, refined ``radius`` (px) and ``frame_shape``. ``max_iter`` stays 0: ``nonnegative_least_squares``
+        is re-solved also after refinement (docs/decisions.md)."""
+        kappa_iter_nums = (0.5, 0.7, 0.9) if cfg.kappa_iter_nums is None else tuple(cfg.kappa_iter_nums)
+        return cls(kappa=kappa, kappa_std_ratio=cfg.kappa_std_ratio, adaptive_kappa=cfg.adaptive_kappa,
+                   n_iter=cfg.max_iter_T_final, radius=radius, frame_shape=frame_shape,
+                   trace_quantile=cfg.trace_quantile, frr_check_every_step=bool(cfg.frr_check_every_step),
+                   frr_edge_case_flag=bool(cfg.frr_edge_case_flag), kappa_iter_nums=kappa_iter_nums,
+                   tiling=cfg.python.tiling)
 
 
 def _solve_kwargs(s: RegressionSettings) -> dict[str, Any]:
@@ -113,13 +127,17 @@ def regress(Mt: Any, S: Any, T: Any, settings: RegressionSettings, option: str, 
     dict mapping ``baseline_adjusted``, ``nonneg``, ``raw`` (and the option's own key for the two least-squares
     options) to (K, n) traces.
     """
+    return {kind: _KIND_FUNCTIONS[kind](Mt, S, T, settings, lam) for kind in trace_kinds(option)}
+
+
+def trace_kinds(option: str) -> list[str]:
+    """Trace kinds computed for ``trace_output_option=option``: the three of every run and the option's own
+    least-squares kind; none for ``none``."""
     if option == "none":
-        return {}
+        return []
     kinds = list(TRACE_KINDS)
     extra = TRACE_OPTION_TO_KIND[option]
-    if extra not in kinds:
-        kinds.append(extra)
-    return {kind: _KIND_FUNCTIONS[kind](Mt, S, T, settings, lam) for kind in kinds}
+    return kinds if extra in kinds else kinds + [extra]
 
 
 def interpolate_time(T: Any, n_full: int) -> Any:
