@@ -156,6 +156,7 @@ class _StageClock:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         backend.synchronize(self._xp, self._device)
+        backend.work_stage(name)
         start = time.perf_counter()
         yield
         backend.synchronize(self._xp, self._device)
