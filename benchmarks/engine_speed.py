@@ -9,7 +9,7 @@ Usage::
     python benchmarks/engine_speed.py --peaks         # only the machine's sgemm and memory-bandwidth peaks
 
 Every run of a simulated movie also prints a roofline per stage: the floating-point operations and the least memory
-traffic of the movie-sized kernels (counted from their shapes by ``backend.counting_work``: the residual step of the
+traffic of the movie-sized kernels (counted from their shapes by ``solver_kernels.counting_work``: the residual step of the
 robust solvers, the single-source fits' region sums, the tile gathers), the achieved GFLOP/s and GB/s, and their
 fractions of this machine's peaks, measured in the same run (float32 matrix product; a large array copy).
 
@@ -104,12 +104,12 @@ def run_standard(small: bool, backend: str, early: bool = False, size: tuple | N
             f.create_dataset("movie", data=sim.movie, chunks=(100,) + sim.movie.shape[1:])
         code = (
             "import json, resource, sys, time, h5py, numpy as np, nwb_extract\n"
-            "from nwb_extract.engine import backend as engine_backend\n"
+            "from nwb_extract.engine import solver_kernels\n"
             + PEAK_RSS_SOURCE +
             f"f = h5py.File({str(movie_path)!r}, 'r')\n"
             "imports_rss = peak_rss('VmRSS')\n"
             "t0 = time.perf_counter()\n"
-            "with engine_backend.counting_work() as work:\n"
+            "with solver_kernels.counting_work() as work:\n"
             f"    r = nwb_extract.extract(f['movie'], avg_cell_radius={radius!r}, backend={backend!r}, "
             f"early_convergence_check={early!r})\n"
             "wall = time.perf_counter() - t0\n"

@@ -251,12 +251,12 @@ def test_early_convergence_check_finds_the_same_cells():
 
 
 def test_work_is_counted_per_stage(small_sim):
-    """backend.counting_work attributes the movie-sized kernels' work to the pipeline's stages (the benchmark's
+    """solver_kernels.counting_work attributes the movie-sized kernels' work to the pipeline's stages (the benchmark's
     roofline), and counting changes nothing in the result."""
-    from nwb_extract.engine import backend
+    from nwb_extract.engine import solver_kernels
 
     plain = nwb_extract.extract(small_sim.movie, avg_cell_radius=3.5, backend="numpy")
-    with backend.counting_work() as work:
+    with solver_kernels.counting_work() as work:
         result = nwb_extract.extract(small_sim.movie, avg_cell_radius=3.5, backend="numpy")
     assert result.n_cells > 0
     np.testing.assert_array_equal(result.footprints, plain.footprints)
@@ -265,4 +265,4 @@ def test_work_is_counted_per_stage(small_sim):
         assert flops > 0 and nbytes > 0, stage
     # the refinement streams the movie at least once per solver iteration: far more bytes than one movie
     assert work.stages["refinement"][1] > 10 * small_sim.movie.nbytes
-    assert backend._work is None  # off again after the block
+    assert solver_kernels._work is None  # off again after the block

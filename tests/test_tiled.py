@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import to_xp
 
-from nwb_extract.engine import backend
+from nwb_extract.engine import backend, solver_kernels
 from nwb_extract.engine.tiled import (SStepResult, TileCounts, s_step_tiles, solve_S, solve_T, solve_T_robust,
                                       t_step_tiles)
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
@@ -98,7 +98,7 @@ def test_tiled_steps_do_not_depend_on_the_thread_count(functions, monkeypatch):
     mask = S > 0
     results = []
     for threads in (1, 3):
-        monkeypatch.setattr(backend, "host_threads", lambda threads=threads: threads)
+        monkeypatch.setattr(solver_kernels, "host_threads", lambda threads=threads: threads)
         T_out = solve_T(T_in, S, Mt, 0.35, 100, frame_shape=(H, W), radius=1.0)
         S_out = solve_S(S, T_out, Mt, mask, 0.35, 100, frame_shape=(H, W), radius=1.0)
         results.append((T_out, S_out.S, S_out.T_corr_in))

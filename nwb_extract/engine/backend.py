@@ -1,8 +1,9 @@
 """Array backends: namespace selection, device moves, and the few kernels the Array API standard lacks.
 
 Every engine function takes arrays of any Array API namespace (NumPy, CuPy, ``array_api_strict``) and returns
-arrays of the same namespace on the same device. This module is the only place in ``nwb_extract.engine`` that
-imports NumPy, SciPy or CuPy. It has three parts:
+arrays of the same namespace on the same device. This module, with its solver half :mod:`solver_kernels` and the
+compiled NumPy kernels of :mod:`cpu_kernels`, is the only place in ``nwb_extract.engine`` that imports NumPy, SciPy,
+Numba or CuPy. It has four parts:
 
 (a) namespace helpers: :func:`get_namespace`, :func:`get_namespace_and_device`, :func:`select`, :func:`to_numpy`,
     :func:`from_numpy`, :func:`is_numpy`, :func:`is_cupy`;
@@ -11,7 +12,8 @@ imports NumPy, SciPy or CuPy. It has three parts:
     :func:`linear_sum_assignment`, :func:`largest_component_shape`, :func:`normal_cdf`). Any other namespace
     (``array_api_strict``) goes through a host round trip to NumPy, which is how the tests prove that engine code
     outside these kernels is standard-only;
-(c) stopgaps written in the standard itself (:func:`quantile` with MATLAB's Hazen rule, :func:`median`).
+(c) stopgaps written in the standard itself (:func:`quantile` with MATLAB's Hazen rule, :func:`median`);
+(d) host and device helpers for the pipeline (input arrays, device choice, :func:`synchronize`, results on the host).
 
 CuPy is never imported at module load; the CuPy branches are written against ``cupy`` / ``cupyx.scipy`` and run
 only when the input arrays are CuPy arrays.
@@ -20,11 +22,7 @@ only when the input arrays are CuPy arrays.
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -406,211 +404,6 @@ def _traced_perimeter(component: np.ndarray) -> float:
     n_corner = int(np.any(np.diff(np.vstack([steps, steps[:1]]), axis=0) != 0, axis=1).sum())
     n_even = int(np.any(steps == 0, axis=1).sum())
     return 0.980 * n_even + 1.406 * (steps.shape[0] - n_even) - 0.091 * n_corner
-
-
-class WorkCount:
-    """Arithmetic and memory traffic of the movie-sized kernels, counted from their shapes while
-    :func:`counting_work` is active (for the benchmark's roofline; costs nothing otherwise).
-
-    ``stages`` maps a stage name (set by the pipeline through :func:`work_stage`) to ``[flops, bytes]``: floating-point
-    operations (a multiply-add counts 2) and the least memory traffic the kernels need (each movie element read once
-    per call, plus a per-entry kappa), in bytes.
-    """
-
-    def __init__(self) -> None:
-        self.stages: dict[str, list[float]] = {}
-        self.stage = "other"
-        self._lock = threading.Lock()
-
-    def add(self, flops: float, nbytes: float) -> None:
-        with self._lock:
-            totals = self.stages.setdefault(self.stage, [0.0, 0.0])
-            totals[0] += flops
-            totals[1] += nbytes
-
-
-_work: WorkCount | None = None
-
-
-@contextmanager
-def counting_work() -> Iterator[WorkCount]:
-    """Count the work of the movie-sized kernels run inside the block (see :class:`WorkCount`)."""
-    global _work
-    _work = WorkCount()
-    try:
-        yield _work
-    finally:
-        _work = None
-
-
-def work_stage(name: str) -> None:
-    """Attribute the work counted from now on to stage ``name`` (no effect unless :func:`counting_work` is on)."""
-    if _work is not None:
-        _work.stage = name
-
-
-def _count_work(flops: float, nbytes: float) -> None:
-    if _work is not None:
-        _work.add(flops, nbytes)
-
-
-#: Rows of the data the NumPy residual kernel takes at a time. Long contiguous runs of the data matter more than
-#: keeping the chunk's slices of X and of the output in L2 (a column touches one or two cells): measured on the 2-core
-#: CI machine, 16384 rows ran 1.5-1.6x faster than 1024 on T- and S-step tiles (7000 px x 3000 frames, 9000 px x
-#: 2500 frames), and as fast as one whole movie-tile copy.
-RESIDUAL_ROW_CHUNK = 16384
-
-
-class ResidualOperator:
-    """``min(X A - B + kappa, 0) A^T`` for a fixed factor A (k, m) and data B (r, m): the one movie-sized step of
-    the robust fixed-point iteration (spec §6.2, §12), prepared once per solve and applied every iteration.
-
-    ``apply(X, kappa)`` takes X (r, k) and kappa (a float, or an array broadcastable to (r, m): adaptive kappa) and
-    returns (r, k). The solvers multiply the result by their k x k matrix Q, which gives the spec's
-    ``min(X A - B + kappa, 0) A^T Q`` (``= ... Pm`` with ``Pm = A^T Q``, summed in another order).
-
-    A is sparse: a footprint pixel lies in one or two cells of a tile, a frame of the thresholded S-step traces in
-    a few. NumPy uses a compiled kernel (:func:`cpu_kernels.clipped_residual_gram`) that visits only A's non-zeros,
-    reading B once per call as ``B^T`` in C order: free when B is F-contiguous (the tiled steps hand over a
-    transposed tile), one copy at construction otherwise. CuPy and other namespaces evaluate the dense expression
-    (CuPy in one reused buffer).
-    """
-
-    def __init__(self, A: Any, B: Any) -> None:
-        self.xp = get_namespace(A, B)
-        self.A, self.B = A, B
-        self.shape = (B.shape[0], A.shape[0])
-        if is_numpy(self.xp):
-            self._prepare_numpy(A, B)
-        elif is_cupy(self.xp):
-            cupy = __import__("cupy")
-            self._buffer = cupy.empty(B.shape, dtype=B.dtype)
-            self._A_t = cupy.ascontiguousarray(A.T)
-
-    def _count(self, kappa: Any) -> None:
-        """Work of one application on the non-zeros of A (the NumPy kernel's; the dense paths do more): two
-        products over the non-zeros and three operations per used column and row; B (and a per-entry kappa) read
-        once."""
-        r = self.shape[0]
-        A = to_numpy(self.A) if not is_numpy(self.xp) else self.A
-        nnz, used = int(np.count_nonzero(A)), int(np.count_nonzero(np.any(A != 0, axis=0)))
-        per_entry = getattr(kappa, "ndim", 0) > 0
-        _count_work((4 * nnz + 3 * used) * r, 4 * used * r * (2 if per_entry else 1))
-
-    def _prepare_numpy(self, A: np.ndarray, B: np.ndarray) -> None:
-        A_t = np.asarray(A.T, dtype=B.dtype)
-        columns, cells = np.nonzero(A_t)  # row-major over A^T: by column of A, then cell
-        self._indptr = np.concatenate([[0], np.cumsum(np.bincount(columns, minlength=A_t.shape[0]))])
-        self._cells = cells.astype(np.int64)
-        self._values = np.ascontiguousarray(A_t[columns, cells])
-        self._data_t = np.ascontiguousarray(B.T)  # a view when B is F-contiguous
-        self._kappa_source: Any = None
-        self._kappa_t = np.empty((0, B.shape[0]), dtype=B.dtype)
-
-    def _numpy_kappa(self, kappa: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array."""
-        dtype, r = self.B.dtype, self.B.shape[0]
-        if getattr(kappa, "ndim", 0) == 0:
-            return np.empty((0, r), dtype=dtype), np.full((r,), float(kappa), dtype=dtype)
-        if kappa is not self._kappa_source:
-            self._kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=dtype)
-            self._kappa_source = kappa
-        return self._kappa_t, np.empty((r,), dtype=dtype)
-
-    def apply(self, X: Any, kappa: Any) -> Any:
-        """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k)."""
-        xp = self.xp
-        if _work is not None:
-            self._count(kappa)
-        if is_numpy(xp):
-            from nwb_extract.engine import cpu_kernels
-
-            kappa_t, kappa_row = self._numpy_kappa(kappa)
-            x_t = np.ascontiguousarray(X.T, dtype=self.B.dtype)
-            out_t = np.empty_like(x_t)
-            cpu_kernels.clipped_residual_gram(self._indptr, self._cells, self._values, x_t, self._data_t, kappa_t,
-                                              kappa_row, out_t, RESIDUAL_ROW_CHUNK)
-            return out_t.T
-        if is_cupy(xp):
-            cupy = __import__("cupy")
-            residual = self._buffer
-            cupy.matmul(X, self.A, out=residual)
-            residual -= self.B
-            residual += kappa
-            cupy.minimum(residual, 0.0, out=residual)
-            return residual @ self._A_t
-        return xp.clip(X @ self.A - self.B + kappa, max=0.0) @ xp.matrix_transpose(self.A)
-
-
-def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
-    """``movie[:, pixels]`` transposed: (n, P) frames x pixels and (p,) int indices -> (p, n) pixels x frames.
-
-    NumPy returns a C-contiguous array built in cache-sized blocks (a compiled kernel), so that its transpose
-    (n, p) is F-contiguous and :class:`ResidualOperator` reads it without a copy. Other namespaces return the
-    transposed ``take`` (on CuPy a C-contiguous copy).
-    """
-    xp = get_namespace(movie, pixels)
-    _count_work(0, 8 * pixels.shape[0] * movie.shape[0])
-    if is_numpy(xp) and movie.flags.c_contiguous:
-        from nwb_extract.engine import cpu_kernels
-
-        out = np.empty((pixels.shape[0], movie.shape[0]), dtype=movie.dtype)
-        return cpu_kernels.gather_transposed(movie, np.asarray(pixels, dtype=np.int64), out)
-    gathered = xp.matrix_transpose(xp.take(movie, pixels, axis=1))
-    return __import__("cupy").ascontiguousarray(gathered) if is_cupy(xp) else gathered
-
-
-def row_major(x: Any) -> Any:
-    """``x`` with its rows contiguous in memory: NumPy returns a C-contiguous array (``x`` itself when it already
-    is one); other namespaces do not expose layout and get ``x`` back."""
-    xp = get_namespace(x)
-    return np.ascontiguousarray(x) if is_numpy(xp) else x
-
-
-def quadratic_region_sums(a: Any, B: Any, x: Any, threshold: Any) -> tuple[Any, Any, Any]:
-    """Column sums over the quadratic region of the single-source fit (spec §5.5): rows i of column j where
-    ``B[i, j] < a[i] x[j] + threshold[j]``.
-
-    a (p,), B (p, m), x (m,), threshold (m,), float32. Returns ``(sum a_i B_ij, sum a_i, sum a_i^2)`` over that
-    region, each (m,) float32. NumPy makes one pass over B per call in a compiled kernel (float64 accumulation;
-    B in C order, see :func:`row_major`); other namespaces evaluate the masked products.
-    """
-    xp = get_namespace(a, B, x, threshold)
-    _count_work(8 * B.shape[0] * B.shape[1], 4 * B.shape[0] * B.shape[1])
-    if is_numpy(xp):
-        from nwb_extract.engine import cpu_kernels
-
-        out = np.empty((3, B.shape[1]), dtype=np.float64)
-        cpu_kernels.quadratic_region_sums(np.ascontiguousarray(a, dtype=B.dtype), np.ascontiguousarray(B), x,
-                                          threshold, out)
-        out = out.astype(B.dtype)
-        return out[0], out[1], out[2]
-    quadratic = xp.astype(B < a[:, None] * x[None, :] + threshold[None, :], B.dtype)
-    profiles = xp.stack([a, a * a], axis=0)
-    on_quadratic = profiles @ quadratic
-    return (a[None, :] @ (B * quadratic))[0, :], on_quadratic[0, :], on_quadratic[1, :]
-
-
-def host_threads() -> int:
-    """Worker threads for independent pieces of NumPy work: the CPU cores this process may use, at most
-    :data:`MAX_HOST_THREADS`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_HOST_THREADS))
-
-
-#: Upper bound of :func:`host_threads` (each thread holds one tile of the movie).
-MAX_HOST_THREADS = 4
-
-
-def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any) -> list:
-    """``[func(item) for item in items]``, results in order. NumPy runs the items on :func:`host_threads` threads
-    (the compiled kernels and large NumPy operations release the GIL; each item's arithmetic is the same as in
-    turn, so results do not depend on the thread count); other namespaces run them in turn."""
-    workers = min(host_threads(), len(items)) if is_numpy(xp) else 1
-    if workers <= 1:
-        return [func(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(func, items))
 
 
 def normal_cdf(x: Any) -> Any:

@@ -23,7 +23,8 @@ from typing import Any
 
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig, primary_trace_kind
-from nwb_extract.engine import backend, cellfind, footprints, noise, partition, preprocess, refine, traces
+from nwb_extract.engine import (backend, cellfind, footprints, noise, partition, preprocess, refine, solver_kernels,
+                                traces)
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.tiled import solve_T
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
@@ -156,7 +157,7 @@ class _StageClock:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         backend.synchronize(self._xp, self._device)
-        backend.work_stage(name)
+        solver_kernels.work_stage(name)
         start = time.perf_counter()
         yield
         backend.synchronize(self._xp, self._device)

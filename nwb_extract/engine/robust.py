@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from nwb_extract.engine.matching import pearson_columns
 from nwb_extract.engine.matlab import matlab_round
-from nwb_extract.engine import backend
+from nwb_extract.engine import backend, solver_kernels
 from nwb_extract.errors import InputError
 
 #: Starting kappa of the adaptive solvers, in units of the noise level they are given (spec §6.4).
@@ -205,7 +205,7 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
     # full sum minus that (the denominator stays a direct sum, exactly 0 when no pixel is quadratic)
     a_sum = xp.sum(a)
     profile = a[0, :]
-    B = backend.row_major(B)  # the region sums read B row by row
+    B = solver_kernels.row_major(B)  # the region sums read B row by row
     it = 0
     while it < max_iter:
         it += 1
@@ -214,7 +214,7 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
             d = (weights @ xp.astype(B > profile[:, None] * x[None, :], B.dtype))[0, :]
             kappa_vec = kappa_of_epsilon(eps_func(d, kappa_vec, 0.0, alpha))
         threshold = kappa_vec * noise_std
-        weighted, on_quadratic, denominator = backend.quadratic_region_sums(profile, B, x, threshold)
+        weighted, on_quadratic, denominator = solver_kernels.quadratic_region_sums(profile, B, x, threshold)
         numerator = weighted + threshold * (a_sum - on_quadratic - lam)
         has_quadratic = denominator > 0
         safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
@@ -244,7 +244,7 @@ class _System:
     Q: Any
     rho_Q: Any
     X_ls: Any
-    residual: backend.ResidualOperator
+    residual: solver_kernels.ResidualOperator
     rho: float
 
 
@@ -264,7 +264,7 @@ def _scaled_system(A: Any, B: Any, xp: Any, device: Any) -> _System:
     Q = xp.astype(xp.linalg.inv(gram + rho * eye), A.dtype)
     X_ls = B @ (xp.matrix_transpose(A_hat) @ Q)
     return _System(scale=scale, A_hat=A_hat, Q=Q, rho_Q=rho * Q, X_ls=X_ls, rho=rho,
-                   residual=backend.ResidualOperator(A_hat, B))
+                   residual=solver_kernels.ResidualOperator(A_hat, B))
 
 
 def _frobenius(x: Any, xp: Any) -> float:
@@ -562,7 +562,7 @@ def fp_solve(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any = No
     A64 = xp.astype(A, xp.float64)
     Q = xp.astype(xp.linalg.inv(A64 @ xp.matrix_transpose(A64)), dtype)
     offset = B @ (xp.matrix_transpose(A) @ Q) - lam[None, :] @ Q
-    residual = backend.ResidualOperator(A, B)
+    residual = solver_kernels.ResidualOperator(A, B)
     X = xp.astype(X, dtype)
     loss: list[float] | None = [] if record_loss else None
     for _ in range(n_iter):

@@ -22,7 +22,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 from nwb_extract.engine.matlab import matlab_round
-from nwb_extract.engine import backend, noise
+from nwb_extract.engine import backend, noise, solver_kernels
 from nwb_extract.engine.robust import SOLVERS
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
 
@@ -205,7 +205,7 @@ def _t_step(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, solve: Callable,
             return None
         A = xp.matrix_transpose(xp.take(S_tile, cells, axis=1))
         power = xp.sum(A * A, axis=1)
-        M_tile = xp.matrix_transpose(backend.gather_pixels_transposed(Mt, pix))  # (n, p), pixel-major in memory
+        M_tile = xp.matrix_transpose(solver_kernels.gather_pixels_transposed(Mt, pix))  # (n, p), pixel-major in memory
         T_cells = xp.take(T, cells, axis=0)
         fits = []
         for t0, t1 in _ranges(n, tiles.n_time):
@@ -217,7 +217,7 @@ def _t_step(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, solve: Callable,
         return is_cell, fits
 
     # tiles are fitted independently (side by side on the host's cores) and accumulated in the reference's order
-    for tile in backend.map_in_threads(fit_tile, list(_tile_pixel_sets(union, frame_shape, tiles, xp)), xp):
+    for tile in solver_kernels.map_in_threads(fit_tile, list(_tile_pixel_sets(union, frame_shape, tiles, xp)), xp):
         if tile is None:
             continue
         is_cell, fits = tile
@@ -385,7 +385,7 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     # tiles are fitted independently (side by side on the host's cores) and collected in the reference's order
     pixel_sets = list(_tile_pixel_sets(union, frame_shape, tiles, xp))
     for pix, (is_cell, image, surround, on_image, on_surround) in zip(
-            pixel_sets, backend.map_in_threads(fit_tile, pixel_sets, xp)):
+            pixel_sets, solver_kernels.map_in_threads(fit_tile, pixel_sets, xp)):
         slots = _slots(is_cell, xp)
         corr_in = corr_in + _spread(on_image, slots, 0, xp, device)
         corr_out = corr_out + _spread(on_surround, slots, 0, xp, device)

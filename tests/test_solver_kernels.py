@@ -1,0 +1,95 @@
+"""Tests of nwb_extract.engine.solver_kernels: the robust solvers' movie-sized kernels (the NumPy compiled kernels
+against the direct expressions, in every namespace) and the tile thread map."""
+
+from __future__ import annotations
+
+import array_api_compat
+import numpy as np
+import pytest
+from conftest import to_xp
+
+from nwb_extract.engine import backend, solver_kernels
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("kappa_kind", ["float", "matrix", "row"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_residual_operator_equals_the_direct_expression(namespace, rows, kappa_kind, transposed, monkeypatch):
+    """min(X A - B + kappa, 0) A^T for a sparse A (columns with 0, 1, 2 and 3 cells), a scalar or a per-entry
+    kappa, B in C order or as the transposed view the tiled steps hand over, with row chunks of the NumPy kernel
+    smaller than, equal to and larger than the data."""
+    xp, device = namespace
+    monkeypatch.setattr(solver_kernels, "RESIDUAL_ROW_CHUNK", rows)
+    rng = np.random.default_rng(rows)
+    X, A = rng.standard_normal((23, 5)), rng.standard_normal((5, 40))
+    A[:, :10] = 0.0  # empty columns
+    A[1:, 10:20] = 0.0  # one cell
+    A[2:, 20:30] = 0.0  # two cells
+    A[3:, 30:] = 0.0  # three cells
+    B = rng.standard_normal((23, 40))
+    kappa = {"float": 0.3, "matrix": rng.uniform(0.1, 0.5, (23, 40)), "row": rng.uniform(0.1, 0.5, (1, 40))}[kappa_kind]
+    expected = np.minimum(X @ A - B + kappa, 0.0) @ A.T
+    X_, A_, B_ = (to_xp(a.astype(np.float32), xp, device) for a in (X, A, B))
+    if transposed:  # B as the transposed view of a (40, 23) array, as the tiled steps hand over their movie tile
+        B_ = xp.matrix_transpose(to_xp(np.ascontiguousarray(B.T, dtype=np.float32), xp, device))
+        if isinstance(B_, np.ndarray):
+            assert B_.flags.f_contiguous and not B_.flags.c_contiguous
+    k = kappa if kappa_kind == "float" else to_xp(kappa.astype(np.float32), xp, device)
+    operator = solver_kernels.ResidualOperator(A_, B_)
+    for _ in range(2):  # the operator is applied again with the same (cached) kappa
+        got = backend.to_numpy(operator.apply(X_, k))
+        assert got.shape == (23, 5)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_quadratic_region_sums_equal_the_masked_products(namespace, layout):
+    """The single-source fit's sums over ``B < a x + threshold``, with rows of every kind (all, none, some in the
+    quadratic region) and an exactly-zero denominator where no row is quadratic."""
+    xp, device = namespace
+    rng = np.random.default_rng(11)
+    a = rng.random(30).astype(np.float32)
+    B = rng.standard_normal((30, 17)).astype(np.float32)
+    B[:, 3] = 50.0  # no row quadratic: all three sums are exactly 0
+    x = rng.random(17).astype(np.float32)
+    threshold = rng.uniform(0.0, 0.5, 17).astype(np.float32)
+    quadratic = B < a[:, None] * x[None, :] + threshold[None, :]
+    expected = [(a[:, None] * B * quadratic).sum(0), (a[:, None] * quadratic).sum(0), (a[:, None] ** 2 * quadratic).sum(0)]
+    data = B if layout == "C" else np.asfortranarray(B)
+    got = solver_kernels.quadratic_region_sums(*(to_xp(v, xp, device) for v in (a, data, x, threshold)))
+    for g, e in zip(got, expected):
+        g = backend.to_numpy(g)
+        assert g.dtype == np.float32 and g.shape == (17,)
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+        assert g[3] == 0.0
+
+
+def test_gather_pixels_transposed(namespace):
+    """(n, P) movie and pixel indices -> (p, n) pixels x frames, blocks of the NumPy kernel crossed."""
+    xp, device = namespace
+    rng = np.random.default_rng(2)
+    movie = rng.standard_normal((150, 300)).astype(np.float32)
+    pixels = np.sort(rng.choice(300, size=130, replace=False)).astype(np.int64)
+    got = backend.to_numpy(solver_kernels.gather_pixels_transposed(to_xp(movie, xp, device), to_xp(pixels, xp, device)))
+    np.testing.assert_array_equal(got, movie[:, pixels].T)
+    if xp is array_api_compat.array_namespace(np.empty(0)):
+        assert solver_kernels.gather_pixels_transposed(movie, pixels).flags.c_contiguous
+
+
+def test_map_in_threads_keeps_order_and_runs_side_by_side(monkeypatch):
+    """Results come back in the order of the items, whatever the thread count; NumPy uses several threads."""
+    import threading
+
+    xp = array_api_compat.array_namespace(np.empty(0))
+    seen = set()
+
+    def work(i):
+        seen.add(threading.get_ident())
+        return np.full(3, i)
+
+    for threads in (1, 3):
+        monkeypatch.setattr(solver_kernels, "host_threads", lambda threads=threads: threads)
+        seen.clear()
+        out = solver_kernels.map_in_threads(work, list(range(12)), xp)
+        assert [int(o[0]) for o in out] == list(range(12))
+        assert len(seen) <= threads
