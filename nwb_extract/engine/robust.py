@@ -279,8 +279,9 @@ def _converged(X: Any, Z: Any, Z_prev: Any, U: Any, rho: float, xp: Any) -> bool
     return _frobenius(X - Z, xp) < tol_primal and rho * _frobenius(Z - Z_prev, xp) < tol_dual
 
 
-def _masked(Z: Any, mask: Any, xp: Any) -> Any:
-    return Z if mask is None else Z * xp.astype(mask, Z.dtype)
+def _masked(Z: Any, mask: Any) -> Any:
+    """``Z`` times the support mask (float, converted once per solve by the caller), or ``Z`` without one."""
+    return Z if mask is None else Z * mask
 
 
 def _objective(Z: Any, system: _System, B: Any, kappa: Any, lam_hat: Any, xp: Any) -> float:
@@ -346,6 +347,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
     k = A.shape[0]
     lam = xp.zeros((k,), dtype=dtype, device=device) if lam is None else xp.astype(lam, dtype)
     system = _scaled_system(xp.astype(A, dtype), B, xp, device)
+    mask = None if mask is None else xp.astype(mask, dtype)
     lam_hat = lam / system.scale
     X = xp.astype(X, dtype) * system.scale[None, :]
     if adaptive is None:
@@ -377,7 +379,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
                 kappa_now = xp.matrix_transpose(kappa_t)
         X = system.residual.apply(X, kappa_now) @ system.Q + offset + (Z - U) @ system.rho_Q
         Z_prev = Z
-        Z = _masked(project(X + U, xp), mask, xp)
+        Z = _masked(project(X + U, xp), mask)
         U = U + X - Z
         if loss is not None:
             loss.append(_objective(Z, system, B, kappa_now, lam_hat, xp))
@@ -392,7 +394,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
 
 
 def _nonneg(V: Any, xp: Any) -> Any:
-    return xp.clip(V, min=0.0)
+    return xp.maximum(V, xp.zeros((), dtype=V.dtype, device=V.device))
 
 
 def _unconstrained(V: Any, xp: Any) -> Any:
@@ -564,11 +566,12 @@ def fp_solve(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any = No
     offset = B @ (xp.matrix_transpose(A) @ Q) - lam[None, :] @ Q
     residual = solver_kernels.ResidualOperator(A, B)
     X = xp.astype(X, dtype)
+    mask = None if mask is None else xp.astype(mask, dtype)
     loss: list[float] | None = [] if record_loss else None
     for _ in range(n_iter):
         if loss is not None:  # the reference records the objective of the iterate entering each iteration
             loss.append(float(xp.sum(one_sided_huber(X @ A - B, float(kappa))) + xp.sum(X * lam[None, :])))
-        X = _masked(residual.apply(X, float(kappa)) @ Q + offset, mask, xp)
+        X = _masked(residual.apply(X, float(kappa)) @ Q + offset, mask)
     return X, SolveInfo(iterations=n_iter, loss=loss)
 
 
