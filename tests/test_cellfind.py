@@ -1,4 +1,5 @@
-"""Tests of nwb_extract.engine.cellfind: summary image, seed images, single-cell fit, cell-finding loop (spec §5).
+"""Tests of cell finding (spec §5): summary image and seed images (``engine.seeds``), single-cell fit
+(``engine.cellfit``), cell-finding loop (``engine.cellfind``).
 
 Golden data: ``functions.h5`` cases ``get_summary_stack``, ``generate_init_image``, ``alt_opt_single_*`` and
 ``stage_cw_extract``, and the cell-finding summary (``init_summary``, ``S_found``/``T_found``) of partition 1 of
@@ -20,11 +21,11 @@ import pytest
 from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
-from nwb_extract.engine import backend, cellfind, preprocess
+from nwb_extract.engine import backend, cellfind, preprocess, seeds
+from nwb_extract.engine.cellfind import STOP_REASONS, CellFindingResult, CellFindSettings, find_cells
+from nwb_extract.engine.cellfit import fit_single_cell
 from nwb_extract.engine.footprints import cell_area
-from nwb_extract.engine.cellfind import (STOP_REASONS, CellFindingResult, CellFindSettings, find_cells,
-                                         fit_single_cell, gaussian_template, init_image, summary_stack,
-                                         update_summary_stack)
+from nwb_extract.engine.seeds import gaussian_template, init_image, summary_stack, update_summary_stack
 from nwb_extract.errors import InputError
 
 FIT_CASES = [
@@ -399,4 +400,4 @@ def test_seed_ties_break_in_column_major_order():
     # whereas a row-major argmax would pick (0, 2). The goldens have no tie, so this is checked directly.
     image = np.zeros((3, 4), np.float32)
     image[0, 2] = image[1, 0] = 5.0
-    assert divmod(cellfind._column_major_argmax(image), 4) == (1, 0)
+    assert divmod(seeds.column_major_argmax(image), 4) == (1, 0)

@@ -1,4 +1,4 @@
-"""Tests of nwb_extract.engine.refine: cell refinement and quality control (spec §7, §2.2).
+"""Tests of cell refinement (``engine.refine``) and quality control (``engine.quality``) (spec §7, §2.2).
 
 Golden cases of ``functions.h5``: ``solve_S_admm`` (mask, both smoothings, radius estimate), ``remove_redundant``,
 ``remove_redundant_merge`` (metrics, rules, merge, ``update_merged_images``), ``find_conncomp`` and
@@ -27,9 +27,9 @@ from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, noise, spatiotemporal
 from nwb_extract.engine.footprints import cell_area, normalize_to_one
 from nwb_extract.engine.matching import find_conncomp
-from nwb_extract.engine.refine import (METRIC_NAMES, RULE_NAMES, RefineSettings, estimate_avg_radius, estimate_radius,
-                                       make_mask, refine, remove_redundant, smooth_images, smooth_traces,
-                                       update_merged_images)
+from nwb_extract.engine.quality import METRIC_NAMES, RULE_NAMES, remove_redundant, update_merged_images
+from nwb_extract.engine.refine import (RefineSettings, estimate_avg_radius, estimate_radius, make_mask, refine,
+                                       smooth_images, smooth_traces)
 from nwb_extract.errors import InputError
 
 #: metrics that are correlations accumulated in float32 by the reference (see module docstring)

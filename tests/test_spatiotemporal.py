@@ -21,7 +21,8 @@ from conftest import to_xp
 import nwb_extract
 from nwb_extract.engine import backend, spatiotemporal
 from nwb_extract.engine.footprints import normalize_to_one
-from nwb_extract.engine.refine import METRIC_NAMES, quality_metrics, smooth_images
+from nwb_extract.engine.quality import METRIC_NAMES, quality_metrics
+from nwb_extract.engine.refine import smooth_images
 from nwb_extract.engine.spatiotemporal import (CORR_QUANTILES, INDEX_QUANTILES, SpatioTemporalInputs,
                                                inputs_from_s_step, residual_indices, spatiotemporal_metrics,
                                                st_correlation)

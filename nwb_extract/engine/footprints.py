@@ -1,5 +1,7 @@
 """Footprint helpers shared by the stages: layout of image sets, column normalisation, cell area (spec §0).
 
+Also the check that a frame shape fits an image set (:func:`check_frame_shape`).
+
 A set of K cell images is either the matrix ``S`` (P, K), one column per cell with row-major pixels
 ``p = row * w + col`` of ``frame_shape = (h, w)``, or the stack (K, h, w). Arrays stay in their namespace and on
 their device.
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from nwb_extract.engine import backend
+from nwb_extract.errors import InputError
 
 #: Floor of a column maximum in :func:`normalize_to_one`.
 NORMALIZE_FLOOR = 1e-6
@@ -39,3 +42,12 @@ def cell_area(S: Any, threshold: float = AREA_THRESHOLD) -> Any:
     """Pixels per column with ``S > threshold`` (spec §0 ``cell_area``): (P, K) -> int64 (K,)."""
     xp = backend.get_namespace(S)
     return xp.sum(xp.astype(S > threshold, xp.int64), axis=0)
+
+
+def check_frame_shape(S: Any, frame_shape: tuple[int, int]) -> tuple[int, int]:
+    """``frame_shape`` as ints ``(h, w)``, checked against the ``P = h w`` rows of ``S`` (P, K)."""
+    h, w = (int(v) for v in frame_shape)
+    if h * w != S.shape[0]:
+        raise InputError(f"frame_shape {(h, w)} has {h * w} pixels but the images have {S.shape[0]} rows; pass the "
+                         "(rows, cols) the images were flattened from (row-major)")
+    return h, w

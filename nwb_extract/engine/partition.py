@@ -648,8 +648,8 @@ def stitch(results: Sequence[PartitionResult], frame_shape: tuple[int, int], cfg
     if not results:
         raise ValueError("stitch needs at least one partition result")
     xp, device = backend.get_namespace_and_device(results[0].S)
-    keys = set(results[0].per_cell)
-    if any(set(r.per_cell) != keys for r in results) or trace_key not in keys:
+    keys = list(results[0].per_cell)  # in the partitions' order, so the result's trace kinds keep theirs
+    if any(set(r.per_cell) != set(keys) for r in results) or trace_key not in keys:
         raise ValueError(f"every partition must give the same per-cell arrays, including {trace_key!r}")
     S = xp.concat([embed_footprints(r.S, r.kept, frame_shape) for r in results], axis=1)
     per_cell = {key: xp.concat([r.per_cell[key] for r in results], axis=-1) for key in keys}

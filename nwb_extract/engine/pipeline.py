@@ -23,8 +23,8 @@ from typing import Any
 
 from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig, primary_trace_kind
-from nwb_extract.engine import (backend, cellfind, footprints, noise, partition, preprocess, refine, solver_kernels,
-                                traces)
+from nwb_extract.engine import (backend, cellfind, footprints, noise, partition, preprocess, quality, refine,
+                                solver_kernels, traces)
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.tiled import solve_T
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
@@ -342,8 +342,8 @@ def _refine(prepared: _Prepared, cells: _Cells, plan: _Plan) -> None:
             cells.option = "none"
     if cells.metrics is None and cells.S.shape[1] > 0:  # no refinement ran: metrics of the given / found cells
         S_smooth = footprints.normalize_to_one(refine.smooth_images(cells.S, prepared.frame_shape))
-        table = refine.quality_metrics(cells.S, S_smooth, cells.T, prepared.frame_shape)
-        cells.metrics = {name: table[i, :] for i, name in enumerate(refine.METRIC_NAMES)}
+        table = quality.quality_metrics(cells.S, S_smooth, cells.T, prepared.frame_shape)
+        cells.metrics = {name: table[i, :] for i, name in enumerate(quality.METRIC_NAMES)}
 
 
 def _final_traces(prepared: _Prepared, cells: _Cells, plan: _Plan) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def _final_traces(prepared: _Prepared, cells: _Cells, plan: _Plan) -> dict[str, 
     per_cell = {key: xp.permute_dims(traces.divide_by_cell_baseline(v, S, F_flat), (1, 0))
                 for key, v in results.items()}
     per_cell[_REFINEMENT_KEY] = xp.permute_dims(traces.divide_by_cell_baseline(T_out, S, F_flat), (1, 0))
-    per_cell[_METRICS_KEY] = xp.stack([xp.astype(cells.metrics[name], xp.float64) for name in refine.METRIC_NAMES])
+    per_cell[_METRICS_KEY] = xp.stack([xp.astype(cells.metrics[name], xp.float64) for name in quality.METRIC_NAMES])
     return per_cell
 
 
@@ -400,7 +400,7 @@ def _empty_per_cell(option: str, n_full: int, xp: Any, device: Any) -> dict[str,
     """Per-cell arrays of a partition without cells: (n_full, 0) traces and (30, 0) metrics."""
     per_cell = {kind: xp.zeros((n_full, 0), dtype=xp.float32, device=device) for kind in traces.trace_kinds(option)}
     per_cell[_REFINEMENT_KEY] = xp.zeros((n_full, 0), dtype=xp.float32, device=device)
-    per_cell[_METRICS_KEY] = xp.zeros((len(refine.METRIC_NAMES), 0), dtype=xp.float64, device=device)
+    per_cell[_METRICS_KEY] = xp.zeros((len(quality.METRIC_NAMES), 0), dtype=xp.float64, device=device)
     return per_cell
 
 
@@ -549,7 +549,7 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
 def _roi_metrics(stitched: partition.Stitched) -> dict[str, Any]:
     """Per-cell quality metrics (K,) float64 by name, and the partition of every cell (K,) int64."""
     table = backend.to_host(stitched.per_cell[_METRICS_KEY], "float64")
-    roi_metrics = {name: table[i] for i, name in enumerate(refine.METRIC_NAMES)}
+    roi_metrics = {name: table[i] for i, name in enumerate(quality.METRIC_NAMES)}
     roi_metrics["partition"] = backend.to_host(stitched.cell_partition, "int64")
     return roi_metrics
 

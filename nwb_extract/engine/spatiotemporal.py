@@ -88,7 +88,7 @@ def inputs_from_s_step(step: Any, Mt: Any, radius: float) -> SpatioTemporalInput
 
 
 def spatiotemporal_metrics(S: Any, T: Any, inputs: SpatioTemporalInputs, frame_shape: tuple[int, int]) -> Any:
-    """The 18 ST rows of §7.2 in :data:`~nwb_extract.engine.refine.METRIC_NAMES` order.
+    """The 18 ST rows of §7.2 in :data:`~nwb_extract.engine.quality.METRIC_NAMES` order.
 
     Rows ``ST1_index_1..5, ST2_index_1..5, ST3_index_1..5`` (:func:`residual_indices`) then ``ST_corr_1..3``
     (:func:`st_correlation`). Returns float64 (18, K), NaN for cells without events.
