@@ -15,7 +15,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -211,16 +210,6 @@ def _plan_output(args: argparse.Namespace) -> tuple[Path, bool]:
     return _check_output(output, args.overwrite), False
 
 
-def _save_atomically(save: Any, path: Path) -> None:
-    """Call ``save(temporary path)`` beside ``path`` (same suffix), then rename it onto ``path``."""
-    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # commands
 
@@ -393,8 +382,11 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
 
 def _cmd_config_convert(args: argparse.Namespace) -> int:
     cfg = _load_config(args.file, args.set)
+    from nwb_extract.io.atomic import atomic_path
+
     output = _check_output(Path(args.output), args.overwrite)
-    _save_atomically(cfg.save, output)  # the temporary file has the output's suffix, which picks the format
+    with atomic_path(output) as temporary:  # it has the output's suffix, which picks the format
+        cfg.save(temporary)
     print(f"wrote {output}")
     return 0
 

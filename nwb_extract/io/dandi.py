@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from nwb_extract.errors import (AuthenticationRequiredError, InputError, NwbExtractError, RemoteReadError,
                                  SourceNotFoundError)
+from nwb_extract.io.atomic import atomic_path
 
 __all__ = [
     "API_URL_ENV", "AssetRun", "AuthenticationRequiredError", "BatchEntry", "RemoteAsset", "RemoteReadError",
@@ -602,6 +603,5 @@ def _load_manifest(path: Path) -> dict[str, BatchEntry]:
 
 def _save_manifest(path: Path, source: str, manifest: dict[str, BatchEntry]) -> None:
     document = {"source": source, "assets": {p: e.to_dict() for p, e in sorted(manifest.items())}}
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=1) + "\n")

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -42,13 +41,13 @@ from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
+from nwb_extract.io.atomic import atomic_path
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 
 if TYPE_CHECKING:
     from nwb_extract.simulate import SimulatedMovie
 
 __all__ = [
-    "CRASH_ENV",
     "ELIMINATED_SERIES_NAME",
     "MASK_TYPES",
     "PRIMARY_SERIES_NAME",
@@ -332,33 +331,16 @@ def _add_imaging_plane(nwbfile, metadata: Mapping[str, Any] | None, *, rate: flo
         raise InputError(f"invalid imaging_plane metadata: {err}") from None
 
 
-def _temporary_path(path: Path) -> Path:
-    """A fresh hidden sibling of ``path`` (same directory, so the final rename is atomic; keeps ".nwb")."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
-
-
 def _write_atomically(nwbfile, path: Path, overwrite: bool) -> None:
     """Write ``nwbfile`` to a temporary file beside ``path``, then rename it onto ``path``."""
     from pynwb import NWBHDF5IO
 
-    temporary = _temporary_path(path)
-    try:
-        with NWBHDF5IO(str(temporary), mode="w") as io:
-            io.write(nwbfile)
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise InputError(f"{path} appeared while writing; pass overwrite=True to replace it")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path, overwrite=overwrite) as temporary, NWBHDF5IO(str(temporary), mode="w") as io:
+        io.write(nwbfile)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # EXTRACT results: write_result / list_runs / read_result / read_config (layout: docs/nwb-layout.md)
-
-CRASH_ENV = "NWB_EXTRACT_TEST_CRASH_AT"
-"""Test hook: when this environment variable names a point of an in-place write (``"copied"``: the temporary copy
-exists; ``"before_replace"``: the copy holds the new run and is closed), the writer kills its own process there
-(SIGKILL), so tests can check that the original file survives a crash."""
 
 MASK_TYPES = ("image", "pixel")
 """Mask columns :func:`write_result` can write: dense weighted ``image_mask`` or sparse ``pixel_mask``."""
@@ -1103,26 +1085,13 @@ def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
     """Apply ``add`` to a copy of ``path`` opened for appending, then rename the copy onto ``path``."""
     from pynwb import NWBHDF5IO
 
-    temporary = _temporary_path(path)
-    try:
+    with atomic_path(path) as temporary:
         shutil.copy2(path, temporary)
-        _crash_point("copied")
         with NWBHDF5IO(str(temporary), mode="a") as io:
             nwbfile = io.read()
             out = add(nwbfile)
             io.write(nwbfile)
-        with open(temporary, "rb+") as handle:  # on disk before it replaces the original
-            os.fsync(handle.fileno())
-        _crash_point("before_replace")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return out
-
-
-def _crash_point(point: str) -> None:
-    if os.environ.get(CRASH_ENV) == point:
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 # -- reading
