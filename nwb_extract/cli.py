@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nwb_extract._version import ENGINE_VERSION, __version__
+from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, ExtractConfig
 from nwb_extract.errors import (
     AmbiguousSeriesError,
     AuthenticationRequiredError,
@@ -103,8 +104,6 @@ def _key_value_arg(text: str) -> tuple[str, Any]:
 
 def _config_keys() -> dict[str, set[str]]:
     """Known keys per group ("" top level, where Python settings and whole groups are also accepted)."""
-    from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS
-
     python = {p.name for p in PYTHON_PARAMETERS}
     groups = {"thresholds", "python"}  # a whole group may be given as a mapping: --set "thresholds={T_min_snr: 9}"
     return {"": {p.name for p in PARAMETERS} | python | groups,
@@ -127,15 +126,11 @@ def _set_changes(items: list[tuple[str, Any]] | None) -> dict[str, Any]:
     return changes
 
 
-def _load_config(path: str | None, sets: list[tuple[str, Any]] | None) -> Any:
-    """The config of ``path`` (.json, .yaml, .mat; defaults when None) with the ``--set`` changes applied."""
-    from nwb_extract.config import ExtractConfig
-
-    if path is not None and not Path(path).is_file():
-        raise SourceNotFoundError(f"no such config file: {path}")
-    cfg = ExtractConfig() if path is None else ExtractConfig.load(Path(path))
-    changes = _set_changes(sets)
-    return cfg.replace(**changes) if changes else cfg
+def _config_arg(path: str | None, sets: list[tuple[str, Any]] | None, backend: str | None = None) -> ExtractConfig:
+    """The config of a ``--config`` / FILE argument (defaults when None) with the ``--set`` changes and
+    ``--backend`` applied (:meth:`ExtractConfig.coerce`)."""
+    cfg = ExtractConfig.coerce(path, **_set_changes(sets))
+    return cfg if backend is None else cfg.replace(backend=backend)
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -220,9 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nwb_extract.io.movie import open_series
     from nwb_extract.io.nwb import write_result
 
-    cfg = _load_config(args.config, args.set)
-    if args.backend is not None:
-        cfg = cfg.replace(backend=args.backend)
+    cfg = _config_arg(args.config, args.set, args.backend)
     if is_dandi_input(args.input) or args.path is not None:
         return _run_dandi(args, cfg)
     output, in_place = _plan_output(args)
@@ -277,9 +270,7 @@ def _run_dandi(args: argparse.Namespace, cfg: Any) -> int:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from nwb_extract.io.dandi import run_batch
 
-    cfg = _load_config(args.config, args.set)
-    if args.backend is not None:
-        cfg = cfg.replace(backend=args.backend)
+    cfg = _config_arg(args.config, args.set, args.backend)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputNotWritableError(f"-o {out_dir} is a file; give a folder for the batch results")
@@ -363,15 +354,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.file, args.set)
+    cfg = _config_arg(args.file, args.set)
     print(cfg.to_json() if args.format == "json" else cfg.to_yaml(), end="")
     return 0
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
-    from nwb_extract.config import ExtractConfig
-
-    cfg = _load_config(args.file, args.set)
+    cfg = _config_arg(args.file, args.set)
     cfg.resolved()  # cross-key rules (e.g. regression_only needs S_init)
     diff = config_diff(ExtractConfig().to_dict(), cfg.to_dict())
     print(f"{args.file}: valid EXTRACT config, {len(diff)} setting(s) differ from the defaults")
@@ -381,7 +370,7 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_convert(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.file, args.set)
+    cfg = _config_arg(args.file, args.set)
     from nwb_extract.io.atomic import atomic_path
 
     output = _check_output(Path(args.output), args.overwrite)

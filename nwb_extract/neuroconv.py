@@ -27,7 +27,7 @@ from neuroconv.utils import DeepDict
 
 from nwb_extract.config import TRACE_KINDS, primary_trace_kind
 from nwb_extract.errors import InputError
-from nwb_extract.roiextractors import NwbExtractSegmentationExtractor, NwbSeriesImagingExtractor, make_config
+from nwb_extract.roiextractors import NwbExtractSegmentationExtractor, NwbSeriesImagingExtractor
 
 __all__ = ["DEFAULT_METADATA_KEY", "REGISTRY_NAME", "NwbExtractSegmentationInterface", "register"]
 
@@ -104,8 +104,8 @@ class NwbExtractSegmentationInterface(BaseSegmentationExtractorInterface):
         else:
             location, self._dandi_fields = _resolve_nwb_location(text)
             imaging = NwbSeriesImagingExtractor(location, interface_kwargs.get("series_name"))
-        config = make_config(interface_kwargs.get("config"), interface_kwargs.get("backend"))
-        return NwbExtractSegmentationExtractor(imaging, config=config)
+        return NwbExtractSegmentationExtractor(imaging, config=interface_kwargs.get("config"),
+                                               backend=interface_kwargs.get("backend"))
 
     @property
     def nwb_source(self) -> Any:

@@ -31,7 +31,7 @@ from conftest import REPO_ROOT
 from nwb_extract import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
-from nwb_extract.io.nwb import (SourceInfo, list_runs, read_result, write_result,
+from nwb_extract.io.nwb import (SourceInfo, list_runs, read_config, read_result, write_result,
                                 write_simulated_nwb)
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 from nwb_extract.simulate import simulate_2p
@@ -299,7 +299,7 @@ def test_zarr_copy_reads_back(new_file, result, tmp_path):
 
 
 def test_config_round_trip_reproduces_the_run(new_file, result, sim):
-    config = ExtractConfig.from_nwb(new_file)
+    config = read_config(new_file)
     assert config == result.config
     again = nwb_extract.extract(sim.movie, config)
     assert again.footprints.tobytes() == result.footprints.tobytes()
