@@ -213,7 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nwb_extract.engine.pipeline import extract
     from nwb_extract.io.dandi import is_dandi_input
     from nwb_extract.io.movie import open_series
-    from nwb_extract.io.nwb import write_result
+    from nwb_extract.io.nwb_write import write_result
 
     cfg = _config_arg(args.config, args.set, args.backend)
     if is_dandi_input(args.input) or args.path is not None:
@@ -332,7 +332,7 @@ def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from nwb_extract.io.nwb import list_runs, read_result
+    from nwb_extract.io.nwb_read import list_runs, read_result
 
     path = args.result
     if not path.startswith(("http://", "https://")) and not Path(path).exists():
@@ -388,7 +388,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from nwb_extract.io.nwb import write_simulated_nwb
+    from nwb_extract.io.movie_write import write_simulated_nwb
     from nwb_extract.simulate import simulate_1p, simulate_2p
 
     output = _check_output(Path(args.output), args.overwrite)

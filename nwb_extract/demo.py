@@ -11,7 +11,8 @@ import numpy as np
 
 from nwb_extract.engine.pipeline import extract
 from nwb_extract.io.movie import open_series
-from nwb_extract.io.nwb import write_result, write_simulated_nwb
+from nwb_extract.io.movie_write import write_simulated_nwb
+from nwb_extract.io.nwb_write import write_result
 from nwb_extract.metrics import evaluate
 from nwb_extract.plots import plot_overview
 from nwb_extract.simulate import simulate_2p

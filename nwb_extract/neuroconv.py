@@ -180,7 +180,7 @@ class NwbExtractSegmentationInterface(BaseSegmentationExtractorInterface):
         """
         from neuroconv.tools.roiextractors.roiextractors import _add_imaging_plane_to_nwbfile
 
-        from nwb_extract.io.nwb import add_result_to_nwbfile
+        from nwb_extract.io.nwb_write import add_result_to_nwbfile
 
         metadata = deepcopy(dict(metadata or self._get_metadata_for_writing()))
         extractor = self.segmentation_extractor
@@ -238,7 +238,7 @@ def _plain(value: Any) -> Any:
 
 def _trace_metadata(config: Any) -> dict[str, dict[str, str]]:
     """``RoiResponses`` entries of the three kinds, named as the writer names them (primary: RoiResponseSeries)."""
-    from nwb_extract.io.nwb import PRIMARY_SERIES_NAME, SERIES_NAMES
+    from nwb_extract.io.layout import PRIMARY_SERIES_NAME, SERIES_NAMES
 
     primary = primary_trace_kind(config.trace_output_option)
     return {kind: {"name": PRIMARY_SERIES_NAME if kind == primary else SERIES_NAMES[kind],
@@ -259,7 +259,7 @@ def _timing(times: np.ndarray, extractor: NwbExtractSegmentationExtractor) -> di
 
 def _reference_series(nwbfile: Any, plane: Any, stored_frame_shape: tuple[int, ...]) -> Any:
     """The one imaging series of ``nwbfile`` on ``plane`` whose stored frames match the masks, else None."""
-    from nwb_extract.io.movie import find_imaging_series
+    from nwb_extract.io.source import find_imaging_series
 
     matches = [series for series in find_imaging_series(nwbfile).values()
                if series.imaging_plane is plane and tuple(getattr(series.data, "shape", ())[1:]) ==

@@ -225,7 +225,7 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
         run : str, optional
             Run name (``nwb_extract.io.nwb.list_runs``); the first run by default.
         """
-        from nwb_extract.io.nwb import read_result, read_timing
+        from nwb_extract.io.nwb_read import read_result, read_timing
 
         result = read_result(file_path, run)
         timing = read_timing(file_path, run)

@@ -1,4 +1,5 @@
-"""Tests of the NWB result writer and reader (nwb_extract.io.nwb: write_result, read_result, list_runs, SourceInfo).
+"""Tests of the NWB result writer and reader: write_result, read_result, list_runs, SourceInfo
+(nwb_extract.io.nwb_write, nwb_read, source).
 
 The engine runs once per session (known-footprints path on a non-square simulated movie with an asymmetric cell
 layout, 40 x 56 pixels); everything else reuses that result or edits it with ``dataclasses.replace``. Masks, traces
@@ -31,8 +32,10 @@ from conftest import REPO_ROOT
 from nwb_extract import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
-from nwb_extract.io.nwb import (SourceInfo, list_runs, read_config, read_result, write_result,
-                                write_simulated_nwb)
+from nwb_extract.io.movie_write import write_simulated_nwb
+from nwb_extract.io.nwb_read import list_runs, read_config, read_result
+from nwb_extract.io.nwb_write import write_result
+from nwb_extract.io.source import SourceInfo
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 from nwb_extract.simulate import simulate_2p
 
@@ -470,7 +473,8 @@ def test_in_place_append_survives_a_kill(point, result, movie_file, tmp_path):
     (tmp_path / "result.pkl").write_bytes(pickle.dumps(result))
     script = textwrap.dedent(f"""
         import os, pickle, shutil, signal
-        from nwb_extract.io.nwb import SourceInfo, write_result
+        from nwb_extract.io.nwb_write import write_result
+        from nwb_extract.io.source import SourceInfo
         def kill():
             os.kill(os.getpid(), signal.SIGKILL)
         result = pickle.loads(open({str(tmp_path / "result.pkl")!r}, "rb").read())

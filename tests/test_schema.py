@@ -23,7 +23,7 @@ from pynwb.testing.mock.ophys import mock_PlaneSegmentation
 from conftest import REPO_ROOT
 from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, ExtractConfig
 from nwb_extract.io import schema
-from nwb_extract.io.nwb import _config_fields
+from nwb_extract.io.nwb_write import _config_fields
 
 
 def _yaml(path):

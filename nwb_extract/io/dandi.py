@@ -479,7 +479,8 @@ def process_asset(asset: RemoteAsset, output: str | os.PathLike, config: Any, *,
         Called with the number of frames after each block read (progress).
     """
     from nwb_extract.engine.pipeline import extract
-    from nwb_extract.io.nwb import SourceInfo, write_result
+    from nwb_extract.io.nwb_write import write_result
+    from nwb_extract.io.source import SourceInfo
 
     with open_asset(asset, series, frames=frames, cache_dir=cache_dir) as src:
         log.info("streaming %s :: %s, frames %d:%d", asset.label, src.series_path, *src.frames)
