@@ -15,8 +15,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +186,14 @@ def _default_output(source: str) -> Path:
     return folder / f"{name or 'input'}_extract.nwb"
 
 
-def _plan_output(args: argparse.Namespace) -> tuple[Path, bool]:
-    """(output path, in place) for ``run``, checked before the input is read."""
+def _plan_output(args: argparse.Namespace, asset: Any) -> tuple[Path, bool]:
+    """(output path, in place) for ``run``, checked before the input is read; ``asset`` is the resolved DANDI asset
+    (:class:`~nwb_extract.io.dandi.RemoteAsset`) or None for a local file or URL."""
+    if asset is not None:  # a remote asset: a new local file, named after the asset by default
+        from nwb_extract.io.dandi import derived_file_name
+
+        default = Path.cwd() / Path(derived_file_name(asset.path)).name
+        return _check_output(Path(args.output) if args.output else default, args.overwrite), False
     source = args.input
     if args.in_place:
         if source.startswith(("http://", "https://")) or Path(source).is_dir():
@@ -210,65 +214,36 @@ def _plan_output(args: argparse.Namespace) -> tuple[Path, bool]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nwb_extract.engine.pipeline import extract
-    from nwb_extract.io.dandi import is_dandi_input
-    from nwb_extract.io.movie import open_series
-    from nwb_extract.io.nwb_write import write_result
-
-    cfg = _config_arg(args.config, args.set, args.backend)
-    if is_dandi_input(args.input) or args.path is not None:
-        return _run_dandi(args, cfg)
-    output, in_place = _plan_output(args)
-    footprints = _load_footprints(args.footprints) if args.footprints else None
-    with open_series(args.input, args.series, frames=args.frames) as src:
-        n_frames, n_x, n_y = src.data.shape
-        log.info("reading %s :: %s (%s), frames %d:%d, %d x %d px, %s", src.location, src.series_path,
-                 src.series_type, *src.frames, n_x, n_y, src.data.dtype)
-        if footprints is not None:
-            cfg = _with_footprints(cfg, footprints, (n_x, n_y), args.footprints)
-        show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
-        with _progress(src.data, show_bar) as reader:
-            result = extract(reader, cfg)
-        source = src.source_info()
-        if not in_place:  # a new file may copy metadata from the open source
-            path, run_name = write_result(result, output, source=source, overwrite=args.overwrite,
-                                          run_name=args.run_name, source_nwbfile=src.nwbfile)
-        series_path, frames = src.series_path, src.frames
-    if in_place:  # the source is closed now, so the file can be opened for appending
-        path, run_name = write_result(result, output, source=source, in_place=True, run_name=args.run_name)
-    _print_summary(result, series_path, frames, path, run_name, quiet=args.quiet)
-    return 0
-
-
-def _run_dandi(args: argparse.Namespace, cfg: Any) -> int:
-    """``run`` on a DANDI asset or s3:// URL: resolve, stream, write a new local file."""
-    from nwb_extract.io.dandi import derived_file_name, process_asset, resolve_asset
-
-    if args.in_place:
-        raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
-                                     "(read-only), so write a new file with -o instead")
-    footprints = _load_footprints(args.footprints) if args.footprints else None
-    asset = resolve_asset(args.input, path=args.path)
-    output = _check_output(Path(args.output) if args.output
-                           else Path.cwd() / Path(derived_file_name(asset.path)).name, args.overwrite)
-
-    def prepare(config: Any, src: Any) -> Any:
-        return config if footprints is None else _with_footprints(config, footprints, src.data.shape[1:],
-                                                                  args.footprints)
-
     from tqdm import tqdm
 
+    from nwb_extract.io.dandi import RemoteAsset, is_dandi_input
+    from nwb_extract.workflow import resolve_input, run_nwb
+
+    cfg = _config_arg(args.config, args.set, args.backend)
+    if args.in_place and (is_dandi_input(args.input) or args.path is not None):
+        raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
+                                     "(read-only), so write a new file with -o instead")
+    source, _ = resolve_input(args.input, path=args.path)
+    output, in_place = _plan_output(args, source if isinstance(source, RemoteAsset) else None)
+    footprints = _load_footprints(args.footprints) if args.footprints else None
     show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
-    with tqdm(unit="frame", desc="streaming", disable=not show_bar, leave=False, mininterval=0) as bar:
-        run = process_asset(asset, output, cfg, series=args.series, frames=args.frames, cache_dir=args.cache_dir,
-                            overwrite=args.overwrite, run_name=args.run_name, prepare=prepare,
-                            on_read=bar.update)
+    with tqdm(unit="frame", desc="reading", disable=not show_bar, leave=False, mininterval=0) as bar:
+
+        def prepare(config: Any, src: Any) -> Any:
+            bar.reset(total=src.data.shape[0])
+            if footprints is None:
+                return config
+            return _with_footprints(config, footprints, src.data.shape[1:], args.footprints)
+
+        run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
+                      overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
+                      on_read=bar.update)  # one update per block read: show each
     _print_summary(run.result, run.series_path, run.frames, run.path, run.run_name, quiet=args.quiet)
     return 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from nwb_extract.io.dandi import run_batch
+    from nwb_extract.workflow import run_batch
 
     cfg = _config_arg(args.config, args.set, args.backend)
     out_dir = Path(args.output)
@@ -305,16 +280,6 @@ def _with_footprints(cfg: Any, footprints: np.ndarray, frame_shape: tuple[int, i
         raise InputError(f"--footprints {name} has shape {footprints.shape}; it must be (cells, {frame_shape[0]}, "
                          f"{frame_shape[1]}): one image per cell in the series' stored frame axis order")
     return cfg.replace(S_init=footprints.astype(np.float32), regression_only=True)
-
-
-@contextmanager
-def _progress(data: Any, enabled: bool) -> Iterator[Any]:
-    """``data`` observed by a tqdm bar over the frames read (no bar when ``enabled`` is false)."""
-    from tqdm import tqdm
-
-    with tqdm(total=data.shape[0], unit="frame", desc="reading", disable=not enabled, leave=False,
-              mininterval=0) as bar:  # one update per block read: show each
-        yield data.observed(bar.update)
 
 
 def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path: Path, run_name: str, *,

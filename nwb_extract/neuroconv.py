@@ -2,7 +2,7 @@
 
 :class:`NwbExtractSegmentationInterface` runs EXTRACT inside a neuroconv conversion (alone, or in an
 ``NWBConverter`` beside the imaging interface of the raw movie). Its ``add_to_nwbfile`` writes with the package's
-own writer (:func:`nwb_extract.io.nwb.add_result_to_nwbfile`), so the file has exactly the layout of
+own writer (:func:`nwb_extract.io.nwb_write.add_result_to_nwbfile`), so the file has exactly the layout of
 ``nwb-extract run`` (docs/nwb-layout.md): float32 image masks in the movie's stored axis order, the three trace
 kinds in ``DfOverF``/``Fluorescence``, summary images and the ``ExtractRunInfo`` with the full config.
 neuroconv's generic writer would put every trace into one ``Fluorescence`` (dropping the kinds it does not know),
@@ -102,7 +102,11 @@ class NwbExtractSegmentationInterface(BaseSegmentationExtractorInterface):
         if text.lower().endswith(TIFF_SUFFIXES):
             imaging = _open_tiff(text, interface_kwargs.get("sampling_frequency"))
         else:
-            location, self._dandi_fields = _resolve_nwb_location(text)
+            from nwb_extract.io.dandi import RemoteAsset
+            from nwb_extract.workflow import resolve_input
+
+            source, self._dandi_fields = resolve_input(text)  # a DANDI address becomes its asset, streamed
+            location = source.content_url if isinstance(source, RemoteAsset) else source
             imaging = NwbSeriesImagingExtractor(location, interface_kwargs.get("series_name"))
         return NwbExtractSegmentationExtractor(imaging, config=interface_kwargs.get("config"),
                                                backend=interface_kwargs.get("backend"))
@@ -210,17 +214,6 @@ def _open_tiff(file_path: str, sampling_frequency: float | None) -> Any:
     if not Path(file_path).is_file():
         raise InputError(f"no such TIFF file: {file_path}")
     return TiffImagingExtractor(file_path=file_path, sampling_frequency=float(sampling_frequency))
-
-
-def _resolve_nwb_location(text: str) -> tuple[str, dict[str, str | None]]:
-    """(local path or http(s) URL, DANDI fields of SourceInfo) of an NWB input; DANDI addresses (``dandi://``,
-    ``DANDI:``, API asset URLs, ``s3://``) are resolved to their content URL by :mod:`nwb_extract.io.dandi`."""
-    from nwb_extract.io import dandi
-
-    if not dandi.is_dandi_input(text):
-        return text, {}
-    asset = dandi.resolve_asset(text)
-    return asset.content_url, asset.dandi_fields()
 
 
 def _plane_metadata(plane: Any, device_key: str) -> dict[str, Any]:

@@ -259,9 +259,9 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
     def _ensure_result(self) -> None:
         if self._result is not None or self.__dict__.get("_filling", True):
             return
-        from nwb_extract.engine.pipeline import extract
+        from nwb_extract.workflow import extract_frames
 
-        result = extract(self.stored_frames(), self.config)
+        result = extract_frames(self.stored_frames(), self.config)
         if result.n_frames is not None and result.n_frames != self._n_samples:
             raise InputError(f"the engine returned {result.n_frames} trace frames for {self._n_samples} input "
                              "frames (time downsampling or num_frames); a SegmentationExtractor needs one trace "
