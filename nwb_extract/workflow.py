@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nwb_extract.config import ExtractConfig
-from nwb_extract.engine.pipeline import extract
+from nwb_extract.engine import pipeline
 from nwb_extract.errors import NoImagingSeriesError, NwbExtractError
 from nwb_extract.io import dandi
 from nwb_extract.io.movie import ImagingSource, open_series
@@ -62,7 +62,7 @@ def extract_frames(frames: Any, config: ExtractConfig, *, on_read: Callable[[int
     read) or any lazy movie with ``.shape``, ``.dtype`` and slicing. Masks of the result then index like the
     stored frames (docs/architecture.md, axis rule).
     """
-    return extract(frames if on_read is None else frames.observed(on_read), config)
+    return pipeline.extract(frames if on_read is None else frames.observed(on_read), config)
 
 
 def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.PathLike, config: ExtractConfig, *,

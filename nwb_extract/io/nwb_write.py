@@ -49,8 +49,6 @@ _KIND_DESCRIPTIONS = {
 }
 
 _METRIC_DESCRIPTIONS = {
-    "area": "pixels of the footprint above 0.1 (footprints are scaled to max 1)",
-    "trace_snr": "trace SNR: max of the 3-frame median-filtered trace over sqrt(2) times its noise std",
     "T_maxval": "trace SNR: max of the 3-frame median-filtered trace over sqrt(2) times its noise std (spec §7.2)",
     "T_corruption": "temporal corruption: mean relative deviation from the median-filtered trace (spec §7.2)",
     "S_area_1": "pixels of the footprint above 0.2 (spec §7.2)",
