@@ -223,7 +223,7 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
         file_path : str or os.PathLike
             The result NWB file (local path or URL).
         run : str, optional
-            Run name (``nwb_extract.io.nwb.list_runs``); the first run by default.
+            Run name (``nwb_extract.io.nwb_read.list_runs``); the first run by default.
         """
         from nwb_extract.io.nwb_read import read_result, read_timing
 

@@ -199,14 +199,10 @@ def open_series(source: Any, series: str | None = None, *,
 
     Raises
     ------
-    SourceNotFoundError
-        No file, folder or URL at ``source``.
-    NotNwbError
-        ``source`` is not an NWB HDF5 file or NWB Zarr store.
-    NoImagingSeriesError
-        The file has no TwoPhotonSeries or OnePhotonSeries.
-    SeriesNotFoundError, AmbiguousSeriesError
-        ``series`` names nothing, or several candidates and no (unique) choice.
+    SourceNotFoundError, NotNwbError
+        As :func:`nwb_extract.io.source.open_nwb`.
+    NoImagingSeriesError, SeriesNotFoundError, AmbiguousSeriesError
+        As :func:`nwb_extract.io.source.find_series`.
     UnsupportedSeriesError
         A volumetric (4-D) series, or one whose frames are in external files.
     InputError
