@@ -15,15 +15,13 @@ import os
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nwb_extract._version import ENGINE_VERSION, __version__
+from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, ExtractConfig
 from nwb_extract.errors import (
     AmbiguousSeriesError,
     AuthenticationRequiredError,
@@ -104,8 +102,6 @@ def _key_value_arg(text: str) -> tuple[str, Any]:
 
 def _config_keys() -> dict[str, set[str]]:
     """Known keys per group ("" top level, where Python settings and whole groups are also accepted)."""
-    from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS
-
     python = {p.name for p in PYTHON_PARAMETERS}
     groups = {"thresholds", "python"}  # a whole group may be given as a mapping: --set "thresholds={T_min_snr: 9}"
     return {"": {p.name for p in PARAMETERS} | python | groups,
@@ -128,15 +124,11 @@ def _set_changes(items: list[tuple[str, Any]] | None) -> dict[str, Any]:
     return changes
 
 
-def _load_config(path: str | None, sets: list[tuple[str, Any]] | None) -> Any:
-    """The config of ``path`` (.json, .yaml, .mat; defaults when None) with the ``--set`` changes applied."""
-    from nwb_extract.config import ExtractConfig
-
-    if path is not None and not Path(path).is_file():
-        raise SourceNotFoundError(f"no such config file: {path}")
-    cfg = ExtractConfig() if path is None else ExtractConfig.load(Path(path))
-    changes = _set_changes(sets)
-    return cfg.replace(**changes) if changes else cfg
+def _config_arg(path: str | None, sets: list[tuple[str, Any]] | None, backend: str | None = None) -> ExtractConfig:
+    """The config of a ``--config`` / FILE argument (defaults when None) with the ``--set`` changes and
+    ``--backend`` applied (:meth:`ExtractConfig.coerce`)."""
+    cfg = ExtractConfig.coerce(path, **_set_changes(sets))
+    return cfg if backend is None else cfg.replace(backend=backend)
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -194,8 +186,14 @@ def _default_output(source: str) -> Path:
     return folder / f"{name or 'input'}_extract.nwb"
 
 
-def _plan_output(args: argparse.Namespace) -> tuple[Path, bool]:
-    """(output path, in place) for ``run``, checked before the input is read."""
+def _plan_output(args: argparse.Namespace, asset: Any) -> tuple[Path, bool]:
+    """(output path, in place) for ``run``, checked before the input is read; ``asset`` is the resolved DANDI asset
+    (:class:`~nwb_extract.io.dandi.RemoteAsset`) or None for a local file or URL."""
+    if asset is not None:  # a remote asset: a new local file, named after the asset by default
+        from nwb_extract.io.dandi import derived_file_name
+
+        default = Path.cwd() / Path(derived_file_name(asset.path)).name
+        return _check_output(Path(args.output) if args.output else default, args.overwrite), False
     source = args.input
     if args.in_place:
         if source.startswith(("http://", "https://")) or Path(source).is_dir():
@@ -211,86 +209,43 @@ def _plan_output(args: argparse.Namespace) -> tuple[Path, bool]:
     return _check_output(output, args.overwrite), False
 
 
-def _save_atomically(save: Any, path: Path) -> None:
-    """Call ``save(temporary path)`` beside ``path`` (same suffix), then rename it onto ``path``."""
-    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # commands
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nwb_extract.engine.pipeline import extract
-    from nwb_extract.io.dandi import is_dandi_input
-    from nwb_extract.io.movie import open_series
-    from nwb_extract.io.nwb import write_result
-
-    cfg = _load_config(args.config, args.set)
-    if args.backend is not None:
-        cfg = cfg.replace(backend=args.backend)
-    if is_dandi_input(args.input) or args.path is not None:
-        return _run_dandi(args, cfg)
-    output, in_place = _plan_output(args)
-    footprints = _load_footprints(args.footprints) if args.footprints else None
-    with open_series(args.input, args.series, frames=args.frames) as src:
-        n_frames, n_x, n_y = src.data.shape
-        log.info("reading %s :: %s (%s), frames %d:%d, %d x %d px, %s", src.location, src.series_path,
-                 src.series_type, *src.frames, n_x, n_y, src.data.dtype)
-        if footprints is not None:
-            cfg = _with_footprints(cfg, footprints, (n_x, n_y), args.footprints)
-        show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
-        with _progress(src.data, show_bar) as reader:
-            result = extract(reader, cfg)
-        source = src.source_info()
-        if not in_place:  # a new file may copy metadata from the open source
-            path, run_name = write_result(result, output, source=source, overwrite=args.overwrite,
-                                          run_name=args.run_name, source_nwbfile=src.nwbfile)
-        series_path, frames = src.series_path, src.frames
-    if in_place:  # the source is closed now, so the file can be opened for appending
-        path, run_name = write_result(result, output, source=source, in_place=True, run_name=args.run_name)
-    _print_summary(result, series_path, frames, path, run_name, quiet=args.quiet)
-    return 0
-
-
-def _run_dandi(args: argparse.Namespace, cfg: Any) -> int:
-    """``run`` on a DANDI asset or s3:// URL: resolve, stream, write a new local file."""
-    from nwb_extract.io.dandi import derived_file_name, process_asset, resolve_asset
-
-    if args.in_place:
-        raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
-                                     "(read-only), so write a new file with -o instead")
-    footprints = _load_footprints(args.footprints) if args.footprints else None
-    asset = resolve_asset(args.input, path=args.path)
-    output = _check_output(Path(args.output) if args.output
-                           else Path.cwd() / Path(derived_file_name(asset.path)).name, args.overwrite)
-
-    def prepare(config: Any, src: Any) -> Any:
-        return config if footprints is None else _with_footprints(config, footprints, src.data.shape[1:],
-                                                                  args.footprints)
-
     from tqdm import tqdm
 
+    from nwb_extract.io.dandi import RemoteAsset, is_dandi_input
+    from nwb_extract.workflow import resolve_input, run_nwb
+
+    cfg = _config_arg(args.config, args.set, args.backend)
+    if args.in_place and (is_dandi_input(args.input) or args.path is not None):
+        raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
+                                     "(read-only), so write a new file with -o instead")
+    source, _ = resolve_input(args.input, path=args.path)
+    output, in_place = _plan_output(args, source if isinstance(source, RemoteAsset) else None)
+    footprints = _load_footprints(args.footprints) if args.footprints else None
     show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
-    with tqdm(unit="frame", desc="streaming", disable=not show_bar, leave=False, mininterval=0) as bar:
-        run = process_asset(asset, output, cfg, series=args.series, frames=args.frames, cache_dir=args.cache_dir,
-                            overwrite=args.overwrite, run_name=args.run_name, prepare=prepare,
-                            on_read=bar.update)
+    with tqdm(unit="frame", desc="reading", disable=not show_bar, leave=False, mininterval=0) as bar:
+
+        def prepare(config: Any, src: Any) -> Any:
+            bar.reset(total=src.data.shape[0])
+            if footprints is None:
+                return config
+            return _with_footprints(config, footprints, src.data.shape[1:], args.footprints)
+
+        run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
+                      overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
+                      on_read=bar.update)  # one update per block read: show each
     _print_summary(run.result, run.series_path, run.frames, run.path, run.run_name, quiet=args.quiet)
     return 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from nwb_extract.io.dandi import run_batch
+    from nwb_extract.workflow import run_batch
 
-    cfg = _load_config(args.config, args.set)
-    if args.backend is not None:
-        cfg = cfg.replace(backend=args.backend)
+    cfg = _config_arg(args.config, args.set, args.backend)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputNotWritableError(f"-o {out_dir} is a file; give a folder for the batch results")
@@ -327,16 +282,6 @@ def _with_footprints(cfg: Any, footprints: np.ndarray, frame_shape: tuple[int, i
     return cfg.replace(S_init=footprints.astype(np.float32), regression_only=True)
 
 
-@contextmanager
-def _progress(data: Any, enabled: bool) -> Iterator[Any]:
-    """``data`` observed by a tqdm bar over the frames read (no bar when ``enabled`` is false)."""
-    from tqdm import tqdm
-
-    with tqdm(total=data.shape[0], unit="frame", desc="reading", disable=not enabled, leave=False,
-              mininterval=0) as bar:  # one update per block read: show each
-        yield data.observed(bar.update)
-
-
 def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path: Path, run_name: str, *,
                    quiet: bool) -> None:
     if quiet:
@@ -352,7 +297,7 @@ def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from nwb_extract.io.nwb import list_runs, read_result
+    from nwb_extract.io.nwb_read import list_runs, read_result
 
     path = args.result
     if not path.startswith(("http://", "https://")) and not Path(path).exists():
@@ -374,15 +319,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.file, args.set)
+    cfg = _config_arg(args.file, args.set)
     print(cfg.to_json() if args.format == "json" else cfg.to_yaml(), end="")
     return 0
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
-    from nwb_extract.config import ExtractConfig
-
-    cfg = _load_config(args.file, args.set)
+    cfg = _config_arg(args.file, args.set)
     cfg.resolved()  # cross-key rules (e.g. regression_only needs S_init)
     diff = config_diff(ExtractConfig().to_dict(), cfg.to_dict())
     print(f"{args.file}: valid EXTRACT config, {len(diff)} setting(s) differ from the defaults")
@@ -392,9 +335,12 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_convert(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.file, args.set)
+    cfg = _config_arg(args.file, args.set)
+    from nwb_extract.io.atomic import atomic_path
+
     output = _check_output(Path(args.output), args.overwrite)
-    _save_atomically(cfg.save, output)  # the temporary file has the output's suffix, which picks the format
+    with atomic_path(output) as temporary:  # it has the output's suffix, which picks the format
+        cfg.save(temporary)
     print(f"wrote {output}")
     return 0
 
@@ -407,7 +353,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from nwb_extract.io.nwb import write_simulated_nwb
+    from nwb_extract.io.movie_write import write_simulated_nwb
     from nwb_extract.simulate import simulate_1p, simulate_2p
 
     output = _check_output(Path(args.output), args.overwrite)

@@ -6,8 +6,10 @@ and ``cfg.python`` the Python-only settings (array backend, GPU index, chunking,
 
 One table is the single source of truth: :data:`PARAMETERS` (top level), :data:`THRESHOLD_PARAMETERS` and
 :data:`PYTHON_PARAMETERS` give, for each key, its type, default, bounds or allowed values, a one-line description
-and whether the reference pipeline uses it. Validation, :func:`parameter_table` (docs, ``nwb-extract config``) and
-the MATLAB loader all read these tables.
+and whether anything reads it (:attr:`Param.unused`). Validation, :func:`parameter_table` (docs, ``nwb-extract
+config``) and the MATLAB loader all read these tables. :meth:`ExtractConfig.coerce` turns what a user passes (None, a
+dict, a config, a file path, keyword overrides) into a config. File formats (JSON, YAML, MATLAB ``.mat``) are in
+:mod:`nwb_extract.config_io`; this module imports nothing of the package but that and the error types.
 
 Python representation of MATLAB values (also accepted on input, so a config written by MATLAB loads as is):
 
@@ -35,26 +37,37 @@ as flat keys (``cfg.replace(backend="numpy")``), and are always stored in ``cfg.
 from __future__ import annotations
 
 import difflib
-import json
 import math
-import re
+import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import yaml
 
-from nwb_extract.engine.backend import BACKENDS
-from nwb_extract.errors import ConfigError, UnknownConfigKeyError
+from nwb_extract import config_io
+from nwb_extract.errors import ConfigError, ConfigFileNotFoundError, UnknownConfigKeyError
+from nwb_extract.parameters import (
+    BACKENDS,
+    PARAMETERS,
+    PYTHON_PARAMETERS,
+    THRESHOLD_PARAMETERS,
+    TILINGS,
+    TRACE_KIND_TO_OPTION,
+    TRACE_KINDS,
+    TRACE_OPTION_TO_KIND,
+    UNUSED_STATUSES,
+    Param,
+    primary_trace_kind,
+)
 
-__all__ = [
+__all__ = [  # the names of nwb_extract.parameters are re-exported: config is where users look for them
+    "BACKENDS",
     "PARAMETERS",
     "PYTHON_PARAMETERS",
     "THRESHOLD_PARAMETERS",
+    "TILINGS",
     "TRACE_KINDS",
     "TRACE_KIND_TO_OPTION",
     "TRACE_OPTION_TO_KIND",
@@ -63,298 +76,14 @@ __all__ = [
     "Param",
     "PythonSettings",
     "Thresholds",
+    "UNUSED_STATUSES",
     "parameter_table",
     "primary_trace_kind",
 ]
 
-# ----------------------------------------------------------------------------------------------------------------
-# Trace names (architecture.md, "Trace names")
-
-#: Result keys of the three trace kinds every run computes, EXTRACT's default first.
-TRACE_KINDS = ("baseline_adjusted", "nonneg", "raw")
-
-#: ``trace_output_option`` -> result key of the trace kind it selects (``none``: no traces).
-TRACE_OPTION_TO_KIND = MappingProxyType({
-    "baseline_adjusted": "baseline_adjusted",
-    "nonneg": "nonneg",
-    "no_constraint": "raw",
-    "least_squares": "least_squares",
-    "nonnegative_least_squares": "nonnegative_least_squares",
-    "none": None,
-})
-
-#: Result key of each of :data:`TRACE_KINDS` -> its ``trace_output_option`` value (``raw`` <-> ``no_constraint``).
-TRACE_KIND_TO_OPTION = MappingProxyType({kind: option for option, kind in TRACE_OPTION_TO_KIND.items()
-                                         if kind in TRACE_KINDS})
-
-# ``raw`` is EXTRACT's README name of the unconstrained traces; the reference code maps it to baseline_adjusted
-# with a warning, we follow the README (architecture.md, docs/decisions.md).
-_TRACE_OPTION_ALIASES = {"raw": "no_constraint"}
-
-
-def primary_trace_kind(trace_output_option: str) -> str | None:
-    """Result key of the primary trace kind for a ``trace_output_option`` value (the alias ``raw`` included).
-
-    Returns ``None`` for ``none`` (hyperparameter tuning: no traces are written).
-    """
-    option = _TRACE_OPTION_ALIASES.get(trace_output_option, trace_output_option)
-    if option not in TRACE_OPTION_TO_KIND:
-        raise ConfigError(f"unknown trace_output_option {trace_output_option!r}; "
-                          f"choose one of {', '.join(TRACE_OPTION_TO_KIND)} (or the alias 'raw')")
-    return TRACE_OPTION_TO_KIND[option]
-
 
 class ConfigWarning(UserWarning):
     """A config read from a MATLAB file had a key the reference EXTRACT no longer knows; it was dropped."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The parameter table
-
-# ``Param.status`` values: why a parameter has no effect on the numbers this package computes.
-PLOTTING = "plotting only"
-UNUSED = "unused by the reference pipeline"
-DEVICE = "MATLAB device/parallel setup; python.backend and python.device take precedence"
-INTERACTIVE = "interactive in MATLAB; pass movie_mask instead"
-INTERNAL = "filled internally by the pipeline"
-
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    """One configuration key: the row of the parameter table that validation, docs and the MATLAB loader read.
-
-    Attributes
-    ----------
-    name : EXTRACT's name of the key (without the group prefix).
-    kind : ``bool`` | ``int`` | ``float`` | ``choice`` (string) | ``int_or_auto`` | ``int_tuple`` | ``array``.
-    default : immutable default (number, string, tuple or None); ``None`` means the key is optional (MATLAB ``[]``).
-    description : one line, with units.
-    low, high : inclusive bounds of numbers and array elements (``low_open``: ``low`` itself is excluded).
-    allow_inf : whether ``inf`` is a valid value (floats only).
-    choices : allowed values of ``choice`` keys, and of small enumerated ``int`` keys (which also accept bools).
-    aliases : ``((alias, value), ...)`` accepted and normalised to ``value`` (``choice`` keys).
-    shape : array axes, symbolic (``"K"``, ``"H"``, ``"W"``, ``"n"``: checked for consistency across keys) or fixed.
-    dtype : NumPy dtype name arrays are stored as.
-    status : empty when the pipeline uses the key, else why it has no numerical effect (:data:`PLOTTING`, ...).
-    in_defaults : False for the keys that ``get_defaults`` leaves absent (written to ``.mat`` only when set).
-    """
-
-    name: str
-    kind: str
-    default: Any
-    description: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    allow_inf: bool = False
-    choices: tuple = ()
-    aliases: tuple[tuple[str, str], ...] = ()
-    shape: tuple = ()
-    dtype: str = ""
-    status: str = ""
-    in_defaults: bool = True
-
-    @property
-    def optional(self) -> bool:
-        """True when ``None`` (MATLAB ``[]``) is a valid value."""
-        return self.default is None
-
-    def requirement(self) -> str:
-        """What a valid value looks like, in words (used in error messages and in :func:`parameter_table`)."""
-        if self.kind == "bool":
-            text = "true or false (0 or 1)"
-        elif self.kind == "choice":
-            text = "one of " + ", ".join(repr(c) for c in self.choices)
-            if self.aliases:
-                text += " (alias " + ", ".join(f"{a!r} for {v!r}" for a, v in self.aliases) + ")"
-        elif self.kind == "int" and self.choices:
-            text = "one of " + ", ".join(str(c) for c in self.choices)
-        elif self.kind == "int_or_auto":
-            text = f"an integer {self.bounds_text()} or 'auto'"
-        elif self.kind == "int_tuple":
-            text = f"a list of integers {self.bounds_text()}"
-        elif self.kind == "array":
-            axes = ", ".join(str(a) for a in self.shape)
-            bounds = self.bounds_text()
-            text = f"a {self.dtype} array of shape ({axes})" + (f" with elements {bounds}" if bounds else "")
-        else:
-            noun = "an integer" if self.kind == "int" else "a number"
-            text = f"{noun} {self.bounds_text()}".rstrip()
-            if self.allow_inf:
-                text += " (inf allowed)"
-        return text + (" or None" if self.optional and self.kind not in ("int_tuple", "int_or_auto") else "")
-
-    def bounds_text(self) -> str:
-        """The bounds in words ('> 0', 'in [0, 1]'), or '' when unbounded."""
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"<= {self.high:g}"
-        return ""
-
-
-_FILTER_TYPES = ("butter", "gauss", "wiener", "movavg", "median", "gaus", "none")
-_TRACE_OPTIONS = tuple(TRACE_OPTION_TO_KIND)
-_POS = {"low": 0.0, "low_open": True}
-_NONNEG = {"low": 0.0}
-_UNIT = {"low": 0.0, "high": 1.0}
-
-#: Top-level EXTRACT parameters (spec §10), in the spec's order; ``thresholds`` is :data:`THRESHOLD_PARAMETERS`.
-PARAMETERS: tuple[Param, ...] = (
-    Param("avg_cell_radius", "float", 6.0, "typical cell radius (px); sets filter scales, overlap, tiling, areas",
-          **_POS),
-    Param("downsample_time_by", "int_or_auto", 1, "temporal block-average factor for cell finding and refinement",
-          low=1),
-    Param("dendrite_aware", "bool", False, "disable the eccentricity and size checks (§1.1)"),
-    Param("remove_duplicate_cells", "bool", True, "remove duplicates across partition overlaps (§1.4)"),
-    Param("T_dup_thresh", "float", 0.9, "partition dedup pass 1: trace-correlation threshold"),
-    Param("S_corr_thresh", "float", 0.1, "partition dedup: image-correlation grouping threshold"),
-    Param("use_gpu", "bool", True, "GPU computation (python.backend='auto' uses NumPy when false)", status=DEVICE),
-    Param("parallel_cpu", "bool", False, "partitions in parallel on CPU workers (forces use_gpu off)", status=DEVICE),
-    Param("multi_gpu", "bool", False, "partitions in parallel on several GPUs (forces parallel_cpu off)",
-          status=DEVICE),
-    Param("num_workers", "int", None, "worker count for the parallel modes", low=1, status=DEVICE, in_defaults=False),
-    Param("use_sparse_arrays", "bool", False, "sparse spatial weights in the outputs"),
-    Param("compact_output", "bool", False, "drop eliminated/trash components from the per-partition summaries"),
-    Param("hyperparameter_tuning_flag", "bool", False, "one refinement step, all metrics, no elimination, no FRR"),
-    Param("verbose", "int", 2, "logging level (0 silent ... 3 most detailed)", choices=(0, 1, 2, 3)),
-    Param("num_partitions_x", "int", None, "partitions along columns (both _x and _y needed, else automatic)",
-          low=1, in_defaults=False),
-    Param("num_partitions_y", "int", None, "partitions along rows (both _x and _y needed, else automatic)",
-          low=1, in_defaults=False),
-    Param("preprocess", "bool", True, "run the preprocessing of §3 (baseline, high-pass)"),
-    Param("skip_dff", "bool", False, "skip the baseline subtraction (F = max(baseline, 1))"),
-    Param("spatial_highpass_cutoff", "float", 5.0, "high-pass corner = f_c / value (§3.2); inf disables",
-          allow_inf=True, **_POS),
-    Param("F_per_pixel", "array", None, "baseline fluorescence map, used when preprocess is false", shape=("H", "W"),
-          dtype="float32", in_defaults=False),
-    Param("spatial_lowpass_cutoff", "float", 2.0, "cell-finding low-pass corner = f_c * value (§3.2); inf disables",
-          allow_inf=True, **_POS),
-    Param("cellfind_min_snr", "float", 1.0, "cell-finding seed threshold in noise units", **_NONNEG),
-    Param("cellfind_max_steps", "int", 1000, "maximum cell-finding candidates per partition", **_NONNEG),
-    Param("cellfind_kappa_std_ratio", "float", 0.7, "kappa / noise std in cell finding", **_POS),
-    Param("cellfind_adaptive_kappa", "bool", False, "adaptive kappa for the trace update in cell finding"),
-    Param("init_with_gaussian", "bool", False, "Gaussian instead of correlation-image initialisation in cell finding"),
-    Param("avg_yield_threshold", "float", 0.1, "cell-finding yield stop; window = round(1 / value)", **_POS),
-    Param("visualize_cellfinding", "bool", False, "live cell-finding plots", status=PLOTTING),
-    Param("S_init", "array", None, "initial cell images; skips cell finding", shape=("K", "H", "W"),
-          dtype="float32"),
-    Param("kappa_std_ratio", "float", 0.7, "kappa / noise std in refinement and final regression", **_POS),
-    Param("adaptive_kappa", "int", 1, "0 none; 1 adaptive kappa in the final regression; 2 also refinement T-step",
-          choices=(0, 1, 2)),
-    Param("max_iter", "int", 6, "cell-refinement iterations", **_NONNEG),
-    Param("l1_penalty_factor", "float", 0.0, "l1 penalty strength of the T-step (§6.5)", **_NONNEG),
-    Param("regression_only", "bool", False, "trace estimation only, for the given S_init"),
-    Param("trace_output_option", "choice", "baseline_adjusted",
-          "final robust regression (§8.2): the primary trace kind",
-          choices=_TRACE_OPTIONS, aliases=tuple(_TRACE_OPTION_ALIASES.items())),
-    Param("trace_quantile", "float", 0.25, "quantile of the baseline_adjusted lower bound", **_UNIT),
-    Param("cellfind_max_iter", "int", 10, "alternations and inner iterations in cell finding", **_NONNEG),
-    Param("max_iter_S", "int", 100, "ADMM iterations per refinement S-step", **_NONNEG),
-    Param("max_iter_T", "int", 100, "ADMM iterations per refinement T-step", **_NONNEG),
-    Param("max_iter_T_final", "int", 100, "ADMM iterations in the final robust regression", **_NONNEG),
-    Param("T_init", "array", None, "initial traces for S_init (frames, cells)", shape=("n", "K"), dtype="float32"),
-    Param("num_iter_stop_quality_checks", "int_tuple", (), "refinement iterations (1-based) that skip quality control",
-          low=1),
-    Param("cellfind_filter_type", "choice", "butter", "filter of the cell-finding movie copy (§3.5)",
-          choices=_FILTER_TYPES),
-    Param("moving_radius_spatial", "float", 3.0, "'movavg' filter spatial size (px)", **_NONNEG),
-    Param("moving_radius_temporal", "float", 3.0, "'movavg' filter temporal size (frames)", **_NONNEG),
-    Param("cellfind_spatial_highpass_cutoff", "float", math.inf, "extra high-pass of the cell-finding filter",
-          allow_inf=True, **_POS),
-    Param("baseline_quantile", "float", None, "pixel baseline: mean (None), median (0.5) or this quantile", **_UNIT),
-    Param("temporal_denoising", "bool", False, "per-pixel wavelet denoising along time (slow)"),
-    Param("remove_background", "bool", False, "run correct_baseline (§3.3)"),
-    Param("second_df", "float", None, "final per-pixel median (0.5) or quantile subtraction; None skips", **_UNIT),
-    Param("T_corr_thresh", "float", 0.8, "partition dedup pass 2: trace-correlation threshold"),
-    Param("fix_zero_FOV_strips", "bool", False, "zero-edge trimming inside preprocessing (§13.5)"),
-    Param("medfilt_outlier_pixels", "bool", False, "replace outlier pixels by their neighbourhood median (§3.7)"),
-    Param("visualize_cellfinding_show_bad_cells", "bool", False, "show rejected candidates", status=PLOTTING),
-    Param("visualize_cellfinding_full_range", "bool", False, "full colour range", status=PLOTTING),
-    Param("visualize_cellfinding_min", "float", 0.2, "lower colour quantile", status=PLOTTING, **_UNIT),
-    Param("visualize_cellfinding_max", "float", 0.99, "upper colour quantile", status=PLOTTING, **_UNIT),
-    Param("filter_sigma", "array", (2.0, 2.0, 10.0), "'gaus' filter sigmas (rows px, cols px, frames)", shape=(3,),
-          dtype="float64", **_POS),
-    Param("adaptive_kappa_filter", "bool", False, "adaptive kappa in the S-step"),
-    Param("downsample_space_by", "int_or_auto", 1, "spatial block-average factor", low=1),
-    Param("use_default_gpu", "bool", False, "skip GPU selection", status=DEVICE),
-    Param("pick_gpu", "int", None, "GPU index (1-based, MATLAB)", low=1, status=DEVICE),
-    Param("min_radius_after_downsampling", "float", 5.0, "target radius (px) of automatic spatial downsampling",
-          **_POS),
-    Param("min_tau_after_downsampling", "float", 5.0, "target decay (frames) of automatic time downsampling", **_POS),
-    Param("reestimate_S_if_downsampled", "bool", False,
-          "re-estimate images at full resolution (broken in MATLAB, §13)"),
-    Param("reestimate_T_if_downsampled", "bool", True, "final regression at the full frame rate"),
-    Param("low_cell_area_flag", "bool", False, "Gaussian instead of median smoothing of cell images"),
-    Param("crop_circular", "bool", False, "draw a circular movie mask", status=INTERACTIVE),
-    Param("arbitrary_mask", "bool", False, "draw a polygon movie mask", status=INTERACTIVE),
-    Param("movie_mask", "array", None, "pixels to keep (multiplies the movie, restricts noise medians)",
-          shape=("H", "W"), dtype="bool"),
-    Param("smoothing_ratio_x2y", "float", 1.0, "anisotropy of the cell-finding low-pass", **_POS),
-    Param("num_frames", "int", None, "frames read from a file movie (None: all)", low=1),
-    Param("is_pixel_valid", "array", None, "pixels with non-zero temporal std", shape=("H", "W"), dtype="bool",
-          status=INTERNAL),
-    Param("save_all_found", "bool", False, "keep the pre-refinement images and traces of cell finding"),
-    Param("cellfind_numpix_threshold", "int", 9, "minimum connected seed-region size (px)", **_NONNEG),
-    Param("high2low_brightness_ratio", "float", math.inf, "dim-seed stop ratio of cell finding", allow_inf=True,
-          **_POS),
-    Param("plot_loss", "bool", False, "record solver losses (and plot them in MATLAB)"),
-    Param("T_lower_snr_threshold", "float", 10.0, "trace SNR lower threshold", status=UNUSED),
-    Param("smooth_T", "bool", False, "smooth traces in refinement; median-3 after the full-rate regression"),
-    Param("smooth_S", "bool", True, "replace cell images by their smoothed version each iteration"),
-    Param("avg_event_tau", "float", 10.0, "calcium event decay (frames): auto time downsampling, baseline windows",
-          **_POS),
-    Param("pre_mask_on", "bool", False, "fixed S-step mask from the initial images"),
-    Param("pre_mask_radius", "float", 0.0, "dilation radius (px) of the fixed S-step mask", **_NONNEG),
-    Param("minimal_checks", "bool", False, "relax the quality checks (§1.1)"),
-    Param("cellfind_check_min_magnitude", "bool", True, "stop cell finding on the minimum-magnitude rule"),
-    Param("frr_check_every_step", "bool", False, "recompute the baseline bound every final-regression iteration"),
-    Param("frr_edge_case_flag", "bool", False, "alternative tile minimum handling (§6.8)"),
-    Param("show_progress", "bool", False, "MATLAB progress bar (see python.progress)", status=PLOTTING),
-    Param("TOL_sub", "float", 1e-6, "solver sub-problem tolerance", status=UNUSED, **_NONNEG),
-    Param("TOL_main", "float", 1e-2, "refinement convergence tolerance", **_NONNEG),
-    Param("kappa_iter_nums", "array", None, "fractions of the final-regression iterations that re-estimate kappa "
-          "(None: 0.5, 0.7, 0.9)", shape=("m",), dtype="float64", **_UNIT),
-    Param("skip_parpool_calculations", "bool", False, "skip device and worker-pool setup", status=DEVICE),
-)
-
-#: EXTRACT's nested ``thresholds`` struct (spec §7.3, §10); size limits are multiples of pi * r^2.
-THRESHOLD_PARAMETERS: tuple[Param, ...] = (
-    Param("T_min_snr", "float", 7.0, "minimum trace SNR (cell finding and refinement)", **_NONNEG),
-    Param("size_lower_limit", "float", 0.1, "minimum cell area, x pi r^2", **_NONNEG),
-    Param("size_upper_limit", "float", 10.0, "maximum cell area, x pi r^2", allow_inf=True, **_NONNEG),
-    Param("spatial_corrupt_thresh", "float", 1.5, "maximum spatial corruption", allow_inf=True),
-    Param("eccent_thresh", "float", 6.0, "maximum eccentricity", allow_inf=True, **_NONNEG),
-    Param("T_dup_corr_thresh", "float", 0.95, "trace-duplicate merge threshold"),
-    Param("S_dup_corr_thresh", "float", 0.8, "image-duplicate threshold"),
-    Param("low_ST_index_thresh", "float", -1.0, "spatio-temporal index check; -1 disables it (ST metrics then 1, "
-          "except in tuning records)"),
-    Param("confidence_thresh", "float", 0.8, "classifier confidence", status=UNUSED),
-    Param("high_ST_index_thresh", "float", 0.8, "legacy labeler threshold", status=UNUSED),
-    Param("low_ST_corr_thresh", "float", 0.0, "spatio-temporal correlation check (only when ST metrics are on)"),
-    Param("temporal_corrupt_thresh", "float", 0.7, "maximum temporal corruption"),
-)
-
-#: Python-only settings (no MATLAB counterpart), stored in ``cfg.python``.
-PYTHON_PARAMETERS: tuple[Param, ...] = (
-    Param("backend", "choice", "auto", "array backend; 'auto': CuPy when use_gpu and a GPU is found, else NumPy; "
-          "numpy/cupy override use_gpu", choices=BACKENDS),
-    Param("device", "int", None, "CUDA device index for the cupy backend (None: the current device)", **_NONNEG),
-    Param("chunk_frames", "int", 1000, "frames per read from lazy movie sources", low=1),
-    Param("seed", "int", 0, "seed of every random draw", **_NONNEG),
-    Param("progress", "bool", True, "progress bars (also off when verbose is 0 or output is not a terminal)"),
-    Param("tiling", "choice", "deterministic", "tiling of the T/S steps: 'deterministic' (§6.6 CPU rule, same "
-          "result on every device) or 'memory' (from free GPU memory, like MATLAB's GPU path)",
-          choices=("deterministic", "memory")),
-    Param("early_convergence_check", "bool", False, "refinement's fixed-kappa ADMM T/S steps test convergence from "
-          "the first iteration instead of after half of max_iter_T / max_iter_S (the reference): refinement about "
-          "2.5x faster, individual traces differ by up to a few percent (docs/decisions.md)"),
-    Param("seam_ownership", "bool", True, "with partitions, drop a cell found in a neighbouring partition's core "
-          "where that partition found an overlapping cell (seam fragments); false: the reference's stitching only "
-          "(docs/decisions.md)"),
-)
 
 
 def parameter_table() -> str:
@@ -753,44 +482,57 @@ class ExtractConfig(_Group):
             raise ConfigError(f"a config must be a mapping of keys to values, got {_short(settings)}")
         return _restore(cls, cls._merge(cls._defaults(), settings, "error", ""))
 
+    @classmethod
+    def coerce(cls, config: Any = None, **overrides: Any) -> ExtractConfig:
+        """The config a user means, from anything the API accepts, with keyword ``overrides`` applied.
+
+        ``config`` is None (the defaults), an :class:`ExtractConfig`, a mapping of EXTRACT parameters (as
+        :meth:`from_dict`) or the path of a config file (``.json``, ``.yaml``/``.yml``, ``.mat``; :meth:`load`);
+        ``overrides`` go through :meth:`replace` (groups merge: ``thresholds={...}``; Python settings may be flat,
+        ``backend="numpy"``). The derived overrides of :meth:`resolved` are not applied.
+
+        Raises
+        ------
+        ConfigFileNotFoundError
+            ``config`` is a path with no file.
+        ConfigError
+            Any other kind of ``config``, or an invalid key or value.
+        """
+        if config is None:
+            cfg = cls()
+        elif isinstance(config, ExtractConfig):
+            cfg = config
+        elif isinstance(config, Mapping):
+            cfg = cls.from_dict(config)
+        elif isinstance(config, (str, os.PathLike)):
+            if not os.path.isfile(config):
+                raise ConfigFileNotFoundError(f"no such config file: {os.fspath(config)}; give a .json, .yaml or "
+                                              ".mat EXTRACT config")
+            cfg = cls.load(config)
+        else:
+            raise ConfigError(f"config must be an ExtractConfig, a dict, a config file path or None, got "
+                              f"{type(config).__name__}")
+        return cfg.replace(**overrides) if overrides else cfg
+
     def to_json(self) -> str:
         """JSON text of :meth:`to_dict` (``inf`` written as ``Infinity``, as Python's and MATLAB's readers accept)."""
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return config_io.dumps_json(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> ExtractConfig:
         """Config from JSON text (the inverse of :meth:`to_json`)."""
-        try:
-            settings = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config is not valid JSON: {err}") from None
-        return cls.from_dict(settings)
+        return cls.from_dict(config_io.loads_json(text))
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_dict` (``inf`` written as ``.inf``)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return config_io.dumps_yaml(self.to_dict())
 
     @classmethod
     def from_yaml(cls, text: str) -> ExtractConfig:
         """Config from YAML text; numbers like ``1e-6`` are read as floats (YAML 1.2), not strings."""
-        try:
-            settings = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config is not valid YAML: {err}") from None
-        return cls.from_dict({} if settings is None else settings)
+        return cls.from_dict(config_io.loads_yaml(text))
 
-    # -- files
-
-    @classmethod
-    def from_nwb(cls, path: str | Path, run: str | None = None) -> ExtractConfig:
-        """The exact (resolved) config of a run stored in an NWB file by ``nwb_extract.io.nwb.write_result``.
-
-        ``run`` names the run (``nwb_extract.io.nwb.list_runs``); the first run written by default. Re-running
-        with this config on the same input and backend reproduces the run's footprints and traces.
-        """
-        from nwb_extract.io.nwb import read_config  # the I/O layer (pynwb) is imported only when used
-
-        return read_config(path, run=run)
+    # -- files (formats: nwb_extract.config_io; the config of a run in an NWB file: nwb_extract.io.nwb_read)
 
     def save(self, path: str | Path) -> None:
         """Write the config to ``path``; the suffix picks the format: ``.json``, ``.yaml``/``.yml`` or ``.mat``.
@@ -799,13 +541,9 @@ class ExtractConfig(_Group):
         the Python settings in a second struct ``nwb_extract_python``.
         """
         path = Path(path)
-        suffix = _suffix(path)
+        suffix = config_io.config_format(path)
         if suffix == ".mat":
-            from scipy.io import savemat
-
-            python = {k: np.zeros((0, 0)) if v is None else v for k, v in self.python.to_dict().items()}
-            savemat(path, {"config": self.to_matlab(), _MAT_PYTHON_VARIABLE: python},
-                    long_field_names=True, do_compression=True)
+            config_io.write_mat(path, self.to_matlab(), self.python.to_dict())
         else:
             path.write_text(self.to_json() if suffix == ".json" else self.to_yaml(), encoding="utf-8")
 
@@ -813,13 +551,10 @@ class ExtractConfig(_Group):
     def load(cls, path: str | Path) -> ExtractConfig:
         """Read a config written by :meth:`save` (or by MATLAB, for ``.mat``); the suffix picks the format."""
         path = Path(path)
-        suffix = _suffix(path)
+        suffix = config_io.config_format(path)
         if suffix == ".mat":
             return cls.from_mat(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        text = config_io.read_text(path)
         try:
             return cls.from_json(text) if suffix == ".json" else cls.from_yaml(text)
         except ConfigError as err:
@@ -835,7 +570,7 @@ class ExtractConfig(_Group):
             value = self._values[p.name]
             if value is None and not p.in_defaults:
                 continue
-            out[p.name] = _to_matlab_orientation(p.name, value)
+            out[p.name] = config_io.to_matlab_orientation(p.name, value)
         out["thresholds"] = self.thresholds.to_dict()
         return out
 
@@ -852,10 +587,7 @@ class ExtractConfig(_Group):
         """
         path = Path(path)
         source = f"{path}: "
-        structs = _read_mat_structs(path, source)
-        python = structs.pop(_MAT_PYTHON_VARIABLE, {})
-        struct = _select_struct(structs, variable, source)
-        settings = _from_matlab_orientation(struct, frame_shape, source)
+        settings, python = config_io.read_mat(path, variable, frame_shape, source)
         values = cls._merge(cls._defaults(), settings, "warn", source)
         values["python"] = _restore(PythonSettings, PythonSettings._merge(values["python"]._values, python,
                                                                            "warn", source))
@@ -884,162 +616,3 @@ def _check_shapes(values: dict[str, Any], source: str) -> None:
                                   f"{p.name} gives {axis}={n} (shapes: S_init (K, H, W), T_init (n, K), movie_mask, "
                                   "F_per_pixel and is_pixel_valid (H, W)); pass arrays of one movie and cell set")
             bound.setdefault(axis, (n, p.name))
-
-
-def _suffix(path: Path) -> str:
-    suffix = path.suffix.lower()
-    suffix = ".yaml" if suffix == ".yml" else suffix
-    if suffix not in (".json", ".yaml", ".mat"):
-        raise ConfigError(f"cannot tell the config format of {path}: use a .json, .yaml, .yml or .mat file")
-    return suffix
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads YAML 1.2 floats without a dot (``1e-6``) as floats."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# MATLAB files
-
-_MAT_PYTHON_VARIABLE = "nwb_extract_python"
-
-
-def _to_matlab_orientation(name: str, value: Any) -> Any:
-    if value is None or (isinstance(value, tuple) and not value):
-        return np.zeros((0, 0))
-    if name == "S_init":
-        return np.moveaxis(value, 0, -1)  # (K, H, W) -> H x W x K
-    if name == "T_init":
-        return value.T  # (n, K) -> K x n
-    if name == "num_iter_stop_quality_checks":
-        return np.asarray(value, dtype=float)
-    return value
-
-
-def _read_mat_structs(path: Path, source: str) -> dict[str, dict[str, Any]]:
-    """Every struct variable of a MAT file as a dict of MATLAB-shaped values (v7.3 through h5py, else scipy)."""
-    import h5py
-
-    if not path.exists():
-        raise ConfigError(f"{source}no such file")
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            return {name: _h5_struct(f[name], source) for name in f
-                    if not name.startswith("#") and _h5_class(f[name]) == "struct"}
-    from scipy.io import loadmat
-
-    try:
-        contents = loadmat(path, squeeze_me=False, struct_as_record=True, chars_as_strings=True)
-    except (ValueError, TypeError, NotImplementedError) as err:
-        raise ConfigError(f"{source}not a readable MATLAB file ({err})") from None
-    return {name: _v5_struct(value, source) for name, value in contents.items()
-            if not name.startswith("__") and isinstance(value, np.ndarray) and value.dtype.names}
-
-
-def _select_struct(structs: dict[str, dict], variable: str | None, source: str) -> dict[str, Any]:
-    if variable is not None:
-        if variable not in structs:
-            raise ConfigError(f"{source}no struct variable {variable!r}; structs in the file: "
-                              f"{', '.join(structs) or 'none'}")
-        return structs[variable]
-    if "config" in structs:
-        return structs["config"]
-    if len(structs) == 1:
-        return next(iter(structs.values()))
-    raise ConfigError(f"{source}found {len(structs)} struct variables ({', '.join(structs) or 'none'}); name the "
-                      "EXTRACT config with variable=...")
-
-
-def _matlab_value(a: np.ndarray) -> Any:
-    """A MATLAB-shaped numeric array as Python: ``[]`` -> None, 1 x 1 -> scalar, else the array."""
-    if a.size == 0:
-        return None
-    return a.item() if a.size == 1 else a
-
-
-def _v5_struct(a: np.ndarray, source: str) -> dict[str, Any]:
-    if a.size != 1:
-        raise ConfigError(f"{source}struct arrays of size {a.shape} are not EXTRACT configs; save one struct")
-    record = a.reshape(-1)[0]
-    return {name: _v5_value(record[name], source) for name in a.dtype.names}
-
-
-def _v5_value(a: np.ndarray, source: str) -> Any:
-    if a.dtype.names:
-        return _v5_struct(a, source)
-    if a.dtype.kind == "U":
-        return "".join(a.reshape(-1).tolist())
-    if a.dtype.kind == "O":  # cell array
-        return [_v5_value(item, source) for item in a.reshape(-1, order="F")]
-    return _matlab_value(a)
-
-
-def _h5_class(obj: Any) -> str:
-    cls = obj.attrs.get("MATLAB_class", b"")
-    return cls.decode() if isinstance(cls, bytes) else str(cls)
-
-
-def _h5_struct(group: Any, source: str) -> dict[str, Any]:
-    return {name: _h5_value(group[name], source) for name in group}
-
-
-def _h5_value(obj: Any, source: str) -> Any:
-    """A v7.3 (HDF5) MATLAB value: datasets are stored with their axes reversed, chars as uint16 codes."""
-    import h5py
-
-    cls = _h5_class(obj)
-    if isinstance(obj, h5py.Group):
-        if cls != "struct":
-            raise ConfigError(f"{source}{obj.name}: MATLAB class {cls!r} is not supported in a config")
-        return _h5_struct(obj, source)
-    if "MATLAB_sparse" in obj.attrs:
-        raise ConfigError(f"{source}{obj.name}: sparse arrays are not supported; save full(...) instead")
-    if obj.attrs.get("MATLAB_empty", 0):
-        return "" if cls == "char" else None
-    a = np.asarray(obj[()]).T
-    if cls == "char":
-        return "".join(chr(c) for c in a.reshape(-1, order="F"))
-    if cls == "cell":
-        return [_h5_value(obj.file[ref], source) for ref in a.reshape(-1, order="F")]
-    if cls == "logical":
-        a = a.astype(bool)
-    return _matlab_value(a)
-
-
-def _from_matlab_orientation(struct: dict[str, Any], frame_shape: tuple[int, int] | None,
-                             source: str) -> dict[str, Any]:
-    """MATLAB field values -> our orientation (module docstring table)."""
-    settings = dict(struct)
-    if frame_shape is None:
-        shaped = [settings.get(k) for k in ("movie_mask", "F_per_pixel", "is_pixel_valid")]
-        frame_shape = next((a.shape for a in shaped if isinstance(a, np.ndarray) and a.ndim == 2), None)
-    if isinstance(settings.get("S_init"), (np.ndarray, float, int)):
-        settings["S_init"] = _S_init_from_matlab(np.asarray(settings["S_init"]), frame_shape, source)
-    if isinstance(settings.get("T_init"), (np.ndarray, float, int)):
-        settings["T_init"] = np.atleast_2d(settings["T_init"]).T  # K x n -> (n, K)
-    for name in ("filter_sigma", "kappa_iter_nums", "num_iter_stop_quality_checks"):
-        if isinstance(settings.get(name), np.ndarray):
-            settings[name] = settings[name].reshape(-1)
-    return settings
-
-
-def _S_init_from_matlab(a: np.ndarray, frame_shape: tuple[int, int] | None, source: str) -> np.ndarray:
-    """MATLAB ``S_init`` (H x W x K, H x W for one cell, or P x K column-major) -> (K, H, W)."""
-    if a.ndim == 3:
-        return np.moveaxis(a, -1, 0)
-    if frame_shape is None:
-        raise ConfigError(f"{source}S_init is a 2-D array of shape {a.shape}: pixels x cells (P x K) or one H x W "
-                          "image cannot be told apart; pass frame_shape=(H, W) to ExtractConfig.from_mat")
-    h, w = frame_shape
-    a2 = np.atleast_2d(a)
-    if a2.shape == (h, w):
-        return a2[None]
-    if a2.shape[0] == h * w:
-        return np.moveaxis(a2.reshape(h, w, a2.shape[1], order="F"), -1, 0)
-    raise ConfigError(f"{source}S_init of shape {a.shape} fits neither H x W = {frame_shape} nor P x K with "
-                      f"P = {h * w}; check frame_shape")

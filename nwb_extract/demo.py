@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nwb_extract.engine.pipeline import extract
-from nwb_extract.io.movie import open_series
-from nwb_extract.io.nwb import write_result, write_simulated_nwb
+from nwb_extract.config import ExtractConfig
+from nwb_extract.io.movie_write import write_simulated_nwb
 from nwb_extract.metrics import evaluate
 from nwb_extract.plots import plot_overview
 from nwb_extract.simulate import simulate_2p
+from nwb_extract.workflow import run_nwb
 
 
 def run_demo(out_dir: Path, seed: int = 0, backend: str = "auto") -> dict:
@@ -27,10 +27,9 @@ def run_demo(out_dir: Path, seed: int = 0, backend: str = "auto") -> dict:
     radius = float(np.mean(sim.params["cell_radius"]))
     print(f"simulated a 2-photon movie: {n_frames} frames of {rows} x {cols} px, {sim.n_cells} cells "
           f"(seed {seed}) -> {movie_path}")
-    with open_series(movie_path) as source:  # the stored series, read lazily in frame chunks
-        result = extract(source.data, avg_cell_radius=radius, backend=backend)
-        result_path, _ = write_result(result, out_dir / "demo_movie_extract.nwb", source=source.source_info(),
-                                      overwrite=True, source_nwbfile=source.nwbfile)
+    config = ExtractConfig(avg_cell_radius=radius, backend=backend)
+    run = run_nwb(movie_path, out_dir / "demo_movie_extract.nwb", config, overwrite=True)  # read lazily in chunks
+    result, result_path = run.result, run.path
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if k != "total")
     print(f"EXTRACT (avg_cell_radius {radius}) ran on {result.backend} in {result.timings['total']:.1f} s "
           f"({stages}); cell finding stopped on '{result.stop_reason}'")

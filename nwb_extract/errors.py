@@ -27,6 +27,10 @@ class SourceNotFoundError(InputError):
     """The input file, folder or URL does not exist (the CLI's exit code 4)."""
 
 
+class ConfigFileNotFoundError(SourceNotFoundError, ConfigError):
+    """The config file named by the user does not exist (a missing input and a config error alike)."""
+
+
 class NotNwbError(InputError):
     """The input exists but is not an NWB file (neither NWB HDF5 nor an NWB Zarr store)."""
 

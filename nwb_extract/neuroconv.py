@@ -2,7 +2,7 @@
 
 :class:`NwbExtractSegmentationInterface` runs EXTRACT inside a neuroconv conversion (alone, or in an
 ``NWBConverter`` beside the imaging interface of the raw movie). Its ``add_to_nwbfile`` writes with the package's
-own writer (:func:`nwb_extract.io.nwb.add_result_to_nwbfile`), so the file has exactly the layout of
+own writer (:func:`nwb_extract.io.nwb_write.add_result_to_nwbfile`), so the file has exactly the layout of
 ``nwb-extract run`` (docs/nwb-layout.md): float32 image masks in the movie's stored axis order, the three trace
 kinds in ``DfOverF``/``Fluorescence``, summary images and the ``ExtractRunInfo`` with the full config.
 neuroconv's generic writer would put every trace into one ``Fluorescence`` (dropping the kinds it does not know),
@@ -27,7 +27,7 @@ from neuroconv.utils import DeepDict
 
 from nwb_extract.config import TRACE_KINDS, primary_trace_kind
 from nwb_extract.errors import InputError
-from nwb_extract.roiextractors import NwbExtractSegmentationExtractor, NwbSeriesImagingExtractor, make_config
+from nwb_extract.roiextractors import NwbExtractSegmentationExtractor, NwbSeriesImagingExtractor
 
 __all__ = ["DEFAULT_METADATA_KEY", "REGISTRY_NAME", "NwbExtractSegmentationInterface", "register"]
 
@@ -102,10 +102,14 @@ class NwbExtractSegmentationInterface(BaseSegmentationExtractorInterface):
         if text.lower().endswith(TIFF_SUFFIXES):
             imaging = _open_tiff(text, interface_kwargs.get("sampling_frequency"))
         else:
-            location, self._dandi_fields = _resolve_nwb_location(text)
+            from nwb_extract.io.dandi import RemoteAsset
+            from nwb_extract.workflow import resolve_input
+
+            source, self._dandi_fields = resolve_input(text)  # a DANDI address becomes its asset, streamed
+            location = source.content_url if isinstance(source, RemoteAsset) else source
             imaging = NwbSeriesImagingExtractor(location, interface_kwargs.get("series_name"))
-        config = make_config(interface_kwargs.get("config"), interface_kwargs.get("backend"))
-        return NwbExtractSegmentationExtractor(imaging, config=config)
+        return NwbExtractSegmentationExtractor(imaging, config=interface_kwargs.get("config"),
+                                               backend=interface_kwargs.get("backend"))
 
     @property
     def nwb_source(self) -> Any:
@@ -180,7 +184,7 @@ class NwbExtractSegmentationInterface(BaseSegmentationExtractorInterface):
         """
         from neuroconv.tools.roiextractors.roiextractors import _add_imaging_plane_to_nwbfile
 
-        from nwb_extract.io.nwb import add_result_to_nwbfile
+        from nwb_extract.io.nwb_write import add_result_to_nwbfile
 
         metadata = deepcopy(dict(metadata or self._get_metadata_for_writing()))
         extractor = self.segmentation_extractor
@@ -212,17 +216,6 @@ def _open_tiff(file_path: str, sampling_frequency: float | None) -> Any:
     return TiffImagingExtractor(file_path=file_path, sampling_frequency=float(sampling_frequency))
 
 
-def _resolve_nwb_location(text: str) -> tuple[str, dict[str, str | None]]:
-    """(local path or http(s) URL, DANDI fields of SourceInfo) of an NWB input; DANDI addresses (``dandi://``,
-    ``DANDI:``, API asset URLs, ``s3://``) are resolved to their content URL by :mod:`nwb_extract.io.dandi`."""
-    from nwb_extract.io import dandi
-
-    if not dandi.is_dandi_input(text):
-        return text, {}
-    asset = dandi.resolve_asset(text)
-    return asset.content_url, asset.dandi_fields()
-
-
 def _plane_metadata(plane: Any, device_key: str) -> dict[str, Any]:
     """neuroconv ``ImagingPlanes`` entry copying a pynwb ImagingPlane (so the new file's plane matches it)."""
     entry = {name: _plain(getattr(plane, name)) for name in _PLANE_FIELDS if getattr(plane, name, None) is not None}
@@ -238,7 +231,7 @@ def _plain(value: Any) -> Any:
 
 def _trace_metadata(config: Any) -> dict[str, dict[str, str]]:
     """``RoiResponses`` entries of the three kinds, named as the writer names them (primary: RoiResponseSeries)."""
-    from nwb_extract.io.nwb import PRIMARY_SERIES_NAME, SERIES_NAMES
+    from nwb_extract.io.layout import PRIMARY_SERIES_NAME, SERIES_NAMES
 
     primary = primary_trace_kind(config.trace_output_option)
     return {kind: {"name": PRIMARY_SERIES_NAME if kind == primary else SERIES_NAMES[kind],
@@ -259,7 +252,7 @@ def _timing(times: np.ndarray, extractor: NwbExtractSegmentationExtractor) -> di
 
 def _reference_series(nwbfile: Any, plane: Any, stored_frame_shape: tuple[int, ...]) -> Any:
     """The one imaging series of ``nwbfile`` on ``plane`` whose stored frames match the masks, else None."""
-    from nwb_extract.io.movie import find_imaging_series
+    from nwb_extract.io.source import find_imaging_series
 
     matches = [series for series in find_imaging_series(nwbfile).values()
                if series.imaging_plane is plane and tuple(getattr(series.data, "shape", ())[1:]) ==

@@ -40,7 +40,8 @@ class ExtractResult:
         ``least_squares`` or ``nonnegative_least_squares`` when that is the chosen option); empty for ``none``.
     primary_trace : key of ``traces`` named by the config's ``trace_output_option`` (None for ``none``).
     summary_image, max_image, F_per_pixel : float arrays (rows, cols).
-    roi_metrics : dict of per-cell arrays (cells,), e.g. ``trace_snr``, ``area``, ``centroid_row``.
+    roi_metrics : dict of per-cell arrays (cells,): the 30 quality metrics of spec §7.2 in EXTRACT's names
+        (``T_maxval``, ``S_area_1``, ... as ``nwb_extract.engine.refine.METRIC_NAMES``) and ``partition``.
     eliminated : removed candidates, or None (``compact_output`` or nothing eliminated).
     timings : seconds per stage (``read``, ``preprocess``, ``cellfinding``, ``refinement``, ``frr``, ``total``).
     stop_reason : why cell finding stopped (``min_magnitude``, ``yield``, ``max_iter``), or ``external init``
@@ -48,9 +49,10 @@ class ExtractResult:
     config : the resolved :class:`nwb_extract.config.ExtractConfig` the run used.
     versions : package versions (``nwb_extract``, ``engine``, ``numpy``, ...).
     backend, device : the array backend and device the engine ran on.
-    run_info : engine diagnostics: ``noise_std`` and ``kappa`` of the regression, the refined ``avg_cell_radius``
-        (px, working resolution), downsampling factors ``dss`` / ``dst``, ``edge_trims`` (top, bottom, left,
-        right zero-strip pixels trimmed).
+    run_info : engine diagnostics: ``partitions`` (rows, cols and the diagnostics of each), the cells found before
+        stitching and the seam duplicates and fragments removed; for one partition also its ``noise_std`` and
+        ``kappa`` of the regression, the refined ``avg_cell_radius`` (px, working resolution), the downsampling
+        factors ``dss`` / ``dst``, ``n_found`` and the refinement's iterations and stop reason.
     """
 
     footprints: np.ndarray

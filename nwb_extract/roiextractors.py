@@ -30,33 +30,13 @@ from roiextractors import ImagingExtractor, SegmentationExtractor
 from roiextractors.segmentationextractor import _ROIMasks, _RoiResponse
 
 from nwb_extract.config import ExtractConfig
-from nwb_extract.errors import ConfigError, InputError
+from nwb_extract.errors import InputError
 from nwb_extract.result import ExtractResult
 
-__all__ = ["NwbExtractSegmentationExtractor", "NwbSeriesImagingExtractor", "make_config"]
+__all__ = ["NwbExtractSegmentationExtractor", "NwbSeriesImagingExtractor"]
 
 ACCEPTED_PROPERTY = "is_accepted"
 CENTROID_PROPERTY = "roi_centroids"
-
-
-def make_config(config: ExtractConfig | Mapping[str, Any] | str | os.PathLike | None = None,
-                backend: str | None = None) -> ExtractConfig:
-    """An :class:`ExtractConfig` from a config, a dict of EXTRACT parameters, a config file (.json, .yaml, .mat)
-    or None (the defaults), with ``backend`` (``"auto"``, ``"numpy"``, ``"cupy"``) applied when given."""
-    if config is None:
-        cfg = ExtractConfig()
-    elif isinstance(config, ExtractConfig):
-        cfg = config
-    elif isinstance(config, Mapping):
-        cfg = ExtractConfig.from_dict(config)
-    elif isinstance(config, (str, os.PathLike)):
-        if not os.path.isfile(config):
-            raise ConfigError(f"no such config file: {config}; give a .json, .yaml or .mat EXTRACT config")
-        cfg = ExtractConfig.load(config)
-    else:
-        raise ConfigError(f"config must be an ExtractConfig, a dict, a config file path or None, got "
-                          f"{type(config).__name__}")
-    return cfg if backend is None else cfg.replace(backend=backend)
 
 
 class NwbSeriesImagingExtractor(ImagingExtractor):
@@ -188,7 +168,8 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
     frames : (int, int), optional
         Stored frame range of ``file_path``'s series.
     config : ExtractConfig, dict, str or os.PathLike, optional
-        EXTRACT config (see :func:`make_config`); defaults when None.
+        EXTRACT config (anything :meth:`ExtractConfig.coerce` takes: a dict, a .json, .yaml or .mat
+        file); defaults when None.
     backend : {"auto", "numpy", "cupy"}, optional
         Array backend, overriding the config's.
     """
@@ -214,7 +195,9 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
             raise InputError(f"imaging must be a roiextractors ImagingExtractor, got {type(imaging).__name__}")
         elif getattr(imaging, "is_volumetric", False):
             raise InputError("imaging is volumetric; EXTRACT runs on one plane: pass a single-plane extractor")
-        self.config = make_config(config, backend)
+        self.config = ExtractConfig.coerce(config)
+        if backend is not None:
+            self.config = self.config.replace(backend=backend)
         height, width = imaging.get_image_shape()
         self._start(n_samples=imaging.get_num_samples(), frame_shape=(int(height), int(width)),
                     sampling_frequency=imaging.get_sampling_frequency())
@@ -240,9 +223,9 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
         file_path : str or os.PathLike
             The result NWB file (local path or URL).
         run : str, optional
-            Run name (``nwb_extract.io.nwb.list_runs``); the first run by default.
+            Run name (``nwb_extract.io.nwb_read.list_runs``); the first run by default.
         """
-        from nwb_extract.io.nwb import read_result, read_timing
+        from nwb_extract.io.nwb_read import read_result, read_timing
 
         result = read_result(file_path, run)
         timing = read_timing(file_path, run)
@@ -276,9 +259,9 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
     def _ensure_result(self) -> None:
         if self._result is not None or self.__dict__.get("_filling", True):
             return
-        from nwb_extract.engine.pipeline import extract
+        from nwb_extract.workflow import extract_frames
 
-        result = extract(self.stored_frames(), self.config)
+        result = extract_frames(self.stored_frames(), self.config)
         if result.n_frames is not None and result.n_frames != self._n_samples:
             raise InputError(f"the engine returned {result.n_frames} trace frames for {self._n_samples} input "
                              "frames (time downsampling or num_frames); a SegmentationExtractor needs one trace "

@@ -144,7 +144,7 @@ class SimulatedMovie:
 
         Keys: ``footprints``, ``traces``, ``spikes``, ``centres``, ``event_frames`` (all events concatenated) with
         ``event_counts`` (events per cell), ``background_*`` for 1-p, and ``params_json`` (the settings as JSON).
-        The movie belongs in the NWB file (:func:`nwb_extract.io.nwb.write_simulated_nwb`); the noise is
+        The movie belongs in the NWB file (:func:`nwb_extract.io.movie_write.write_simulated_nwb`); the noise is
         ``movie - clean_movie()``. Refuses to replace an existing file unless ``overwrite=True``.
         """
         path = Path(path)

@@ -16,7 +16,7 @@ from test_dandi import (  # noqa: F401  (fixtures)
 
 from nwb_extract.cli import BATCH_FAILED, main
 from nwb_extract.io.dandi import MANIFEST_NAME
-from nwb_extract.io.nwb import read_result
+from nwb_extract.io.nwb_read import read_result
 
 
 def test_batch_isolates_failures_and_resumes(stand_in, movie_file, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import pynwb
 from nwb_extract import __version__
 from nwb_extract.cli import main
 from nwb_extract.config import ExtractConfig
-from nwb_extract.io.nwb import read_result
+from nwb_extract.io.nwb_read import read_result
 
 
 def test_console_script_version_and_help():

@@ -25,7 +25,8 @@ from pynwb.testing.mock.ophys import mock_ImagingPlane
 from nwb_extract.cli import BATCH_FAILED, EXIT_CODES, main
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine.backend import _cupy_device_count
-from nwb_extract.io.nwb import list_runs, read_result, write_movie_nwb, write_simulated_nwb
+from nwb_extract.io.movie_write import write_movie_nwb, write_simulated_nwb
+from nwb_extract.io.nwb_read import list_runs, read_result
 from nwb_extract.simulate import simulate_2p
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"

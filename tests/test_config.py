@@ -7,13 +7,16 @@ import copy
 import json
 import math
 import pickle
+import re
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import scipy.io
 
+import nwb_extract
 from nwb_extract.config import (
     PARAMETERS,
     PYTHON_PARAMETERS,
@@ -119,6 +122,36 @@ def test_parameter_table_lists_every_key_with_status():
     assert "unused" in row
 
 
+def _package_source() -> str:
+    """Every module of the package, without the parameter table's rows (which name every key)."""
+    package = Path(nwb_extract.__file__).parent
+    texts = [path.read_text(encoding="utf-8") for path in sorted(package.rglob("*.py"))]
+    return "\n".join(line for text in texts for line in text.splitlines() if 'Param("' not in line)
+
+
+def test_every_key_is_read_or_marked_unused():
+    """A key the package reads is not marked unused, and a key nothing reads is (``Param.unused``, the status)."""
+    source = _package_source()
+    engine = "\n".join(path.read_text(encoding="utf-8")
+                       for path in sorted((Path(nwb_extract.__file__).parent / "engine").rglob("*.py")))
+    unmarked, wrongly_marked = [], []
+    for group, params in (("", PARAMETERS), ("thresholds", THRESHOLD_PARAMETERS), ("python", PYTHON_PARAMETERS)):
+        for p in params:
+            attribute = rf"\.{p.name}\b" if group != "python" else rf"python\.{p.name}\b"
+            by_name = rf"[\"']{p.name}[\"']"  # the engine reads some keys with getattr(cfg, name)
+            read = bool(re.search(attribute, source)) or (group != "python" and bool(re.search(by_name, engine)))
+            key = f"{group}.{p.name}" if group else p.name
+            if not read and not p.unused:
+                unmarked.append(key)
+            if read and p.unused:
+                wrongly_marked.append(key)
+    assert unmarked == [], "read by nothing, but not marked unused in the parameter table"
+    assert wrongly_marked == [], "marked unused in the parameter table, but read"
+    for name in ("use_sparse_arrays", "save_all_found", "plot_loss"):
+        assert next(p for p in PARAMETERS if p.name == name).unused
+    assert next(p for p in PYTHON_PARAMETERS if p.name == "seed").unused
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # construction, python group, trace names
 
@@ -217,7 +250,8 @@ def test_raw_trace_option_is_accepted_as_no_constraint():
     ({"use_gpu": 2}, r"'use_gpu' must be true or false \(0 or 1\) .*got 2"),
     ({"use_gpu": "yes"}, r"'use_gpu' must be true or false \(0 or 1\) .*got 'yes'"),
     ({"backend": "torch"}, r"'python\.backend' must be one of 'auto', 'numpy', 'cupy' .*got 'torch'"),
-    ({"tiling": "fast"}, r"'python\.tiling' must be one of 'deterministic', 'memory'"),
+    ({"tiling": "fast"}, r"'python\.tiling' must be one of 'deterministic' .*got 'fast'"),
+    ({"tiling": "memory"}, r"'python\.tiling' must be one of 'deterministic' .*got 'memory'"),
     ({"chunk_frames": 0}, r"'python\.chunk_frames' must be an integer >= 1"),
     ({"num_iter_stop_quality_checks": [1, 0]}, r"'num_iter_stop_quality_checks' must be a list of integers >= 1"),
     ({"filter_sigma": [1, 2]}, r"'filter_sigma' must be a float64 array of shape \(3\).*\(expected 1 axes"),
@@ -308,7 +342,7 @@ def _rich_config():
         spatial_highpass_cutoff=math.inf, baseline_quantile=0.5, num_partitions_x=2, num_partitions_y=1,
         cellfind_filter_type="gaus", trace_output_option="nonneg", use_gpu=False,
         thresholds={"T_min_snr": 9.5, "size_upper_limit": math.inf, "low_ST_index_thresh": -1},
-        python={"backend": "numpy", "device": 1, "seed": 42, "progress": False, "tiling": "memory"},
+        python={"backend": "numpy", "device": 1, "seed": 42, "progress": False},
     )
 
 

@@ -29,7 +29,8 @@ from nwb_extract.cli import main
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import NoImagingSeriesError, SourceNotFoundError
 from nwb_extract.io import dandi
-from nwb_extract.io.nwb import list_runs, read_result, write_movie_nwb, write_simulated_nwb
+from nwb_extract.io.movie_write import write_movie_nwb, write_simulated_nwb
+from nwb_extract.io.nwb_read import list_runs, read_result
 from nwb_extract.simulate import simulate_2p
 
 DANDISET = "000777"

@@ -31,8 +31,9 @@ from nwb_extract.errors import (
     SourceNotFoundError,
     UnsupportedSeriesError,
 )
-from nwb_extract.io.movie import FrameBlockReader, find_imaging_series, open_series
-from nwb_extract.io.nwb import write_movie_nwb
+from nwb_extract.io.movie import FrameBlockReader, open_series
+from nwb_extract.io.movie_write import write_movie_nwb
+from nwb_extract.io.source import find_imaging_series
 
 RAW = np.arange(30 * 12 * 17, dtype=np.uint16).reshape(30, 12, 17)  # (frames, x, y), every value distinct
 CORRECTED = (np.arange(20 * 12 * 17, dtype=np.float32).reshape(20, 12, 17) / 7.0)

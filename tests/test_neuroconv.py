@@ -15,7 +15,8 @@ import nwb_extract
 import pytest
 from neuroconv.tools.testing.data_interface_mixins import SegmentationExtractorInterfaceTestMixin
 
-from nwb_extract.io.nwb import list_runs, read_result, write_simulated_nwb
+from nwb_extract.io.movie_write import write_simulated_nwb
+from nwb_extract.io.nwb_read import list_runs, read_result
 from nwb_extract.neuroconv import REGISTRY_NAME, NwbExtractSegmentationInterface
 from nwb_extract.simulate import simulate_2p
 

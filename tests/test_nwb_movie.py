@@ -1,4 +1,4 @@
-"""Tests of the NWB movie writer (nwb_extract.io.nwb.write_movie_nwb / write_simulated_nwb).
+"""Tests of the NWB movie writer (nwb_extract.io.movie_write.write_movie_nwb / write_simulated_nwb).
 
 Round trips go through pynwb's reader and h5py; validity through ``pynwb.validate`` (schema) and nwbinspector
 (best practices: no CRITICAL and no BEST_PRACTICE_VIOLATION message). Movies are non-square with an asymmetric
@@ -18,8 +18,8 @@ from nwbinspector import Importance, inspect_nwbfile
 from pynwb import NWBHDF5IO
 
 from nwb_extract.errors import InputError
-from nwb_extract.io import nwb as nwb_io
-from nwb_extract.io.nwb import write_movie_nwb, write_simulated_nwb
+from nwb_extract.io import movie_write as nwb_io
+from nwb_extract.io.movie_write import write_movie_nwb, write_simulated_nwb
 from nwb_extract.simulate import simulate_1p, simulate_2p
 
 START = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)

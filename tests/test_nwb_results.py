@@ -1,4 +1,5 @@
-"""Tests of the NWB result writer and reader (nwb_extract.io.nwb: write_result, read_result, list_runs, SourceInfo).
+"""Tests of the NWB result writer and reader: write_result, read_result, list_runs, SourceInfo
+(nwb_extract.io.nwb_write, nwb_read, source).
 
 The engine runs once per session (known-footprints path on a non-square simulated movie with an asymmetric cell
 layout, 40 x 56 pixels); everything else reuses that result or edits it with ``dataclasses.replace``. Masks, traces
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import signal
@@ -32,8 +32,10 @@ from conftest import REPO_ROOT
 from nwb_extract import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
-from nwb_extract.io.nwb import (CRASH_ENV, SourceInfo, list_runs, read_result, write_result,
-                                write_simulated_nwb)
+from nwb_extract.io.movie_write import write_simulated_nwb
+from nwb_extract.io.nwb_read import list_runs, read_config, read_result
+from nwb_extract.io.nwb_write import write_result
+from nwb_extract.io.source import SourceInfo
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 from nwb_extract.simulate import simulate_2p
 
@@ -300,7 +302,7 @@ def test_zarr_copy_reads_back(new_file, result, tmp_path):
 
 
 def test_config_round_trip_reproduces_the_run(new_file, result, sim):
-    config = ExtractConfig.from_nwb(new_file)
+    config = read_config(new_file)
     assert config == result.config
     again = nwb_extract.extract(sim.movie, config)
     assert again.footprints.tobytes() == result.footprints.tobytes()
@@ -455,22 +457,33 @@ def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("point", ["copied", "before_replace"])
+#: Code run in the writer's process that kills it (SIGKILL) at a point of the in-place append: "copied" (the
+#: temporary copy exists), "before_replace" (the copy holds the new run, is closed and is about to replace the file).
+KILL_AT = {
+    "copied": "original = shutil.copy2\nshutil.copy2 = lambda *a, **k: (original(*a, **k), kill())",
+    "before_replace": "os.replace = lambda *a, **k: kill()",
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_AT))
 def test_in_place_append_survives_a_kill(point, result, movie_file, tmp_path):
     path = tmp_path / "movie.nwb"
     shutil.copy(movie_file, path)
     before = _sha256(path)
     (tmp_path / "result.pkl").write_bytes(pickle.dumps(result))
     script = textwrap.dedent(f"""
-        import pickle
-        from nwb_extract.io.nwb import SourceInfo, write_result
+        import os, pickle, shutil, signal
+        from nwb_extract.io.nwb_write import write_result
+        from nwb_extract.io.source import SourceInfo
+        def kill():
+            os.kill(os.getpid(), signal.SIGKILL)
         result = pickle.loads(open({str(tmp_path / "result.pkl")!r}, "rb").read())
-        write_result(result, {str(path)!r}, source=SourceInfo.from_nwb({str(path)!r}, {SERIES!r}), in_place=True)
+        source = SourceInfo.from_nwb({str(path)!r}, {SERIES!r})
+    """) + KILL_AT[point] + textwrap.dedent(f"""
+        write_result(result, {str(path)!r}, source=source, in_place=True)
     """)
-    env = {**os.environ, CRASH_ENV: point}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=REPO_ROOT)
-    assert out.returncode == -signal.SIGKILL, out.stderr  # killed at the hook, not an ordinary error
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == -signal.SIGKILL, out.stderr  # killed at that point, not an ordinary error
     assert _sha256(path) == before and list_runs(path) == []  # the original is intact and readable
     leftovers = list(tmp_path.glob(".movie.*.partial.nwb"))
     assert len(leftovers) == 1  # the killed writer's temporary copy

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from roiextractors import NumpyImagingExtractor, SegmentationExtractor
 
-from nwb_extract.io.nwb import write_result, write_simulated_nwb
+from nwb_extract.io.movie_write import write_simulated_nwb
+from nwb_extract.io.nwb_write import write_result
 from nwb_extract.roiextractors import NwbExtractSegmentationExtractor, NwbSeriesImagingExtractor
 from nwb_extract.simulate import simulate_2p
 
@@ -144,7 +145,7 @@ def test_imaging_extractor_input_gives_same_masks(seg, sim):
 
 
 def test_reload_from_result_file(seg, movie_nwb, tmp_path):
-    from nwb_extract.io.nwb import SourceInfo
+    from nwb_extract.io.source import SourceInfo
 
     path, _ = write_result(seg.result, tmp_path / "result.nwb",
                            source=SourceInfo.from_nwb(movie_nwb, "acquisition/TwoPhotonSeries"))

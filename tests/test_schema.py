@@ -1,11 +1,15 @@
-"""Tests of our NWB extension (nwb_extract.io.schema): the shipped YAML, the typed config attributes, the class.
+"""Tests of our NWB extension (nwb_extract.io.schema): the shipped YAML, its version, the typed config attributes,
+the class, and files of an older version.
 
 The shipped YAML must equal what :func:`schema.build_spec` derives from the config tables, so a config key added
-without regenerating the schema fails here.
+without regenerating the schema fails here; and each namespace version has one spec (its hash is recorded below), so
+a regenerated spec fails until the version is bumped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from datetime import datetime, timezone
 
@@ -23,11 +27,70 @@ from pynwb.testing.mock.ophys import mock_PlaneSegmentation
 from conftest import REPO_ROOT
 from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, ExtractConfig
 from nwb_extract.io import schema
-from nwb_extract.io.nwb import _config_fields
+from nwb_extract.engine.refine import METRIC_NAMES
+from nwb_extract.io.nwb_read import list_runs, read_config, read_result, read_timing
+from nwb_extract.io.nwb_write import _METRIC_DESCRIPTIONS, _config_fields
+
+#: sha256 of the ExtractRunInfo spec (the extensions YAML, parsed, as sorted JSON) of each namespace version. A spec
+#: change needs a new version: bump schema.NAMESPACE_VERSION and add its line; never edit a line. (0.1.0 had several
+#: specs, before versioning; its files still read, see test_a_file_of_namespace_0_1_0_reads.)
+SPEC_HASHES = {
+    "0.2.0": "1a2e65afc14d229a25abe05d63c55680a2e180bf27fd534dab3bd8051301de52",
+}
+
+OLD_FILE = REPO_ROOT / "tests" / "data" / "result_ndx-nwb-extract-0.1.0.nwb"
 
 
 def _yaml(path):
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_each_namespace_version_has_one_spec():
+    spec = _yaml(REPO_ROOT / "schemas" / f"{schema.NAMESPACE}.extensions.yaml")
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    assert schema.NAMESPACE_VERSION in SPEC_HASHES, "a new namespace version: record the hash of its spec here"
+    assert SPEC_HASHES[schema.NAMESPACE_VERSION] == digest, (
+        f"the spec changed under version {schema.NAMESPACE_VERSION}: bump schema.NAMESPACE_VERSION, regenerate "
+        f"schemas/ and add the new version's hash {digest} to SPEC_HASHES")
+    assert list(SPEC_HASHES)[-1] == schema.NAMESPACE_VERSION and len(set(SPEC_HASHES.values())) == len(SPEC_HASHES)
+
+
+def _old_arrays():
+    """The arrays tests/data/result_ndx-nwb-extract-0.1.0.nwb was written from (tests/data/README.md)."""
+    rng = np.random.default_rng(13)
+    footprints = np.zeros((3, 12, 20), dtype=np.float32)
+    for k, (r, c) in enumerate([(3, 4), (8, 10), (5, 16)]):
+        footprints[k, r - 2:r + 3, c - 2:c + 3] = rng.random((5, 5)).astype(np.float32)
+        footprints[k] /= footprints[k].max()
+    traces = {kind: rng.standard_normal((30, 3)).astype(np.float32) for kind in ("baseline_adjusted", "nonneg", "raw")}
+    images = rng.random((3, 12, 20))
+    return footprints, traces, images
+
+
+def test_a_file_of_namespace_0_1_0_reads():
+    """A result written by nwb-extract 0.1.0 (namespace 0.1.0, pixel masks, eliminated candidates) reads back."""
+    with h5py.File(OLD_FILE, "r") as f:
+        assert list(f[f"specifications/{schema.NAMESPACE}"]) == ["0.1.0"]
+    footprints, traces, images = _old_arrays()
+    assert list_runs(OLD_FILE) == ["old"]
+    result = read_result(OLD_FILE)
+    assert result.footprints.tobytes() == footprints.tobytes()
+    assert result.primary_trace == "baseline_adjusted"
+    for kind, trace in traces.items():
+        assert result.traces[kind].tobytes() == trace.tobytes()
+    for name, image in zip(("summary_image", "max_image", "F_per_pixel"), images):
+        np.testing.assert_array_equal(getattr(result, name), image)
+    np.testing.assert_array_equal(result.roi_metrics["T_maxval"], [9.5, 12.0, 20.0])
+    assert result.eliminated.rules == ("T_maxval",)
+    np.testing.assert_array_equal(result.eliminated.footprints, footprints[:1] * 0.5)
+    assert result.stop_reason == "min_magnitude" and result.timings == {"read": 0.1, "preprocess": 0.2, "total": 1.0}
+    expected = ExtractConfig(avg_cell_radius=3, thresholds={"T_min_snr": 9}, backend="numpy").resolved()
+    assert result.config == expected and read_config(OLD_FILE, "old") == expected
+    assert read_timing(OLD_FILE) == {"rate": 10.0, "starting_time": 0.0}
+
+
+def test_metric_descriptions_name_only_metrics_a_run_produces():
+    assert set(_METRIC_DESCRIPTIONS) <= set(METRIC_NAMES) | {"partition"}
 
 
 def test_shipped_yaml_is_the_spec_built_from_the_config_tables(tmp_path):

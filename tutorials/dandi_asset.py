@@ -24,7 +24,8 @@
 import os
 
 from nwb_extract.config import ExtractConfig
-from nwb_extract.io.dandi import process_asset, resolve_asset
+from nwb_extract.io.dandi import resolve_asset
+from nwb_extract.workflow import run_nwb
 
 dandiset = os.environ.get("NWB_EXTRACT_TUTORIAL_DANDISET", "000123")
 asset_path = os.environ.get("NWB_EXTRACT_TUTORIAL_ASSET", "sub-1/sub-1_ophys.nwb")
@@ -44,6 +45,6 @@ print(asset.label, "->", asset.content_url)
 
 # %%
 config = ExtractConfig().replace(avg_cell_radius=3.5, backend="numpy")
-run = process_asset(asset, "dandi_result.nwb", config, frames=(0, 100), overwrite=True)
+run = run_nwb(asset, "dandi_result.nwb", config, frames=(0, 100), overwrite=True)
 output = str(run.path)
 print(f"{run.result.n_cells} cells from {run.series_path}, frames {run.frames}; wrote {output}")

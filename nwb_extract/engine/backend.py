@@ -28,9 +28,8 @@ import array_api_compat
 import numpy as np
 from array_api_compat import is_cupy_namespace, is_numpy_namespace
 
+from nwb_extract.config import BACKENDS
 from nwb_extract.errors import BackendError
-
-BACKENDS = ("auto", "numpy", "cupy")
 
 
 # ----------------------------------------------------------------------------------------------------------------

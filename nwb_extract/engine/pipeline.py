@@ -38,18 +38,6 @@ _REFINEMENT_KEY = "refinement_traces"
 _STAGES = ("read", "preprocess", "cellfinding", "refinement", "frr")
 
 
-def _make_config(config: ExtractConfig | dict | None, overrides: dict) -> ExtractConfig:
-    if config is None:
-        cfg = ExtractConfig(**overrides)
-    elif isinstance(config, ExtractConfig):
-        cfg = config.replace(**overrides) if overrides else config
-    elif isinstance(config, dict):
-        cfg = ExtractConfig.from_dict({**config, **overrides})
-    else:
-        raise ConfigError(f"config must be an ExtractConfig, a dict or None; got {type(config).__name__}")
-    return cfg.resolved()
-
-
 def _check_movie(movie: Any) -> tuple[int, int, int]:
     shape = getattr(movie, "shape", None)
     if shape is None or not hasattr(movie, "__getitem__"):
@@ -464,7 +452,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     (frames, cells).
     """
     t_start = time.perf_counter()
-    cfg = _make_config(config, overrides)
+    cfg = ExtractConfig.coerce(config, **overrides).resolved()
     n, h, w = _check_movie(movie)
     _check_config_arrays(cfg, n, h, w)
     xp, device = _namespace(movie, cfg)

@@ -1,1 +1,2 @@
-"""File and archive I/O of nwb_extract: NWB reading and writing, lazy movie sources, DANDI streaming."""
+"""File and archive I/O of nwb_extract, reading and writing only (never the engine): NWB files and series, lazy
+movie sources, results, our extension, atomic writes, DANDI assets (docs/architecture.md has one line per module)."""

@@ -1,4 +1,4 @@
-"""DANDI inputs: resolve archive addresses to streamed assets, run EXTRACT per asset, and batch over a dandiset.
+"""DANDI inputs: resolve archive addresses to assets, list a dandiset's assets, open them for streaming.
 
 Accepted inputs (docs/dandi.md):
 
@@ -13,34 +13,32 @@ Assets are resolved with the dandi client (``DandiAPIClient``, ``get_asset_by_pa
 ``DANDI_API_KEY`` environment variable authenticates for embargoed data) and read by streaming: HDF5 files through
 ``remfile`` (byte ranges; optional on-disk chunk cache), ``.nwb.zarr`` assets through hdmf-zarr. Nothing is
 downloaded whole. The API address of every instance can be replaced with the environment variable
-:data:`API_URL_ENV` (a mirror, or a local stand-in in tests).
+:data:`API_URL_ENV` (a mirror, or a local stand-in in tests). The batch manifest is read and written here; running
+EXTRACT on assets is :mod:`nwb_extract.workflow`'s job (this module never imports the engine).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from nwb_extract.errors import (AuthenticationRequiredError, InputError, NwbExtractError, RemoteReadError,
+from nwb_extract.errors import (AuthenticationRequiredError, InputError, RemoteReadError,
                                  SourceNotFoundError)
+from nwb_extract.io.atomic import atomic_path
 
 __all__ = [
-    "API_URL_ENV", "AssetRun", "AuthenticationRequiredError", "BatchEntry", "RemoteAsset", "RemoteReadError",
-    "derived_file_name", "is_dandi_input", "list_assets", "open_asset", "process_asset", "resolve_asset",
-    "run_batch",
+    "API_URL_ENV", "MANIFEST_NAME", "AuthenticationRequiredError", "BatchEntry", "RemoteAsset", "RemoteReadError",
+    "derived_file_name", "is_dandi_input",
+    "list_assets", "load_manifest", "open_asset", "resolve_asset", "save_manifest",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Environment variable that replaces the API URL of every DANDI instance (e.g. ``http://127.0.0.1:8000/api``).
 API_URL_ENV = "NWB_EXTRACT_DANDI_API_URL"
@@ -92,7 +90,7 @@ class RemoteAsset:
         return f"DANDI:{self.dandiset_id}/{self.version}/{self.path}"
 
     def dandi_fields(self) -> dict[str, str | None]:
-        """The DANDI keywords of :class:`nwb_extract.io.nwb.SourceInfo`."""
+        """The DANDI keywords of :class:`nwb_extract.io.source.SourceInfo`."""
         return {"dandiset_id": self.dandiset_id, "dandiset_version": self.version, "asset_id": self.asset_id,
                 "asset_path": self.path if self.dandiset_id is not None else None}
 
@@ -435,72 +433,12 @@ def _open_zarr(asset: RemoteAsset, stack: ExitStack) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# running
-
-
-@dataclass(frozen=True)
-class AssetRun:
-    """What :func:`process_asset` wrote: the file, the run name, the result and what was read."""
-
-    path: Path
-    run_name: str
-    result: Any
-    series_path: str
-    frames: tuple[int, int]
-
-
-def process_asset(asset: RemoteAsset, output: str | os.PathLike, config: Any, *, series: str | None = None,
-                  frames: tuple[int | None, int | None] | None = None, cache_dir: str | os.PathLike | None = None,
-                  overwrite: bool = False, run_name: str | None = None,
-                  prepare: Callable[[Any, Any], Any] | None = None,
-                  on_read: Callable[[int], None] | None = None) -> AssetRun:
-    """Stream an asset's imaging series, run EXTRACT and write a new, standalone local NWB file.
-
-    The output copies the asset's session, subject, device and imaging-plane metadata; its run info records
-    the content URL (``source_path``), dandiset id, version, asset id and asset path.
-
-    Parameters
-    ----------
-    asset : RemoteAsset
-        From :func:`resolve_asset` or :func:`list_assets`.
-    output : str or os.PathLike
-        The new file (its folder must exist).
-    config : nwb_extract.config.ExtractConfig
-        EXTRACT settings.
-    series, frames, cache_dir
-        As :func:`open_asset`.
-    overwrite, run_name
-        As :func:`nwb_extract.io.nwb.write_result`.
-    prepare : callable, optional
-        ``prepare(config, source) -> config``, called once the series is open (e.g. to check footprints
-        against the frame shape).
-    on_read : callable, optional
-        Called with the number of frames after each block read (progress).
-    """
-    from nwb_extract.engine.pipeline import extract
-    from nwb_extract.io.nwb import SourceInfo, write_result
-
-    with open_asset(asset, series, frames=frames, cache_dir=cache_dir) as src:
-        log.info("streaming %s :: %s, frames %d:%d", asset.label, src.series_path, *src.frames)
-        if prepare is not None:
-            config = prepare(config, src)
-        result = extract(src.data.observed(on_read), config)
-        source = SourceInfo(path=asset.content_url, series_path=src.series_path,
-                            shape=tuple(src.series.data.shape), dtype=str(src.data.dtype), frame_range=src.frames,
-                            **asset.dandi_fields())
-        # the metadata are copied from the open (streamed) file: no second read of the asset
-        path, name = write_result(result, output, source=source, overwrite=overwrite, run_name=run_name,
-                                  source_nwbfile=src.nwbfile)
-    return AssetRun(path=path, run_name=name, result=result, series_path=source.series_path, frames=source.frames)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# batch
+# batch manifest (the batch itself: nwb_extract.workflow.run_batch)
 
 
 @dataclass
 class BatchEntry:
-    """One asset's line in the batch manifest.
+    """One asset's line in the batch manifest (:data:`MANIFEST_NAME`).
 
     ``status`` is ``"done"`` (``output`` written, ``n_cells`` found), ``"failed"`` (``error``: the message; retried
     by the next run) or ``"skipped"`` (``error``: why, e.g. no imaging series; not retried).
@@ -518,78 +456,8 @@ class BatchEntry:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-@dataclass
-class BatchReport:
-    """Result of :func:`run_batch`: one entry per asset considered, and which of them this run processed."""
-
-    entries: list[BatchEntry]
-    processed: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[BatchEntry]:
-        return [e for e in self.entries if e.status == "failed"]
-
-    def table(self) -> str:
-        """The final table: status, cells, asset path, output or error; then the counts."""
-        rows = [("STATUS", "CELLS", "ASSET", "OUTPUT / REASON")]
-        rows += [(e.status + ("" if e.path in self.processed else " (earlier)"),
-                  "" if e.n_cells is None else str(e.n_cells), e.path, e.output or e.error or "")
-                 for e in self.entries]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
-        counts = {s: sum(e.status == s for e in self.entries) for s in ("done", "failed", "skipped")}
-        lines.append(f"{len(self.entries)} asset(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-        return "\n".join(lines)
-
-
-def run_batch(source: str, out_dir: str | os.PathLike, config: Any, *, include: str | None = None,
-              series: str | None = None, cache_dir: str | os.PathLike | None = None, client: Any = None,
-              on_asset: Callable[[BatchEntry], None] | None = None) -> BatchReport:
-    """Run EXTRACT on every NWB asset of a dandiset (or ``dandi://`` prefix) that has an imaging series, resumably.
-
-    Results go to ``out_dir / derived_file_name(asset.path)``. The manifest ``out_dir / MANIFEST_NAME`` (JSON,
-    rewritten atomically after each asset) records every asset as done, failed (with the error) or skipped (no
-    imaging series); a re-run processes only the assets not done or skipped. A failure of one asset (network,
-    a bad series, any error) is recorded and the batch goes on.
-
-    Raises the errors of :func:`list_assets` when the dandiset itself cannot be listed.
-    """
-    from nwb_extract.errors import NoImagingSeriesError
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST_NAME
-    manifest = _load_manifest(manifest_path)
-    entries, processed = [], []
-    for asset in list_assets(source, include=include, client=client):
-        previous = manifest.get(asset.path)
-        if previous is not None and previous.status in ("done", "skipped"):
-            entries.append(previous)
-            continue
-        output = out_dir / derived_file_name(asset.path)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        try:
-            run = process_asset(asset, output, config, series=series, cache_dir=cache_dir, overwrite=True)
-            entry = BatchEntry(asset.path, "done", asset.asset_id, output=str(output.relative_to(out_dir)),
-                               n_cells=run.result.n_cells)
-        except NoImagingSeriesError as err:
-            entry = BatchEntry(asset.path, "skipped", asset.asset_id, error=" ".join(str(err).split()))
-        except Exception as err:  # isolate every failure to its asset; KeyboardInterrupt stops the batch
-            log.debug("asset %s failed", asset.path, exc_info=True)
-            text = str(err) if isinstance(err, NwbExtractError) else f"{type(err).__name__}: {err}"
-            entry = BatchEntry(asset.path, "failed", asset.asset_id, error=" ".join(text.split()))
-        entry.seconds = round(time.perf_counter() - started, 3)
-        manifest[asset.path] = entry
-        _save_manifest(manifest_path, source, manifest)
-        entries.append(entry)
-        processed.append(asset.path)
-        if on_asset is not None:
-            on_asset(entry)
-    return BatchReport(entries, processed)
-
-
-def _load_manifest(path: Path) -> dict[str, BatchEntry]:
+def load_manifest(path: Path) -> dict[str, BatchEntry]:
+    """The entries of a batch manifest by asset path (``{}`` when there is none yet)."""
     if not path.exists():
         return {}
     try:
@@ -600,8 +468,8 @@ def _load_manifest(path: Path) -> dict[str, BatchEntry]:
             from None
 
 
-def _save_manifest(path: Path, source: str, manifest: dict[str, BatchEntry]) -> None:
+def save_manifest(path: Path, source: str, manifest: dict[str, BatchEntry]) -> None:
+    """Write the manifest of a batch over ``source`` atomically."""
     document = {"source": source, "assets": {p: e.to_dict() for p, e in sorted(manifest.items())}}
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=1) + "\n")

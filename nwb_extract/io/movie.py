@@ -11,36 +11,16 @@ frame ``t``; nothing is transposed, so footprints computed from them index like 
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nwb_extract.errors import (
-    AmbiguousSeriesError,
-    InputError,
-    NoImagingSeriesError,
-    NotNwbError,
-    SeriesNotFoundError,
-    SourceNotFoundError,
-    UnsupportedSeriesError,
-)
-from nwb_extract.io.nwb import SERIES_TYPES
+from nwb_extract.errors import InputError, UnsupportedSeriesError
+from nwb_extract.io.source import SourceInfo, find_series, open_nwb, unwrap
 
-__all__ = ["FrameBlockReader", "ImagingSource", "find_imaging_series", "open_series"]
-
-# (NWBFile attribute, group path in the file) of the top-level groups that can hold time series
-_ROOT_GROUPS = (
-    ("acquisition", "acquisition"),
-    ("processing", "processing"),
-    ("analysis", "analysis"),
-    ("stimulus", "stimulus/presentation"),
-    ("stimulus_template", "stimulus/templates"),
-)
+__all__ = ["FrameBlockReader", "ImagingSource", "open_series"]
 
 
 class FrameBlockReader:
@@ -159,7 +139,7 @@ class ImagingSource:
         self.series_path = series_path
         self.series_type = series.neurodata_type
         self.frames = (start, stop)
-        self.data = FrameBlockReader(_unwrap(series.data), start, stop)
+        self.data = FrameBlockReader(unwrap(series.data), start, stop)
         self.imaging_plane = series.imaging_plane
         self.nwbfile = nwbfile
         self.location = location
@@ -172,16 +152,14 @@ class ImagingSource:
             self.starting_time = float(series.starting_time or 0.0) + start / self.rate
         self._closer = closer
 
-    def source_info(self, **dandi: str | None) -> Any:
-        """The writer's :class:`nwb_extract.io.nwb.SourceInfo` of this series and frame range.
+    def source_info(self, **dandi: str | None) -> SourceInfo:
+        """The :class:`~nwb_extract.io.source.SourceInfo` of this series and frame range (for the result writer).
 
         ``dandi`` passes the optional DANDI identity (``dandiset_id``, ``dandiset_version``, ``asset_id``,
         ``asset_path``).
         """
-        from nwb_extract.io.nwb import SourceInfo
-
         return SourceInfo(path=self.location, series_path=self.series_path,
-                          shape=tuple(_unwrap(self.series.data).shape), dtype=str(self.data.dtype),
+                          shape=tuple(unwrap(self.series.data).shape), dtype=str(self.data.dtype),
                           frame_range=self.frames, **dandi)
 
     def close(self) -> None:
@@ -221,14 +199,10 @@ def open_series(source: Any, series: str | None = None, *,
 
     Raises
     ------
-    SourceNotFoundError
-        No file, folder or URL at ``source``.
-    NotNwbError
-        ``source`` is not an NWB HDF5 file or NWB Zarr store.
-    NoImagingSeriesError
-        The file has no TwoPhotonSeries or OnePhotonSeries.
-    SeriesNotFoundError, AmbiguousSeriesError
-        ``series`` names nothing, or several candidates and no (unique) choice.
+    SourceNotFoundError, NotNwbError
+        As :func:`nwb_extract.io.source.open_nwb`.
+    NoImagingSeriesError, SeriesNotFoundError, AmbiguousSeriesError
+        As :func:`nwb_extract.io.source.find_series`.
     UnsupportedSeriesError
         A volumetric (4-D) series, or one whose frames are in external files.
     InputError
@@ -236,10 +210,8 @@ def open_series(source: Any, series: str | None = None, *,
     """
     stack = ExitStack()
     try:
-        nwbfile, location = _open_nwbfile(source, stack)
-        found = find_imaging_series(nwbfile)
-        path = _select_series(found, series, location)
-        chosen = found[path]
+        nwbfile, location = stack.enter_context(open_nwb(source))
+        path, chosen = find_series(nwbfile, series, location)
         n_frames = _check_series(chosen, path, location)
         frame_range = _frame_range(frames, n_frames, path)
         return ImagingSource(series=chosen, series_path=path, frames=frame_range, nwbfile=nwbfile,
@@ -249,151 +221,8 @@ def open_series(source: Any, series: str | None = None, *,
         raise
 
 
-def find_imaging_series(nwbfile: Any) -> dict[str, Any]:
-    """Every TwoPhotonSeries and OnePhotonSeries (subtypes included) in ``nwbfile``, keyed by path, sorted."""
-    from pynwb.ophys import OnePhotonSeries, TwoPhotonSeries
-
-    found = {_container_path(obj, nwbfile): obj for obj in nwbfile.objects.values()
-             if isinstance(obj, (TwoPhotonSeries, OnePhotonSeries))}
-    return dict(sorted(found.items()))
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# opening
-
-
-def _open_nwbfile(source: Any, stack: ExitStack) -> tuple[Any, str]:
-    """(NWBFile, location text) for any supported source; files opened here are registered on ``stack``."""
-    import h5py
-    from pynwb import NWBFile
-
-    if isinstance(source, NWBFile):
-        return source, source.container_source or f"NWBFile {source.identifier!r}"
-    if isinstance(source, h5py.File):
-        return _read_hdf5(source, source.filename, stack, owned=False), source.filename
-    if not isinstance(source, (str, os.PathLike)):
-        raise InputError(f"cannot read a movie from a {type(source).__name__}; give an NWB file path, an http(s) "
-                         "URL, a pynwb.NWBFile or an h5py.File")
-    text = os.fspath(source)
-    if isinstance(text, str) and text.startswith(("http://", "https://")):
-        return _open_url(text, stack), text
-    if isinstance(text, str) and "://" in text:
-        raise InputError(f"cannot open {text}: only local paths and http(s):// URLs are supported")
-    return _open_local(Path(text), stack), str(text)
-
-
-def _open_local(path: Path, stack: ExitStack) -> Any:
-    import h5py
-
-    if not path.exists():
-        raise SourceNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        if not any((path / marker).exists() for marker in (".zgroup", "zarr.json")):
-            raise NotNwbError(f"{path} is a folder, not an NWB file or NWB Zarr store; give the .nwb file")
-        return _open_zarr(path, stack)
-    if not h5py.is_hdf5(path):
-        raise NotNwbError(f"{path} is not an NWB file (not HDF5); convert the movie to NWB first, e.g. with "
-                          "neuroconv's imaging interfaces")
-    return _read_hdf5(stack.enter_context(h5py.File(path, "r")), str(path), stack)
-
-
-def _open_zarr(path: Path, stack: ExitStack) -> Any:
-    from hdmf_zarr import NWBZarrIO
-
-    try:
-        io = NWBZarrIO(str(path), mode="r")
-    except Exception as err:  # hdmf-zarr raises various types for a non-NWB store
-        raise NotNwbError(f"{path} is a Zarr store but not a readable NWB file: {err}") from None
-    stack.callback(io.close)
-    return _read(io, str(path))
-
-
-def _open_url(url: str, stack: ExitStack) -> Any:
-    import h5py
-    import remfile
-
-    try:
-        remote = remfile.File(url)  # asks the server for the size: HTTP and connection errors surface here
-    except Exception as err:  # remfile raises plain Exceptions with the HTTP status in the message
-        if re.search(r"\b(404|410)\b", str(err)):
-            raise SourceNotFoundError(f"no such file: {url} ({err})") from None
-        raise InputError(f"cannot read {url}: {err}") from None
-    stack.callback(remote.close)
-    try:
-        h5file = stack.enter_context(h5py.File(remote, "r"))
-    except OSError as err:
-        raise NotNwbError(f"{url} is not an NWB HDF5 file ({err}); NWB Zarr stores can be read from a local "
-                          "folder only") from None
-    return _read_hdf5(h5file, url, stack)
-
-
-def _read_hdf5(h5file: Any, location: str, stack: ExitStack, *, owned: bool = True) -> Any:
-    """NWBFile of an open HDF5 file; closing ``stack`` closes ``h5file`` only when ``owned`` (we opened it)."""
-    from pynwb import NWBHDF5IO
-
-    if "nwb_version" not in h5file.attrs:
-        raise NotNwbError(f"{location} is an HDF5 file but not an NWB file (no 'nwb_version' attribute)")
-    io = NWBHDF5IO(file=h5file, mode=h5file.mode, load_namespaces=True)
-    stack.callback(io.close if owned else io.close_linked_files)  # io.close() would close the caller's file
-    return _read(io, location)
-
-
-def _read(io: Any, location: str) -> Any:
-    try:
-        return io.read()
-    except Exception as err:  # hdmf raises many types for a broken file
-        raise NotNwbError(f"{location} could not be read as NWB: {type(err).__name__}: {err}") from None
-
-
-def _unwrap(data: Any) -> Any:
-    """The array behind hdmf's ``DataIO`` wrappers (series of an NWBFile built in memory)."""
-    from hdmf.data_utils import DataIO
-
-    return data.data if isinstance(data, DataIO) else data
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# selection and checks
-
-
-def _container_path(obj: Any, nwbfile: Any) -> str:
-    """Path of ``obj`` in the file, e.g. ``acquisition/TwoPhotonSeries``, ``processing/ophys/MotionCorrected``."""
-    parts = []
-    while obj.parent is not None and obj is not nwbfile:
-        if obj.parent is nwbfile:
-            group = next((path for attr, path in _ROOT_GROUPS if getattr(nwbfile, attr).get(obj.name) is obj), None)
-            parts.append(obj.name if group is None else f"{group}/{obj.name}")
-        else:
-            parts.append(obj.name)
-        obj = obj.parent
-    return "/".join(reversed(parts))
-
-
-def _select_series(found: dict[str, Any], choice: str | None, location: str) -> str:
-    listing = ", ".join(f"{path} ({s.neurodata_type}, {_shape_text(s)})" for path, s in found.items())
-    if not found:
-        raise NoImagingSeriesError(f"{location} holds no {' or '.join(SERIES_TYPES)} (searched acquisition and "
-                                   "every processing module); EXTRACT needs a calcium-imaging movie")
-    if choice is None:
-        if len(found) == 1:
-            return next(iter(found))
-        raise AmbiguousSeriesError(f"{location} holds {len(found)} imaging series: {listing}; choose one with "
-                                   "--series NAME or PATH (series= in Python)")
-    wanted = choice.strip("/")
-    if wanted in found:
-        return wanted
-    named = [path for path, s in found.items() if s.name == wanted]
-    if len(named) > 1:
-        raise AmbiguousSeriesError(f"{location} holds {len(named)} imaging series named {wanted!r}: "
-                                   f"{', '.join(named)}; give the full path")
-    if not named:
-        raise SeriesNotFoundError(f"{location} has no imaging series {choice!r}; its imaging series: {listing}")
-    return named[0]
-
-
-def _shape_text(series: Any) -> str:
-    shape = getattr(_unwrap(series.data), "shape", None)
-    return "external files" if series.external_file is not None else f"shape {tuple(shape) if shape else '?'}"
+# checks
 
 
 def _check_series(series: Any, path: str, location: str) -> int:
@@ -404,7 +233,7 @@ def _check_series(series: Any, path: str, location: str) -> int:
             f"{path} in {location} keeps its frames in external files ({files}); nwb-extract reads frames stored "
             "in the NWB file: convert the movie into NWB (e.g. with neuroconv's imaging interfaces), or read it "
             "yourself (e.g. with roiextractors) and pass the array to nwb_extract.extract()")
-    data = _unwrap(series.data)
+    data = unwrap(series.data)
     shape = getattr(data, "shape", None)
     if shape is None or not hasattr(data, "__getitem__"):
         raise UnsupportedSeriesError(f"{path} in {location}: data is a {type(data).__name__}, not a sliceable "

@@ -4,7 +4,9 @@ The namespace YAML is shipped as package data (``nwb_extract/schemas`` in the wh
 in an editable install) and loaded once, on first use, like an ndx-template extension (style-anchors §5, item 13).
 :func:`build_spec` derives the type from the config tables of :mod:`nwb_extract.config`, so the YAML cannot drift
 from the config (a test compares the two); regenerate it after a config change with
-``python -m nwb_extract.io.schema schemas``.
+``python -m nwb_extract.io.schema schemas`` and bump :data:`NAMESPACE_VERSION`: a test on the spec's hash fails
+until the new version and its hash are recorded. Files written under an earlier version still read (a stored 0.1.0
+file is tested): readers use the run-info fields every version has and ignore the others.
 
 ``ExtractRunInfo`` (``neurodata_type_inc: NWBDataInterface``, stored in ``processing/ophys``):
 
@@ -45,7 +47,9 @@ __all__ = [
 ]
 
 NAMESPACE = "ndx-nwb-extract"
-NAMESPACE_VERSION = "0.1.0"
+NAMESPACE_VERSION = "0.2.0"
+"""Version of the namespace; every change of the spec needs a new one (tests/test_schema.py holds the hash of the
+spec of each version). 0.2.0: the first versioned spec (0.1.0 files, written with several specs, still read)."""
 RUN_INFO_TYPE = "ExtractRunInfo"
 
 AXIS_ORDER = ("masks follow the source series' stored axis order: image_mask[k] indexes like the series' data[t] "
@@ -89,7 +93,7 @@ RUN_ATTRIBUTES: dict[str, tuple[str, tuple | None, bool, str]] = {
 }
 
 #: Stages with a typed ``seconds_<stage>`` attribute (all stages, these included, are in ``run_info_json``).
-TIMING_STAGES = ("read", "preprocess", "initialisation", "cellfinding", "refinement", "frr", "total")
+TIMING_STAGES = ("read", "preprocess", "cellfinding", "refinement", "frr", "total")
 
 _ATTRIBUTE_DTYPES = {"bool": "bool", "int": "int32", "float": "float64", "choice": "text"}
 _GROUP_PREFIXES = (("", PARAMETERS), ("thresholds_", THRESHOLD_PARAMETERS), ("python_", PYTHON_PARAMETERS))

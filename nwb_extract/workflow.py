@@ -1,0 +1,204 @@
+"""Open a series, run EXTRACT, write the result: the one place that does all three.
+
+:func:`run_nwb` is the whole path for one input (a local NWB file or Zarr folder, an http(s) URL, or a DANDI asset,
+streamed); the CLI's ``run`` and ``demo`` and the DANDI batch call it. :func:`run_batch` runs it over every imaging
+asset of a dandiset, resumably. :func:`extract_frames` is the engine call on a file's stored frames that
+:func:`run_nwb` and the roiextractors plugin share, and :func:`resolve_input` the input resolution that
+:func:`run_nwb` and the neuroconv plugin share. Below this module, :mod:`nwb_extract.io` only reads and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nwb_extract.config import ExtractConfig
+from nwb_extract.engine import pipeline
+from nwb_extract.errors import NoImagingSeriesError, NwbExtractError
+from nwb_extract.io import dandi
+from nwb_extract.io.movie import ImagingSource, open_series
+from nwb_extract.io.nwb_write import write_result
+from nwb_extract.result import ExtractResult
+
+__all__ = ["BatchReport", "RunOutput", "extract_frames", "resolve_input", "run_batch", "run_nwb"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What :func:`run_nwb` wrote: the file, the run name, the result and what was read."""
+
+    path: Path
+    run_name: str
+    result: ExtractResult
+    series_path: str
+    frames: tuple[int, int]
+
+
+def resolve_input(text: str, *, path: str | None = None) -> tuple[str | dandi.RemoteAsset, dict[str, str | None]]:
+    """``(what to open, DANDI fields of the run info)`` of an input given as text.
+
+    A DANDI address (``dandi://``, ``DANDI:`` with ``path``, an API asset URL, ``s3://``) becomes its
+    :class:`~nwb_extract.io.dandi.RemoteAsset`; a local path or plain http(s) URL stays as it is, with no fields.
+    """
+    if not dandi.is_dandi_input(text) and path is None:
+        return text, {}
+    asset = dandi.resolve_asset(text, path=path)
+    return asset, asset.dandi_fields()
+
+
+def extract_frames(frames: Any, config: ExtractConfig, *, on_read: Callable[[int], None] | None = None
+                   ) -> ExtractResult:
+    """Run EXTRACT on a file's movie in its stored axis order ``(frames, x, y)``, read lazily.
+
+    ``frames`` is a :class:`~nwb_extract.io.movie.FrameBlockReader` (``on_read(frames)`` is called after each block
+    read) or any lazy movie with ``.shape``, ``.dtype`` and slicing. Masks of the result then index like the
+    stored frames (docs/architecture.md, axis rule).
+    """
+    return pipeline.extract(frames if on_read is None else frames.observed(on_read), config)
+
+
+def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.PathLike, config: ExtractConfig, *,
+            series: str | None = None, frames: tuple[int | None, int | None] | None = None, in_place: bool = False,
+            overwrite: bool = False, run_name: str | None = None, cache_dir: str | os.PathLike | None = None,
+            prepare: Callable[[ExtractConfig, ImagingSource], ExtractConfig] | None = None,
+            on_read: Callable[[int], None] | None = None) -> RunOutput:
+    """Open an imaging series, run EXTRACT on its stored frames and write the result into NWB.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or RemoteAsset
+        A local NWB file or Zarr folder, an http(s) URL (streamed), or a resolved DANDI asset (streamed; its
+        identity goes into the run info); a DANDI address as text is resolved here.
+    output : str or os.PathLike
+        The new result file; with ``in_place`` the source file itself.
+    config : ExtractConfig
+        EXTRACT settings.
+    series, frames
+        As :func:`nwb_extract.io.movie.open_series`.
+    in_place, overwrite, run_name
+        As :func:`nwb_extract.io.nwb_write.write_result`; the in-place append runs once the source is closed.
+    cache_dir : str or os.PathLike, optional
+        remfile disk cache of a streamed DANDI asset.
+    prepare : callable, optional
+        ``prepare(config, source) -> config``, called once the series is open (e.g. to check footprints against
+        its frame shape, or to size a progress bar).
+    on_read : callable, optional
+        Called with the number of frames after each block read (progress).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source, dandi_fields = resolve_input(os.fspath(source))
+    else:
+        dandi_fields = source.dandi_fields()
+    with _open(source, series, frames, cache_dir) as src:
+        n_frames, n_x, n_y = src.data.shape
+        log.info("reading %s :: %s (%s), frames %d:%d, %d x %d px, %s", src.location, src.series_path,
+                 src.series_type, *src.frames, n_x, n_y, src.data.dtype)
+        if prepare is not None:
+            config = prepare(config, src)
+        result = extract_frames(src.data, config, on_read=on_read)
+        info = src.source_info(**dandi_fields)
+        if not in_place:  # a new file copies the metadata from the open source (no second read of a stream)
+            path, name = write_result(result, output, source=info, overwrite=overwrite, run_name=run_name,
+                                      source_nwbfile=src.nwbfile)
+    if in_place:  # the source is closed now, so the file can be opened for appending
+        path, name = write_result(result, output, source=info, in_place=True, run_name=run_name)
+    return RunOutput(path=path, run_name=name, result=result, series_path=info.series_path, frames=info.frames)
+
+
+@contextmanager
+def _open(source: str | dandi.RemoteAsset, series: str | None, frames: tuple[int | None, int | None] | None,
+          cache_dir: str | os.PathLike | None) -> Iterator[ImagingSource]:
+    if isinstance(source, dandi.RemoteAsset):
+        with dandi.open_asset(source, series, frames=frames, cache_dir=cache_dir) as src:
+            yield src
+    else:
+        with open_series(source, series, frames=frames) as src:
+            yield src
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# batch
+
+
+@dataclass
+class BatchReport:
+    """Result of :func:`run_batch`: one entry per asset considered, and which of them this run processed."""
+
+    entries: list[dandi.BatchEntry]
+    processed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dandi.BatchEntry]:
+        return [e for e in self.entries if e.status == "failed"]
+
+    def table(self) -> str:
+        """The final table: status, cells, asset path, output or error; then the counts."""
+        rows = [("STATUS", "CELLS", "ASSET", "OUTPUT / REASON")]
+        rows += [(e.status + ("" if e.path in self.processed else " (earlier)"),
+                  "" if e.n_cells is None else str(e.n_cells), e.path, e.output or e.error or "")
+                 for e in self.entries]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+        counts = {s: sum(e.status == s for e in self.entries) for s in ("done", "failed", "skipped")}
+        lines.append(f"{len(self.entries)} asset(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return "\n".join(lines)
+
+
+def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *, include: str | None = None,
+              series: str | None = None, cache_dir: str | os.PathLike | None = None, client: Any = None,
+              on_asset: Callable[[dandi.BatchEntry], None] | None = None) -> BatchReport:
+    """Run EXTRACT on every NWB asset of a dandiset (or ``dandi://`` prefix) that has an imaging series, resumably.
+
+    Results go to ``out_dir / derived_file_name(asset.path)``. The manifest ``out_dir / MANIFEST_NAME`` (JSON,
+    rewritten atomically after each asset) records every asset as done, failed (with the error) or skipped (no
+    imaging series); a re-run processes only the assets not done or skipped. A failure of one asset (network,
+    a bad series, any error) is recorded and the batch goes on.
+
+    Raises the errors of :func:`nwb_extract.io.dandi.list_assets` when the dandiset itself cannot be listed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / dandi.MANIFEST_NAME
+    manifest = dandi.load_manifest(manifest_path)
+    entries, processed = [], []
+    for asset in dandi.list_assets(source, include=include, client=client):
+        previous = manifest.get(asset.path)
+        if previous is not None and previous.status in ("done", "skipped"):
+            entries.append(previous)
+            continue
+        entry = _run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir)
+        manifest[asset.path] = entry
+        dandi.save_manifest(manifest_path, source, manifest)
+        entries.append(entry)
+        processed.append(asset.path)
+        if on_asset is not None:
+            on_asset(entry)
+    return BatchReport(entries, processed)
+
+
+def _run_asset(asset: dandi.RemoteAsset, out_dir: Path, config: ExtractConfig, *, series: str | None,
+               cache_dir: str | os.PathLike | None) -> dandi.BatchEntry:
+    """Process one asset of a batch; every failure becomes the entry's error (KeyboardInterrupt stops the batch)."""
+    output = out_dir / dandi.derived_file_name(asset.path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        run = run_nwb(asset, output, config, series=series, cache_dir=cache_dir, overwrite=True)
+        entry = dandi.BatchEntry(asset.path, "done", asset.asset_id, output=str(output.relative_to(out_dir)),
+                                 n_cells=run.result.n_cells)
+    except NoImagingSeriesError as err:
+        entry = dandi.BatchEntry(asset.path, "skipped", asset.asset_id, error=" ".join(str(err).split()))
+    except Exception as err:  # isolate every failure to its asset
+        log.debug("asset %s failed", asset.path, exc_info=True)
+        text = str(err) if isinstance(err, NwbExtractError) else f"{type(err).__name__}: {err}"
+        entry = dandi.BatchEntry(asset.path, "failed", asset.asset_id, error=" ".join(text.split()))
+    entry.seconds = round(time.perf_counter() - started, 3)
+    return entry
