@@ -8,8 +8,7 @@ the image, so results do not depend on the flattening (the reference flattens co
 Tiling changes results (each cell's trace is a power-weighted average of fits on different pixel subsets), so the
 tile counts follow a fixed rule: the reference's CPU rule (``tiling="deterministic"``, tiles about ``20 r`` pixels
 wide), identical on every device. The reference's GPU rule, which sizes tiles by free device memory, is not
-implemented (``tiling="memory"`` raises :class:`~nwb_extract.errors.NotImplementedYetError`): it would make
-results depend on the machine (spec §13 item 11).
+offered: it would make results depend on the machine (spec §13 item 11).
 
 Only pixels inside the union of the footprints (T-step) or masks (S-step) enter the solvers; per tile, only the
 cells that touch it. All index bookkeeping (which pixels and cells a tile holds, scattering the tile results back)
@@ -24,7 +23,8 @@ from typing import Any, Callable, NamedTuple
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine import backend, noise, solver_kernels
 from nwb_extract.engine.robust import SOLVERS
-from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
+from nwb_extract.config import TILINGS
+from nwb_extract.errors import ConfigError, InputError
 
 #: Tile side of the deterministic rule, in cell radii ("~10 cells wide").
 TILE_SIDE_IN_RADII = 20.0
@@ -38,7 +38,6 @@ MINIMUM_TILES_BELOW_ITER = 101
 S_STEP_TRACE_THRESHOLD = 3.0 * math.sqrt(2.0)
 #: Floor of the per-image maximum in the S-step normalisation (``normalize_to_one``).
 NORMALISE_FLOOR = 1e-6
-TILINGS = ("deterministic", "memory")
 
 
 class TileCounts(NamedTuple):
@@ -73,12 +72,8 @@ class SStepResult(NamedTuple):
 
 
 def _check_tiling(tiling: str) -> None:
-    if tiling == "memory":
-        raise NotImplementedYetError(
-            "tiling='memory' (tile sizes from free GPU memory, as the reference's GPU path) is not implemented; "
-            "use tiling='deterministic', which gives the same results on every device")
     if tiling not in TILINGS:
-        raise ConfigError(f"unknown tiling {tiling!r}; choose 'deterministic'")
+        raise ConfigError(f"unknown tiling {tiling!r}; choose 'deterministic' (the same tiles on every device)")
 
 
 def _spatial_base(frame_shape: tuple[int, int], radius: float) -> tuple[int, int]:
@@ -253,7 +248,7 @@ def solve_T(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, *, solver: str |
         refinement; ``fp_solve_adaptive``, ``fp_solve_adaptive_raw``, ``fp_solve`` in the final regression).
     frame_shape : (h, w) — image shape; ``radius`` : float — ``avg_cell_radius`` in pixels (sets the tiling).
     lam : array (K,), optional — l1 penalty per cell (§6.5).
-    tiling : ``"deterministic"`` (default); ``"memory"`` is not implemented.
+    tiling : ``"deterministic"`` (the only rule offered).
     **solver_kwargs : passed to the solver (e.g. ``kappa_iter_nums``).
 
     Returns
