@@ -93,3 +93,17 @@ def test_map_in_threads_keeps_order_and_runs_side_by_side(monkeypatch):
         out = solver_kernels.map_in_threads(work, list(range(12)), xp)
         assert [int(o[0]) for o in out] == list(range(12))
         assert len(seen) <= threads
+
+
+def test_single_threaded_blas_limits_and_restores():
+    """Inside the block NumPy's BLAS runs one thread; after it, the machine's setting is back."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    xp = array_api_compat.array_namespace(np.empty(0))
+    before = blas_threads()
+    with solver_kernels.single_threaded_blas(xp):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before

@@ -220,6 +220,21 @@ def host_threads() -> int:
 MAX_HOST_THREADS = 4
 
 
+@contextmanager
+def single_threaded_blas(xp: Any) -> Iterator[None]:
+    """NumPy: BLAS limited to one thread inside the block (restored after), so that idle BLAS threads do not
+    spin on the cores the compiled kernels and :func:`map_in_threads` use (measured on the 2-core CI machine:
+    2 BLAS threads made the whole run 1.5x slower), and results do not depend on the machine's BLAS thread count.
+    Other namespaces: no effect."""
+    if not is_numpy(xp):
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any) -> list:
     """``[func(item) for item in items]``, results in order. NumPy runs the items on :func:`host_threads` threads
     (the compiled kernels and large NumPy operations release the GIL; each item's arithmetic is the same as in
