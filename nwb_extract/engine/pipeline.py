@@ -460,8 +460,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
                       "(F_per_pixel = 1)", stacklevel=2)
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
-    with solver_kernels.single_threaded_blas(xp):  # the kernels and tile threads use the cores (see there)
-        outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
+    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
     if n_bad_values:
         warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
     frame_shape = (h, w)

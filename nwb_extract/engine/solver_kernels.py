@@ -222,10 +222,12 @@ MAX_HOST_THREADS = 4
 
 @contextmanager
 def single_threaded_blas(xp: Any) -> Iterator[None]:
-    """NumPy: BLAS limited to one thread inside the block (restored after), so that idle BLAS threads do not
-    spin on the cores the compiled kernels and :func:`map_in_threads` use (measured on the 2-core CI machine:
-    2 BLAS threads made the whole run 1.5x slower), and results do not depend on the machine's BLAS thread count.
-    Other namespaces: no effect."""
+    """NumPy: BLAS limited to one thread inside the block (restored after); other namespaces: no effect.
+
+    :func:`map_in_threads` runs its items under it: idle BLAS threads would spin on the cores the tile threads and
+    compiled kernels use (measured on the 2-core CI machine: refinement 1.7x slower with 2 BLAS threads), and the
+    items' arithmetic then does not depend on the machine's BLAS thread count.
+    """
     if not is_numpy(xp):
         yield
         return
@@ -237,10 +239,12 @@ def single_threaded_blas(xp: Any) -> Iterator[None]:
 
 def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any) -> list:
     """``[func(item) for item in items]``, results in order. NumPy runs the items on :func:`host_threads` threads
-    (the compiled kernels and large NumPy operations release the GIL; each item's arithmetic is the same as in
-    turn, so results do not depend on the thread count); other namespaces run them in turn."""
+    with single-threaded BLAS (the compiled kernels and large NumPy operations release the GIL; each item's
+    arithmetic is the same as in turn, so results do not depend on the thread count); other namespaces run them in
+    turn."""
     workers = min(host_threads(), len(items)) if is_numpy(xp) else 1
-    if workers <= 1:
-        return [func(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(func, items))
+    with single_threaded_blas(xp):
+        if workers <= 1:
+            return [func(item) for item in items]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(func, items))
