@@ -53,7 +53,7 @@ def golden_run(request, reference_dir):
 
 def test_pipeline_goldens_agree_with_reference(golden_run):
     """Same number of cells on m1 and m3 (and on m2, where the reference keeps 9 background pieces), matching F1
-    >= 0.95, median matched footprint and trace correlations >= 0.97 for each trace kind.
+    >= 0.95, and every matched footprint and trace correlation >= 0.9999 for each trace kind (what is measured).
 
     Measured: the same cells as the reference on all three movies (12, 19, 21 with the reference's stitching),
     every matched footprint and trace correlation >= 0.9999, per-trace max error ~1e-6 relative. With our
@@ -72,10 +72,10 @@ def test_pipeline_goldens_agree_with_reference(golden_run):
         assert len(pairs) == result.n_cells  # each of our cells is one of the reference's
         _, _, f1 = precision_recall_f1(S_opt.shape[0], result.n_cells, len(pairs))
         assert f1 >= 0.95, (name, option, f1)
-        assert np.median(fp_corr) >= 0.97
+        assert np.min(fp_corr) >= 0.9999, (name, option, np.min(fp_corr))
         ours = result.traces[kind]
         trace_corr = [np.corrcoef(T_ref[:, a], ours[:, b])[0, 1] for a, b in pairs]
-        assert np.median(trace_corr) >= 0.97, (name, option, np.median(trace_corr))
+        assert np.min(trace_corr) >= 0.9999, (name, option, np.min(trace_corr))
 
 
 def test_seam_fragment_rule_on_m3_drops_only_a_false_positive(golden_run):
