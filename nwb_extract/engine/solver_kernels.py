@@ -98,6 +98,7 @@ class ResidualOperator:
         self.xp = get_namespace(A, B)
         self.A, self.B = A, B
         self.shape = (B.shape[0], A.shape[0])
+        self._nonzeros: tuple[int, int] | None = None  # (non-zeros of A, used columns), for counting work
         if is_numpy(self.xp):
             self._prepare_numpy(A, B)
         elif is_cupy(self.xp):
@@ -109,9 +110,11 @@ class ResidualOperator:
         """Work of one application on the non-zeros of A (the NumPy kernel's; the dense paths do more): two
         products over the non-zeros and three operations per used column and row; B (and a per-entry kappa) read
         once."""
+        if self._nonzeros is None:
+            A = to_numpy(self.A)
+            self._nonzeros = int(np.count_nonzero(A)), int(np.count_nonzero(np.any(A != 0, axis=0)))
+        nnz, used = self._nonzeros
         r = self.shape[0]
-        A = to_numpy(self.A) if not is_numpy(self.xp) else self.A
-        nnz, used = int(np.count_nonzero(A)), int(np.count_nonzero(np.any(A != 0, axis=0)))
         per_entry = getattr(kappa, "ndim", 0) > 0
         count_work((4 * nnz + 3 * used) * r, 4 * used * r * (2 if per_entry else 1))
 
@@ -122,8 +125,7 @@ class ResidualOperator:
         self._cells = cells.astype(np.int64)
         self._values = np.ascontiguousarray(A_t[columns, cells])
         self._data_t = np.ascontiguousarray(B.T)  # a view when B is F-contiguous
-        self._kappa_source: Any = None
-        self._kappa_t = np.empty((0, B.shape[0]), dtype=B.dtype)
+        self._kappa_source: Any = None  # the per-entry kappa whose transposed copy _kappa_t holds
 
     def _numpy_kappa(self, kappa: Any) -> tuple[np.ndarray, np.ndarray]:
         """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array."""
