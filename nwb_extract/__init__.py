@@ -2,16 +2,63 @@
 
 Public API: :func:`extract` runs EXTRACT on a movie ``(frames, rows, cols)``; :class:`ExtractConfig` holds its
 configuration (EXTRACT's own parameter names); :class:`ExtractResult` holds footprints ``(cells, rows, cols)``,
-the three trace kinds ``(frames, cells)`` and run information.
+the three trace kinds ``(frames, cells)`` and run information. The names are imported on first use, so that
+``import nwb_extract`` (and the command line's ``--help``) stays fast.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from nwb_extract._version import __version__
-from nwb_extract.config import ExtractConfig
-from nwb_extract.engine.pipeline import extract
 from nwb_extract.errors import NwbExtractError
-from nwb_extract.result import ExtractResult
+
+if TYPE_CHECKING:
+    from nwb_extract.config import ExtractConfig
+    from nwb_extract.progress import ProgressCallback
+    from nwb_extract.result import ExtractResult
 
 __all__ = ["ExtractConfig", "ExtractResult", "NwbExtractError", "__version__", "extract", "register"]
+
+_LAZY = {"ExtractConfig": "nwb_extract.config", "ExtractResult": "nwb_extract.result"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nwb_extract' has no attribute {name!r}")
+
+
+def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
+            progress: bool | ProgressCallback | None = None, **overrides: Any) -> ExtractResult:
+    """Run EXTRACT on ``movie``.
+
+    Parameters
+    ----------
+    movie : array (frames, rows, cols) of any supported namespace (NumPy, CuPy, ...), or a lazy source with
+        ``.shape``, ``.dtype`` and slicing ``[t0:t1, r0:r1, c0:c1]`` such as an h5py dataset.
+    config : :class:`ExtractConfig`, a dict of EXTRACT parameters, or None for the defaults.
+    progress : callable, bool or None
+        A callable receives a :class:`nwb_extract.progress.ProgressEvent` (``stage``, ``done``, ``total``,
+        ``message``, ...) as each stage advances; None shows the default display when ``python.progress`` is on
+        (tqdm bars in a terminal or notebook, else INFO lines on the logger ``nwb_extract.progress``); False
+        shows nothing.
+    **overrides : EXTRACT parameters (or Python-only settings such as ``backend``) applied on top of ``config``.
+
+    Returns
+    -------
+    ExtractResult with footprints (cells, rows, cols) and the traces ``baseline_adjusted``, ``nonneg``, ``raw``
+    (frames, cells).
+    """
+    from nwb_extract.config import ExtractConfig
+    from nwb_extract.engine.pipeline import extract as run
+    from nwb_extract.progress_display import progress_display
+
+    cfg = ExtractConfig.coerce(config, **overrides)
+    with progress_display(progress, cfg.python.progress) as callback:
+        return run(movie, cfg, progress=callback)
 
 
 def register() -> None:

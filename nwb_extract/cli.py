@@ -4,6 +4,9 @@ Every error of the package (:class:`~nwb_extract.errors.NwbExtractError`) is pri
 ``nwb-extract COMMAND: error: MESSAGE``, and gives the exit code of its kind (:data:`EXIT_CODES`, documented in
 docs/cli.md); a usage error gives argparse's exit code 2. Nothing is written when a command fails: outputs are
 checked before any work starts and written atomically.
+
+Imports of the numerical and NWB stacks happen inside the commands, so ``--help`` and argument errors answer at
+once (a test checks that importing this module loads none of them).
 """
 
 from __future__ import annotations
@@ -12,16 +15,14 @@ import argparse
 import difflib
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from nwb_extract._version import ENGINE_VERSION, __version__
-from nwb_extract.config import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, ExtractConfig
 from nwb_extract.errors import (
     AmbiguousSeriesError,
     AuthenticationRequiredError,
@@ -40,6 +41,12 @@ from nwb_extract.errors import (
     UnknownConfigKeyError,
     UnsupportedSeriesError,
 )
+from nwb_extract.parameters import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS, Param
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from nwb_extract.config import ExtractConfig
 
 log = logging.getLogger("nwb_extract.cli")
 
@@ -72,15 +79,28 @@ BATCH_FAILED = 18
 # argument types
 
 
+_FRAMES = re.compile(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*")
+
+
 def _frames_arg(text: str) -> tuple[int | None, int | None]:
-    """``START:STOP`` (either may be empty) -> (start, stop); argparse type."""
-    start, sep, stop = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return (int(start) if start.strip() else None, int(stop) if stop.strip() else None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, STOP exclusive, e.g. 0:1000), got {text!r}") from None
+    """``START:STOP`` (either may be empty or negative, counted from the end as in Python) -> (start, stop);
+    argparse type."""
+    match = _FRAMES.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, STOP exclusive, negative counts from the "
+                                         f"end; e.g. 0:1000 or -500:), got {text!r}")
+    return tuple(None if value is None else int(value) for value in match.groups())
+
+
+def _join_negative_frames(argv: list[str]) -> list[str]:
+    """``--frames -50:`` -> ``--frames=-50:``: argparse would read a value starting with '-' as an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--frames" and arg.startswith("-") and _FRAMES.fullmatch(arg):
+            out[-1] = f"--frames={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _key_value_arg(text: str) -> tuple[str, Any]:
@@ -127,6 +147,8 @@ def _set_changes(items: list[tuple[str, Any]] | None) -> dict[str, Any]:
 def _config_arg(path: str | None, sets: list[tuple[str, Any]] | None, backend: str | None = None) -> ExtractConfig:
     """The config of a ``--config`` / FILE argument (defaults when None) with the ``--set`` changes and
     ``--backend`` applied (:meth:`ExtractConfig.coerce`)."""
+    from nwb_extract.config import ExtractConfig
+
     cfg = ExtractConfig.coerce(path, **_set_changes(sets))
     return cfg if backend is None else cfg.replace(backend=backend)
 
@@ -149,9 +171,19 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, An
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, list) and np.asarray(value, dtype=object).size > 8:
-        return f"<array {np.asarray(value).shape}>"
+    """A config value for one line: a list of more than 8 numbers as ``<array (shape)>``."""
+    if isinstance(value, list):
+        shape, inner = [len(value)], value
+        while inner and isinstance(inner[0], list):
+            shape.append(len(inner[0]))
+            inner = inner[0]
+        if _count(value) > 8:
+            return f"<array {tuple(shape)}>"
     return repr(value)
+
+
+def _count(value: Any) -> int:
+    return sum(_count(v) for v in value) if isinstance(value, list) else 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -213,33 +245,70 @@ def _plan_output(args: argparse.Namespace, asset: Any) -> tuple[Path, bool]:
 # commands
 
 
+def _check_local_input(text: str) -> None:
+    """A missing local input file is reported before the NWB stack is imported (an answer in well under 1 s)."""
+    if "://" in text or text.upper().startswith("DANDI:"):
+        return
+    if not Path(text).exists():
+        raise SourceNotFoundError(f"no such file: {text}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from nwb_extract.io.dandi import RemoteAsset, is_dandi_input
-    from nwb_extract.workflow import resolve_input, run_nwb
 
+    if args.path is None:
+        _check_local_input(args.input)
     cfg = _config_arg(args.config, args.set, args.backend)
     if args.in_place and (is_dandi_input(args.input) or args.path is not None):
         raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
                                      "(read-only), so write a new file with -o instead")
+    plot = _check_output(Path(args.plot), args.overwrite) if args.plot else None
+    from nwb_extract.workflow import resolve_input, run_nwb
+
     source, _ = resolve_input(args.input, path=args.path)
     output, in_place = _plan_output(args, source if isinstance(source, RemoteAsset) else None)
     footprints = _load_footprints(args.footprints) if args.footprints else None
-    show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
-    with tqdm(unit="frame", desc="reading", disable=not show_bar, leave=False, mininterval=0) as bar:
 
-        def prepare(config: Any, src: Any) -> Any:
-            bar.reset(total=src.data.shape[0])
-            if footprints is None:
-                return config
-            return _with_footprints(config, footprints, src.data.shape[1:], args.footprints)
+    def prepare(config: Any, src: Any) -> Any:
+        if footprints is None:
+            return config
+        return _with_footprints(config, footprints, src.data.shape[1:], args.footprints)
 
-        run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
-                      overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
-                      on_read=bar.update)  # one update per block read: show each
+    run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
+                  overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
+                  progress=_show_progress(args.quiet, cfg.python.progress))
+    if plot is not None:
+        from nwb_extract.io.nwb_read import read_timing
+        from nwb_extract.plots import plot_overview
+
+        timing = read_timing(run.path, run.run_name)
+        plot_overview(run.result, plot, frame_rate=_frame_rate(timing))
     _print_summary(run.result, run.series_path, run.frames, run.path, run.run_name, quiet=args.quiet)
+    if plot is not None and not args.quiet:
+        print(f"figure: {plot}")
     return 0
+
+
+def _show_progress(quiet: bool, enabled: bool = True) -> bool:
+    """Whether to show progress (bars on a terminal, INFO lines of ``nwb_extract.progress`` otherwise): not with
+    ``--quiet`` or ``python.progress`` false."""
+    show = not quiet and enabled
+    if show and not sys.stderr.isatty():
+        logging.getLogger("nwb_extract.progress").setLevel(logging.INFO)
+    return show
+
+
+def _frame_rate(timing: dict[str, Any]) -> float | None:
+    """Frames per second of a run's timing (its rate, or 1 / median interval of its timestamps)."""
+    if timing.get("rate"):
+        return float(timing["rate"])
+    stamps = timing.get("timestamps")
+    if stamps is None or len(stamps) < 2:
+        return None
+    import numpy as np
+
+    step = float(np.median(np.diff(stamps)))
+    return 1.0 / step if step > 0 else None
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -255,12 +324,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             print(f"{entry.status}: {entry.path}" + (f" ({entry.error})" if entry.error else ""), file=sys.stderr)
 
     result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
-                       cache_dir=args.cache_dir, on_asset=report)
+                       cache_dir=args.cache_dir, on_asset=report,
+                       progress=_show_progress(args.quiet, cfg.python.progress))
     print(result.table())
     return BATCH_FAILED if result.failed else 0
 
 
 def _load_footprints(path_text: str) -> np.ndarray:
+    import numpy as np
+
     path = Path(path_text)
     if not path.is_file():
         raise SourceNotFoundError(f"no such footprints file: {path}")
@@ -279,7 +351,7 @@ def _with_footprints(cfg: Any, footprints: np.ndarray, frame_shape: tuple[int, i
     if footprints.ndim != 3 or tuple(footprints.shape[1:]) != tuple(frame_shape):
         raise InputError(f"--footprints {name} has shape {footprints.shape}; it must be (cells, {frame_shape[0]}, "
                          f"{frame_shape[1]}): one image per cell in the series' stored frame axis order")
-    return cfg.replace(S_init=footprints.astype(np.float32), regression_only=True)
+    return cfg.replace(S_init=footprints.astype("float32"), regression_only=True)
 
 
 def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path: Path, run_name: str, *,
@@ -302,14 +374,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     path = args.result
     if not path.startswith(("http://", "https://")) and not Path(path).exists():
         raise SourceNotFoundError(f"no such file: {path}")
+    from nwb_extract.config import ExtractConfig
+
     names = list_runs(path)
     print(f"{path}: {len(names)} nwb-extract run(s)")
     results = [read_result(path, name) for name in names]
+    defaults = ExtractConfig().to_dict()
     for name, result in zip(names, results):
         print(f"  {name}: {result.n_cells} cells, {result.n_frames} frames of {result.frame_shape[0]} x "
               f"{result.frame_shape[1]} px, primary traces {result.primary_trace}, {result.backend} "
               f"({result.device}), stop reason {result.stop_reason}, "
               f"nwb-extract {result.versions.get('nwb_extract', '?')}")
+        changed = {key: new for key, (_, new) in config_diff(defaults, result.config.to_dict()).items()
+                   if key not in _RUN_RECORDS}
+        print(f"    settings that differ from the defaults: {len(changed) or 'none'}")
+        for key, value in changed.items():
+            print(f"      {key}: {_show(value)}")
     for (first, a), (later, b) in zip(zip(names, results), zip(names[1:], results[1:])):
         diff = config_diff(a.config.to_dict(), b.config.to_dict())
         print(f"config {first} -> {later}: " + (f"{len(diff)} difference(s)" if diff else "identical"))
@@ -320,8 +400,56 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
     cfg = _config_arg(args.file, args.set)
-    print(cfg.to_json() if args.format == "json" else cfg.to_yaml(), end="")
+    if args.format == "json":
+        print(cfg.to_json(), end="")
+    elif args.bare:
+        print(cfg.to_yaml(), end="")
+    else:
+        print(described_yaml(cfg.to_dict()), end="")
     return 0
+
+
+#: Sections of ``config show``: (title, whether a key belongs); keys go to the first section that takes them.
+_SECTIONS: tuple[tuple[str, Any], ...] = (
+    ("what the algorithm uses", lambda p: not p.status),
+    ("device and parallel setup (MATLAB names; python.backend chooses the device)",
+     lambda p: p.status.startswith("MATLAB device")),
+    ("accepted for MATLAB compatibility, no effect here", lambda p: True),
+)
+
+#: Keys ``inspect`` leaves out of a run's "differs from the defaults" list: the record of what ran, not a choice
+#: (python.backend and use_gpu name the backend that actually ran).
+_RUN_RECORDS = frozenset({"use_gpu", "python.backend"})
+
+
+def described_yaml(settings: dict[str, Any]) -> str:
+    """YAML of a config dict (``ExtractConfig.to_dict()``) with each key's description as a comment, top-level keys
+    in :data:`_SECTIONS`, then ``thresholds`` and ``python``; it loads back as the same config."""
+    from nwb_extract.config_io import dumps_yaml
+
+    def lines(params: tuple[Param, ...], values: dict[str, Any], indent: str) -> list[str]:
+        out = []
+        for param in params:
+            if param.name not in values:
+                continue
+            text = dumps_yaml({param.name: values[param.name]}).rstrip("\n").splitlines()
+            note = param.description + (f" [{param.status}]" if param.status else "")
+            out.append(f"{indent}# {note}")
+            out += [indent + line for line in text]
+        return out
+
+    def section(param: Param) -> int:
+        return next(i for i, (_, belongs) in enumerate(_SECTIONS) if belongs(param))
+
+    out = []
+    for i, (title, _) in enumerate(_SECTIONS):
+        chosen = tuple(p for p in PARAMETERS if section(p) == i)
+        out += ["", f"# ---- {title}"] + lines(chosen, settings, "")
+    for group, params, title in (("thresholds", THRESHOLD_PARAMETERS, "quality-control thresholds (EXTRACT's "
+                                                                        "config.thresholds)"),
+                                 ("python", PYTHON_PARAMETERS, "Python-only settings")):
+        out += ["", f"# ---- {title}", f"{group}:"] + lines(params, settings.get(group, {}), "  ")
+    return "\n".join(out).lstrip("\n") + "\n"
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
@@ -353,15 +481,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    output = _check_output(Path(args.output), args.overwrite)
     from nwb_extract.io.movie_write import write_simulated_nwb
+    from nwb_extract.progress import Reporter
+    from nwb_extract.progress_display import progress_display
     from nwb_extract.simulate import simulate_1p, simulate_2p
 
-    output = _check_output(Path(args.output), args.overwrite)
     build = simulate_2p if args.kind == "2p" else simulate_1p
     kwargs = {k: v for k, v in (("n_rows", args.rows), ("n_cols", args.cols), ("n_frames", args.frames),
                                 ("n_cells", args.cells)) if v is not None}
-    sim = build(seed=args.seed, **kwargs)
-    path = write_simulated_nwb(output, sim, overwrite=args.overwrite)
+    with progress_display(_show_progress(args.quiet)) as callback:
+        sim = build(seed=args.seed, progress=callback, **kwargs)
+        report = Reporter(callback)
+        report("write", 0, 1, str(output), "files")
+        path = write_simulated_nwb(output, sim, overwrite=args.overwrite)
+        report("write", 1, 1, f"wrote {path}", "files")
     print(f"wrote {path}: {sim.movie.shape[0]} frames of {sim.movie.shape[1]} x {sim.movie.shape[2]} px, "
           f"{sim.footprints.shape[0]} cells ({'TwoPhotonSeries' if args.kind == '2p' else 'OnePhotonSeries'})")
     return 0
@@ -401,6 +535,8 @@ def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
                      help="known footprints (cells, rows, cols) in the series' stored axis order: run EXTRACT's "
                           "regression_only mode (traces for these cells)")
     run.add_argument("--run-name", help="name of the run in the output (default: chosen by the writer)")
+    run.add_argument("--plot", metavar="PNG", help="also write an overview figure: contours over the summary "
+                                                   "image and the traces of a few cells (replaced with --overwrite)")
     run.set_defaults(func=_cmd_run)
 
 
@@ -425,12 +561,14 @@ def _add_batch(sub: Any, verbosity: argparse.ArgumentParser) -> None:
 def _add_config(sub: Any) -> None:
     conf = sub.add_parser("config", help="show, validate or convert an EXTRACT config (.json, .yaml, .mat)",
                           description="Without a subcommand: print the default config as YAML.")
-    conf.set_defaults(func=_cmd_config_show, file=None, set=None, format="yaml")
+    conf.set_defaults(func=_cmd_config_show, file=None, set=None, format="yaml", bare=False)
     actions = conf.add_subparsers(dest="config_command", metavar="ACTION")
     show = actions.add_parser("show", help="print a config (the defaults, or FILE) with --set changes applied")
     show.add_argument("file", nargs="?", help="config file (default: the defaults)")
     _add_set(show)
-    show.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format")
+    show.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (yaml: every key "
+                                                                                  "with its description)")
+    show.add_argument("--bare", action="store_true", help="yaml without the descriptions")
     show.set_defaults(func=_cmd_config_show)
     validate = actions.add_parser("validate", help="check a config file and list what differs from the defaults")
     validate.add_argument("file", help="config file")
@@ -473,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="array backend (default: %(default)s)")
     demo.set_defaults(func=_cmd_demo)
 
-    sim = sub.add_parser("simulate", help="write a simulated movie with ground truth as an NWB file")
+    sim = sub.add_parser("simulate", parents=[verbosity],
+                         help="write a simulated movie with ground truth as an NWB file")
     sim.add_argument("output", help="NWB file to write")
     sim.add_argument("--kind", choices=["2p", "1p"], default="2p", help="2-photon or 1-photon (default: 2p)")
     sim.add_argument("--rows", type=int, help="frame height in pixels")
@@ -494,7 +633,7 @@ def exit_code(error: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nwb-extract`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_frames(sys.argv[1:] if argv is None else list(argv)))
     if args.command is None:
         parser.print_help()
         return 0

@@ -28,6 +28,10 @@ class EliminatedCandidates:
     traces: np.ndarray
     rules: tuple[str, ...]
 
+    def __repr__(self) -> str:
+        return (f"EliminatedCandidates({len(self.rules)} candidates, footprints {self.footprints.shape}, traces "
+                f"{self.traces.shape})")
+
 
 @dataclass(frozen=True)
 class ExtractResult:
@@ -85,6 +89,16 @@ class ExtractResult:
                 raise InputError(f"{name} must have the frame shape {(rows, cols)}")
         if self.primary_trace is not None and self.primary_trace not in self.traces:
             raise InputError(f"primary_trace {self.primary_trace!r} is not among the traces {list(self.traces)}")
+
+    def __repr__(self) -> str:
+        """One line of shapes and counts (the arrays themselves are not printed)."""
+        rows, cols = self.frame_shape
+        kinds = ", ".join(f"{k}*" if k == self.primary_trace else k for k in self.traces) or "none"
+        eliminated = 0 if self.eliminated is None else len(self.eliminated.rules)
+        total = self.timings.get("total")
+        return (f"ExtractResult({self.n_cells} cells, {self.n_frames} frames of {rows} x {cols} px; traces {kinds} "
+                f"(* primary); {len(self.roi_metrics)} metrics; {eliminated} eliminated; stop {self.stop_reason!r}; "
+                f"{self.backend} ({self.device})" + ("" if total is None else f"; {total:.1f} s") + ")")
 
     @property
     def n_cells(self) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 
 from nwb_extract.engine.preprocess import spatial_bandpass
 from nwb_extract.errors import InputError
+from nwb_extract.progress import ProgressCallback, Reporter
 
 __all__ = ["SimulatedMovie", "simulate_1p", "simulate_2p"]
 
@@ -190,6 +191,7 @@ def simulate_2p(
     donut: bool = False,
     frame_rate: float = 30.0,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> SimulatedMovie:
     """Simulate a 2-photon movie with ground truth (spec §11.1, ``create_2p_movie`` of §11.2).
 
@@ -238,6 +240,8 @@ def simulate_2p(
         Frame rate in Hz (metadata, e.g. for NWB).
     seed : int
         Seed of ``numpy.random.default_rng``; the same seed gives an identical simulation.
+    progress : callable, optional
+        Receives ``simulate`` :class:`~nwb_extract.progress.ProgressEvent` s, one per step built.
 
     Returns
     -------
@@ -252,10 +256,11 @@ def simulate_2p(
     shape = _check_size(n_rows, n_cols, n_frames, frame_rate)
     _check_population(cells, "")
     cell_rng, _ = np.random.default_rng(seed).spawn(2)
-    truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0)
+    steps = _Steps(progress, 4)
+    truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0, steps=steps)
     params = {"modality": "2p", "n_rows": n_rows, "n_cols": n_cols, "n_frames": n_frames,
               **_population_params(cells, ""), "frame_rate": frame_rate, "seed": seed}
-    return _assemble(truth, None, params, frame_rate)
+    return _assemble(truth, None, params, frame_rate, steps)
 
 
 def simulate_1p(
@@ -292,6 +297,7 @@ def simulate_1p(
     background_burn_in: int = 1000,
     frame_rate: float = 30.0,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> SimulatedMovie:
     """Simulate a 1-photon movie: cells plus a background of large blobs (spec §11.2 ``create_1p_movie``).
 
@@ -328,24 +334,40 @@ def simulate_1p(
     _check_population(background, "background_")
     _check_int(background_burn_in, "background_burn_in", minimum=0)
     cell_rng, background_rng = np.random.default_rng(seed).spawn(2)
-    truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0)
-    back = _simulate_population(background_rng, shape, n_frames, background, burn_in=background_burn_in)
+    steps = _Steps(progress, 7)
+    truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0, steps=steps)
+    back = _simulate_population(background_rng, shape, n_frames, background, burn_in=background_burn_in,
+                                steps=steps, name="background")
     params = {"modality": "1p", "n_rows": n_rows, "n_cols": n_cols, "n_frames": n_frames,
               **_population_params(cells, ""), **_population_params(background, "background_"),
               "background_burn_in": background_burn_in, "frame_rate": frame_rate, "seed": seed}
-    return _assemble(truth, back, params, frame_rate)
+    return _assemble(truth, back, params, frame_rate, steps)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # assembly
 
 
-def _assemble(cells: _Truth, background: _Truth | None, params: dict, frame_rate: float) -> SimulatedMovie:
+class _Steps:
+    """``simulate`` progress events: step ``done`` of ``total``, each named by what was just built."""
+
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self._report, self.total, self.done = Reporter(progress), total, 0
+        self._report("simulate", 0, total, "start", "steps")
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        self._report("simulate", self.done, self.total, message, "steps")
+
+
+def _assemble(cells: _Truth, background: _Truth | None, params: dict, frame_rate: float,
+              steps: _Steps) -> SimulatedMovie:
     """Build the movie from ground truth; the stored noise is recomputed as ``movie - clean`` (exact in float32)."""
     back_footprints = None if background is None else background.footprints
     back_traces = None if background is None else background.traces
     clean = _clean_movie(cells.footprints, cells.traces, back_footprints, back_traces, 1.0)
     movie = clean + (cells.noise if background is None else cells.noise + background.noise)
+    steps("movie")
     return SimulatedMovie(
         movie=movie, footprints=cells.footprints, traces=cells.traces, spikes=cells.spikes,
         event_frames=cells.event_frames, centres=cells.centres, noise=movie - clean, frame_rate=float(frame_rate),
@@ -376,7 +398,8 @@ def _render(footprints: np.ndarray, traces: np.ndarray) -> np.ndarray:
 
 
 def _simulate_population(
-    rng: np.random.Generator, shape: tuple[int, int], n_frames: int, pop: _Population, *, burn_in: int
+    rng: np.random.Generator, shape: tuple[int, int], n_frames: int, pop: _Population, *, burn_in: int,
+    steps: _Steps, name: str = "cells",
 ) -> _Truth:
     """Spikes, traces, footprints and noise of one population (spec §11.1 steps 1-6), burn-in frames dropped."""
     n_total = n_frames + burn_in
@@ -385,11 +408,14 @@ def _simulate_population(
     kernel, offset = _calcium_kernel(pop.event_tau, pop.cell_snr * pop.noise_std, exp_trace=pop.exp_trace)
     traces = _convolve_events(amplitudes, kernel, offset)[burn_in:]
     spikes = amplitudes[burn_in:]
+    steps(f"{name}: activity")
     centres = _place_centres(rng, shape, pop.n_cells, pop.min_cell_dist, pop.cell_radius[1])
     footprints = np.stack(
         [_footprint(rng, shape, c, pop.cell_radius, pop.donut) for c in centres]
     ) if pop.n_cells else np.zeros((0, *shape), np.float32)
+    steps(f"{name}: footprints")
     noise = _noise(rng, (n_frames, *shape), pop)
+    steps(f"{name}: noise")
     event_frames = [np.flatnonzero(spikes[:, k]).astype(np.int64) for k in range(pop.n_cells)]
     return _Truth(footprints, traces.astype(np.float32), spikes.astype(np.float32), event_frames, centres, noise)
 

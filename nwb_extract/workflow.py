@@ -24,6 +24,8 @@ from nwb_extract.errors import NoImagingSeriesError, NwbExtractError
 from nwb_extract.io import dandi
 from nwb_extract.io.movie import ImagingSource, open_series
 from nwb_extract.io.nwb_write import write_result
+from nwb_extract.progress import ProgressCallback, Reporter
+from nwb_extract.progress_display import progress_display
 from nwb_extract.result import ExtractResult
 
 __all__ = ["BatchReport", "RunOutput", "extract_frames", "resolve_input", "run_batch", "run_nwb"]
@@ -54,22 +56,23 @@ def resolve_input(text: str, *, path: str | None = None) -> tuple[str | dandi.Re
     return asset, asset.dandi_fields()
 
 
-def extract_frames(frames: Any, config: ExtractConfig, *, on_read: Callable[[int], None] | None = None
+def extract_frames(frames: Any, config: ExtractConfig, *, progress: bool | ProgressCallback | None = None
                    ) -> ExtractResult:
     """Run EXTRACT on a file's movie in its stored axis order ``(frames, x, y)``, read lazily.
 
-    ``frames`` is a :class:`~nwb_extract.io.movie.FrameBlockReader` (``on_read(frames)`` is called after each block
-    read) or any lazy movie with ``.shape``, ``.dtype`` and slicing. Masks of the result then index like the
-    stored frames (docs/architecture.md, axis rule).
+    ``frames`` is a :class:`~nwb_extract.io.movie.FrameBlockReader` or any lazy movie with ``.shape``, ``.dtype``
+    and slicing. Masks of the result then index like the stored frames (docs/architecture.md, axis rule).
+    ``progress`` is as in :func:`nwb_extract.extract`.
     """
-    return pipeline.extract(frames if on_read is None else frames.observed(on_read), config)
+    with progress_display(progress, config.python.progress) as callback:
+        return pipeline.extract(frames, config, progress=callback)
 
 
 def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.PathLike, config: ExtractConfig, *,
             series: str | None = None, frames: tuple[int | None, int | None] | None = None, in_place: bool = False,
             overwrite: bool = False, run_name: str | None = None, cache_dir: str | os.PathLike | None = None,
             prepare: Callable[[ExtractConfig, ImagingSource], ExtractConfig] | None = None,
-            on_read: Callable[[int], None] | None = None) -> RunOutput:
+            progress: bool | ProgressCallback | None = None) -> RunOutput:
     """Open an imaging series, run EXTRACT on its stored frames and write the result into NWB.
 
     Parameters
@@ -89,10 +92,23 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
         remfile disk cache of a streamed DANDI asset.
     prepare : callable, optional
         ``prepare(config, source) -> config``, called once the series is open (e.g. to check footprints against
-        its frame shape, or to size a progress bar).
-    on_read : callable, optional
-        Called with the number of frames after each block read (progress).
+        its frame shape).
+    progress : callable, bool or None
+        As in :func:`nwb_extract.extract`; the run reports the engine's stages and then ``write``.
     """
+    with progress_display(progress, config.python.progress) as callback:
+        return _run_nwb(source, output, config, series=series, frames=frames, in_place=in_place,
+                        overwrite=overwrite, run_name=run_name, cache_dir=cache_dir, prepare=prepare,
+                        progress=callback)
+
+
+def _run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.PathLike, config: ExtractConfig, *,
+             series: str | None, frames: tuple[int | None, int | None] | None, in_place: bool, overwrite: bool,
+             run_name: str | None, cache_dir: str | os.PathLike | None,
+             prepare: Callable[[ExtractConfig, ImagingSource], ExtractConfig] | None,
+             progress: ProgressCallback | None) -> RunOutput:
+    """:func:`run_nwb` with its progress callback resolved."""
+    report = Reporter(progress)
     if isinstance(source, (str, os.PathLike)):
         source, dandi_fields = resolve_input(os.fspath(source))
     else:
@@ -103,13 +119,15 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
                  src.series_type, *src.frames, n_x, n_y, src.data.dtype)
         if prepare is not None:
             config = prepare(config, src)
-        result = extract_frames(src.data, config, on_read=on_read)
+        result = pipeline.extract(src.data, config, progress=progress)
         info = src.source_info(**dandi_fields)
+        report("write", 0, 1, f"{result.n_cells} cells to {output}", "files")
         if not in_place:  # a new file copies the metadata from the open source (no second read of a stream)
             path, name = write_result(result, output, source=info, overwrite=overwrite, run_name=run_name,
                                       source_nwbfile=src.nwbfile)
     if in_place:  # the source is closed now, so the file can be opened for appending
         path, name = write_result(result, output, source=info, in_place=True, run_name=run_name)
+    report("write", 1, 1, f"wrote {path} (run {name})", "files")
     return RunOutput(path=path, run_name=name, result=result, series_path=info.series_path, frames=info.frames)
 
 
@@ -154,13 +172,15 @@ class BatchReport:
 
 def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *, include: str | None = None,
               series: str | None = None, cache_dir: str | os.PathLike | None = None, client: Any = None,
-              on_asset: Callable[[dandi.BatchEntry], None] | None = None) -> BatchReport:
+              on_asset: Callable[[dandi.BatchEntry], None] | None = None,
+              progress: bool | ProgressCallback | None = None) -> BatchReport:
     """Run EXTRACT on every NWB asset of a dandiset (or ``dandi://`` prefix) that has an imaging series, resumably.
 
     Results go to ``out_dir / derived_file_name(asset.path)``. The manifest ``out_dir / MANIFEST_NAME`` (JSON,
     rewritten atomically after each asset) records every asset as done, failed (with the error) or skipped (no
     imaging series); a re-run processes only the assets not done or skipped. A failure of one asset (network,
-    a bad series, any error) is recorded and the batch goes on.
+    a bad series, any error) is recorded and the batch goes on. ``progress`` (as in :func:`nwb_extract.extract`)
+    reports the stages of each asset's run.
 
     Raises the errors of :func:`nwb_extract.io.dandi.list_assets` when the dandiset itself cannot be listed.
     """
@@ -174,7 +194,7 @@ def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *,
         if previous is not None and previous.status in ("done", "skipped"):
             entries.append(previous)
             continue
-        entry = _run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir)
+        entry = _run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir, progress=progress)
         manifest[asset.path] = entry
         dandi.save_manifest(manifest_path, source, manifest)
         entries.append(entry)
@@ -185,13 +205,13 @@ def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *,
 
 
 def _run_asset(asset: dandi.RemoteAsset, out_dir: Path, config: ExtractConfig, *, series: str | None,
-               cache_dir: str | os.PathLike | None) -> dandi.BatchEntry:
+               cache_dir: str | os.PathLike | None, progress: bool | ProgressCallback | None) -> dandi.BatchEntry:
     """Process one asset of a batch; every failure becomes the entry's error (KeyboardInterrupt stops the batch)."""
     output = out_dir / dandi.derived_file_name(asset.path)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        run = run_nwb(asset, output, config, series=series, cache_dir=cache_dir, overwrite=True)
+        run = run_nwb(asset, output, config, series=series, cache_dir=cache_dir, overwrite=True, progress=progress)
         entry = dandi.BatchEntry(asset.path, "done", asset.asset_id, output=str(output.relative_to(out_dir)),
                                  n_cells=run.result.n_cells)
     except NoImagingSeriesError as err:

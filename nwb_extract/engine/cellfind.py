@@ -33,6 +33,7 @@ from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.seeds import (SUMMARY_SPREAD, bounding_box, column_major_argmax, gaussian_template,
                                       init_image_on_movie, refresh_summary, seed_map, summary_stack)
 from nwb_extract.errors import InputError
+from nwb_extract.progress import SILENT, Reporter
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,8 @@ class CellFindSettings:
     ``filter_*`` are the cell-finding filter's settings (``cellfind_filter_type``, ``spatial_lowpass_cutoff``,
     ``cellfind_spatial_highpass_cutoff``, ``smoothing_ratio_x2y``, ``moving_radius_spatial``,
     ``moving_radius_temporal``, ``filter_sigma``); ``size_lower_limit`` / ``size_upper_limit`` are multiples of
-    ``pi r^2`` (``thresholds.*``), as in the config.
+    ``pi r^2`` (``thresholds.*``), as in the config. ``progress`` receives the ``cellfinding`` stage's events
+    (one per step: cells found so far; the last one names the stop criterion).
     """
 
     filter_type: str
@@ -215,6 +217,7 @@ class CellFindSettings:
     T_min_snr: float
     size_lower_limit: float
     size_upper_limit: float
+    progress: Reporter = field(default=SILENT, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: Any) -> CellFindSettings:
@@ -294,6 +297,7 @@ def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask:
         raise InputError(f"find_cells needs a movie (frames, rows, cols); got shape {tuple(Y.shape)}")
     if not radius > 0:
         raise InputError(f"avg_cell_radius must be > 0 pixels at working resolution; got {radius}")
+    settings.progress("cellfinding", 0, None, "summary image", "cells")
     search, has_valid = _start_search(Y, settings, radius, movie_mask)
     stop_reason = "max_iter" if has_valid else "min_magnitude"  # nothing valid: stop as on a dim seed
     if has_valid:
@@ -306,6 +310,9 @@ def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask:
         search.good.append(False)
     logger.info("cell finding: %d cells after %d steps (stop: %s)", search.accepted[0].count, len(search.good),
                 stop_reason)
+    n_cells = search.accepted[0].count
+    settings.progress("cellfinding", n_cells, n_cells, f"stopped: {stop_reason} after {len(search.good)} steps",
+                      "cells")
     return _search_result(search, stop_reason, settings.max_iter)
 
 
@@ -370,6 +377,7 @@ def _run_search(search: _Search, settings: CellFindSettings) -> str:
         if settings.check_min_magnitude and value < search.min_magnitude:
             return "min_magnitude"
         _search_step(search, settings, (row, col), value)
+        settings.progress("cellfinding", search.accepted[0].count, None, f"step {step}", "cells")
         good = search.good
         if step > 2 * window and sum(good[-window:]) / window <= settings.avg_yield_threshold:
             return "yield"

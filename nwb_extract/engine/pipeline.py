@@ -28,6 +28,7 @@ from nwb_extract.engine import (backend, cellfind, footprints, noise, partition,
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.tiled import solve_T
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
+from nwb_extract.progress import SILENT, ProgressCallback, Reporter
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,20 @@ def _namespace(movie: Any, cfg: ExtractConfig) -> tuple[Any, Any]:
     return xp, backend.gpu_device(xp, cfg.python.device)
 
 
-def _read_block(movie: Any, n_frames: int, block: partition.Block, *, xp: Any, device: Any, chunk: int) -> Any:
+def _read_block(movie: Any, n_frames: int, block: partition.Block, *, xp: Any, device: Any, chunk: int,
+                progress: Reporter = SILENT) -> Any:
     """Frames ``0..n_frames`` of ``block`` as float32 (n, h, w) in ``xp`` on ``device``, read in frame chunks
-    (lazy sources are never read whole)."""
+    (lazy sources are never read whole); a ``read`` progress event after each chunk."""
     rows, cols = block.slices
     if backend.is_device_array(movie):
-        return xp.astype(movie[:n_frames, rows, cols], xp.float32)
-    parts = [backend.read_float32(movie, (slice(t0, min(t0 + chunk, n_frames)), rows, cols), xp, device)
-             for t0 in range(0, n_frames, chunk)]
+        Y = xp.astype(movie[:n_frames, rows, cols], xp.float32)
+        progress("read", n_frames, n_frames, unit="frames")
+        return Y
+    parts = []
+    for t0 in range(0, n_frames, chunk):
+        t1 = min(t0 + chunk, n_frames)
+        parts.append(backend.read_float32(movie, (slice(t0, t1), rows, cols), xp, device))
+        progress("read", t1, n_frames, unit="frames")
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
@@ -111,7 +118,8 @@ def _masked_median(values: Any, keep: Any, floor: float | None) -> float:
 @dataclass(frozen=True)
 class _Plan:
     """What every partition run needs from the config, built once per run: the stage settings, the downsampling
-    factors (spec §3.6) and the working-resolution ``avg_cell_radius``; ``cfg`` for the pipeline's own switches."""
+    factors (spec §3.6) and the working-resolution ``avg_cell_radius``; ``cfg`` for the pipeline's own switches;
+    ``progress`` for the events the pipeline itself emits (the stage settings carry the same reporter)."""
 
     cfg: ExtractConfig
     dss: int
@@ -120,9 +128,10 @@ class _Plan:
     preprocess: preprocess.PreprocessSettings
     cellfind: cellfind.CellFindSettings
     refine: refine.RefineSettings
+    progress: Reporter = SILENT
 
     @classmethod
-    def from_config(cls, cfg: ExtractConfig) -> _Plan:
+    def from_config(cls, cfg: ExtractConfig, progress: ProgressCallback | None = None) -> _Plan:
         dss, dst = preprocess.resolve_downsampling(
             cfg.avg_cell_radius, cfg.avg_event_tau, downsample_space_by=cfg.downsample_space_by,
             downsample_time_by=cfg.downsample_time_by,
@@ -131,7 +140,16 @@ class _Plan:
         return cls(cfg=cfg, dss=dss, dst=dst, radius=cfg.avg_cell_radius / dss,
                    preprocess=preprocess.PreprocessSettings.from_config(cfg),
                    cellfind=cellfind.CellFindSettings.from_config(cfg),
-                   refine=refine.RefineSettings.from_config(cfg))
+                   refine=refine.RefineSettings.from_config(cfg), progress=Reporter(progress))
+
+    def for_partition(self, index: int, count: int) -> _Plan:
+        """The plan whose progress events name partition ``index`` of ``count``."""
+        if self.progress.callback is None:
+            return self
+        reporter = self.progress.for_partition(index, count)
+        return replace(self, progress=reporter, preprocess=replace(self.preprocess, progress=reporter),
+                       cellfind=replace(self.cellfind, progress=reporter),
+                       refine=replace(self.refine, progress=reporter))
 
 
 class _StageClock:
@@ -225,15 +243,23 @@ def _run_partition(load_block: Callable[[], tuple[Any, partition.PartitionInputs
         cells = _initialise(prepared, plan)
     cells.run_info = {"dss": plan.dss, "dst": plan.dst, "n_found": cells.S.shape[1]}
     if cells.S.shape[1] == 0:
+        _skipped(plan, ("refinement", "frr"))
         return _partition_output(prepared, cells, plan, clock, per_cell=None)
     _estimate_noise(prepared, cells, plan)
     with clock.stage("refinement"):
         _refine(prepared, cells, plan)
     if cells.S.shape[1] == 0:
+        _skipped(plan, ("frr",))
         return _partition_output(prepared, cells, plan, clock, per_cell=None)
     with clock.stage("frr"):
         per_cell = _final_traces(prepared, cells, plan)
     return _partition_output(prepared, cells, plan, clock, per_cell=per_cell)
+
+
+def _skipped(plan: _Plan, stages: tuple[str, ...]) -> None:
+    """A finished (0 of 0) progress event for each stage that does not run (no cells left)."""
+    for stage in stages:
+        plan.progress(stage, 0, 0, "skipped: no cells")
 
 
 def _prepare(load_block: Callable[[], tuple[Any, partition.PartitionInputs]], plan: _Plan,
@@ -288,6 +314,7 @@ def _initialise(prepared: _Prepared, plan: _Plan) -> _Cells:
         return _Cells(S=found.S, T=found.T, summary_image=found.summary_image, stop_reason=found.stop_reason,
                       S_trash=found.S_trash, T_trash=found.T_trash, noise_per_pixel=noise_per_pixel)
     S = footprints.normalize_to_one(xp.clip(footprints.to_columns(prepared.S_init), 0.0, None))
+    plan.progress("cellfinding", S.shape[1], S.shape[1], "given footprints", "cells")
     cells = _Cells(S=S, T=None, summary_image=xp.max(prepared.Y, axis=0), stop_reason="external init")
     if prepared.T_init is not None:
         cells.T = xp.clip(xp.permute_dims(xp.astype(prepared.T_init, xp.float32), (1, 0)), 0.0, None)
@@ -328,6 +355,8 @@ def _refine(prepared: _Prepared, cells: _Cells, plan: _Plan) -> None:
             log.info("refinement converged early (TOL_main); the final regression still runs (docs/decisions.md)")
         if plan.refine.hyperparameter_tuning_flag:
             cells.option = "none"
+    else:
+        plan.progress("refinement", 0, 0, "skipped: max_iter = 0")
     if cells.metrics is None and cells.S.shape[1] > 0:  # no refinement ran: metrics of the given / found cells
         S_smooth = footprints.normalize_to_one(refine.smooth_images(cells.S, prepared.frame_shape))
         table = quality.quality_metrics(cells.S, S_smooth, cells.T, prepared.frame_shape)
@@ -340,7 +369,7 @@ def _final_traces(prepared: _Prepared, cells: _Cells, plan: _Plan) -> dict[str, 
     xp = backend.get_namespace(cells.S)
     cfg, dst, n_full, S = plan.cfg, plan.dst, prepared.n_full, cells.S
     settings = traces.RegressionSettings.from_config(cfg, kappa=cells.kappa, radius=cells.radius,
-                                                     frame_shape=prepared.frame_shape)
+                                                     frame_shape=prepared.frame_shape, progress=plan.progress)
     if dst > 1 and cfg.reestimate_T_if_downsampled:
         full_rate = replace(settings, kappa=cells.kappa * math.sqrt(dst))
         results = traces.regress(prepared.M_full, S, traces.interpolate_time(cells.T, n_full), full_rate,
@@ -436,14 +465,18 @@ def _upsample_space(stack: Any, dss: int, full_shape: tuple[int, int]) -> Any:
     return out
 
 
-def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides: Any) -> ExtractResult:
-    """Run EXTRACT on ``movie``.
+def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress: ProgressCallback | None = None,
+            **overrides: Any) -> ExtractResult:
+    """Run EXTRACT on ``movie`` (the engine call; :func:`nwb_extract.extract` adds the default progress display).
 
     Parameters
     ----------
     movie : array (frames, rows, cols) of any supported namespace (NumPy, CuPy, ...), or a lazy source with
         ``.shape``, ``.dtype`` and slicing ``[t0:t1, r0:r1, c0:c1]`` such as an h5py dataset.
     config : :class:`ExtractConfig`, a dict of EXTRACT parameters, or None for the defaults.
+    progress : callable, optional
+        Receives a :class:`nwb_extract.progress.ProgressEvent` as each stage advances (read, preprocess,
+        cellfinding, refinement, frr; per partition); None reports nothing.
     **overrides : EXTRACT parameters (or Python-only settings such as ``backend``) applied on top of ``config``.
 
     Returns
@@ -456,11 +489,14 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     n, h, w = _check_movie(movie)
     _check_config_arrays(cfg, n, h, w)
     xp, device = _namespace(movie, cfg)
+    ran = "cupy" if backend.is_cupy(xp) else ("numpy" if backend.is_numpy(xp) else xp.__name__)
+    if ran in ("numpy", "cupy"):  # the config records what actually ran, not what was asked for
+        cfg = cfg.replace(backend=ran, use_gpu=ran == "cupy")
     if not cfg.preprocess and cfg.F_per_pixel is None:
         warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
                       "(F_per_pixel = 1)", stacklevel=2)
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
-    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
+    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg, progress), xp, device)
     if n_bad_values:
         warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
     frame_shape = (h, w)
@@ -486,7 +522,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         stop_reason=stop_reasons[0] if len(set(stop_reasons)) == 1 else ", ".join(stop_reasons),
         versions={"nwb_extract": __version__, "engine": ENGINE_VERSION, "numpy": backend.numpy_version(),
                   "array_namespace": xp.__name__},
-        backend="cupy" if backend.is_cupy(xp) else ("numpy" if backend.is_numpy(xp) else xp.__name__),
+        backend=ran,
         device=str(device if device is not None else "cpu"),
         run_info=_run_info(outputs, stitched),
     )
@@ -503,11 +539,12 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
     run_clock = _StageClock(xp, device)
     n_bad_values = 0
 
-    def load(block: partition.Block) -> tuple[Any, partition.Block]:
+    def load(block: partition.Block, part_plan: _Plan) -> tuple[Any, partition.Block]:
         """The block's movie, sanitized and trimmed of zero edges, and its kept pixels."""
         nonlocal n_bad_values
         with run_clock.stage("read"):
-            Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
+            Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames),
+                            progress=part_plan.progress)
         Y, n_bad = preprocess.sanitize(Y)
         n_bad_values += n_bad
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
@@ -517,13 +554,14 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
 
     def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
         kept_blocks: list[partition.Block] = []
+        part_plan = plan.for_partition(block.index, len(blocks))
 
         def load_block() -> tuple[Any, partition.PartitionInputs]:
-            Y, kept = load(block)
+            Y, kept = load(block, part_plan)
             kept_blocks.append(kept)
             return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
 
-        out = _run_partition(load_block, plan, _StageClock(xp, device))
+        out = _run_partition(load_block, part_plan, _StageClock(xp, device))
         return kept_blocks[0], out
 
     outputs = partition.run_partitions(blocks, run_one)

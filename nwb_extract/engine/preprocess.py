@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine import backend
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
+from nwb_extract.progress import SILENT, Reporter
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +345,7 @@ def _linear_interpolation_weights(xp: Any, device: Any, knots: Sequence[int], n:
 
 def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_scale: float,
                      smoothing_ratio: float = 1.0, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                     overwrite: bool = False) -> Any:
+                     overwrite: bool = False, on_chunk: Callable[[int], None] | None = None) -> Any:
     """Butterworth (order 4) spatial band-pass of every frame in the Fourier domain (spec §3.2).
 
     A cell is modelled as a Gaussian of σ = r/2, with corner frequency ``f_c = 2/(π r)`` cycles/pixel; the
@@ -369,6 +370,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
         EXTRACT ``smoothing_ratio_x2y`` (> 0).
     chunk_frames : int, keyword-only
         Frames transformed at once (memory bound; no effect on values).
+    on_chunk : callable, keyword-only
+        Called with the number of frames filtered so far after each chunk (progress).
 
     Returns
     -------
@@ -398,6 +401,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
         spectrum = backend.fft(xp).rfftn(padded, s=(nf, nf), axes=(1, 2)) * response
         filtered = backend.fft(xp).irfftn(spectrum, s=(nf, nf), axes=(1, 2))
         out[start:stop, ...] = filtered[:, pad_h:pad_h + h, pad_w:pad_w + w]
+        if on_chunk is not None:
+            on_chunk(stop)
     return out[0, ...] if len(movie.shape) == 2 else out
 
 
@@ -609,7 +614,8 @@ def resolve_downsampling(avg_cell_radius: float, avg_event_tau: float, *,
 @dataclass(frozen=True)
 class PreprocessSettings:
     """Settings of :func:`preprocess_movie`: the EXTRACT config values of the same names (spec §3), and
-    ``chunk_frames``, the frames band-passed at once. The defaults are EXTRACT's."""
+    ``chunk_frames``, the frames band-passed at once; ``progress`` receives the ``preprocess`` stage's events
+    (frames band-passed). The defaults are EXTRACT's."""
 
     spatial_highpass_cutoff: float = 5.0
     baseline_quantile: float | None = None
@@ -621,6 +627,7 @@ class PreprocessSettings:
     fix_zero_FOV_strips: bool = False
     temporal_denoising: bool = False
     chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    progress: Reporter = field(default=SILENT, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: Any) -> PreprocessSettings:
@@ -665,6 +672,12 @@ def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
                                      "implemented yet; set temporal_denoising=False")
     xp, _ = backend.get_namespace_and_device(movie)
     movie = _as_float32(xp, movie)
+    n_frames = movie.shape[0]
+
+    def report(done: int, message: str = "band-pass") -> None:
+        settings.progress("preprocess", done, n_frames, message, "frames")
+
+    report(0, "baseline")
     if settings.fix_zero_FOV_strips:
         logger.info("fix_zero_FOV_strips: zero edge strips were already trimmed from this partition; "
                     "no further change (the reference's in-preprocessing crop is not replicated)")
@@ -676,13 +689,15 @@ def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
     movie = df_movie
     if not math.isinf(settings.spatial_highpass_cutoff):
         movie = spatial_bandpass(movie, radius, settings.spatial_highpass_cutoff, math.inf,
-                                 chunk_frames=settings.chunk_frames, overwrite=owned and movie.dtype == xp.float32)
+                                 chunk_frames=settings.chunk_frames, overwrite=owned and movie.dtype == xp.float32,
+                                 on_chunk=lambda done: report(min(done, n_frames - 1)))
     if movie_mask is not None:
         movie = apply_movie_mask(movie, movie_mask)
     if settings.remove_background:
         movie = correct_baseline(movie, settings.avg_event_tau)
     if settings.second_df is not None:
         movie = apply_second_df(movie, settings.second_df)
+    report(n_frames, "done")
     return movie, F_per_pixel
 
 

@@ -39,6 +39,7 @@ from nwb_extract.engine.quality import (METRIC_NAMES, Classification, remove_red
 from nwb_extract.engine.robust import l1_lambda
 from nwb_extract.engine.tiled import solve_S, solve_T
 from nwb_extract.errors import InputError
+from nwb_extract.progress import SILENT, Reporter
 
 #: Margin (px) around the ``S > 0.1`` bounding box in the median smoothing, and its window side.
 SMOOTH_BOX_MARGIN = 2
@@ -245,7 +246,8 @@ class RefineSettings:
     """Settings of the refinement loop (spec §7.1), by EXTRACT config name; built once per run by the pipeline.
 
     ``thresholds`` holds ``cfg.thresholds`` by name, size limits as multiples of ``pi r^2`` (as in the config);
-    ``tiling`` and ``early_convergence_check`` are the Python settings of the same names.
+    ``tiling`` and ``early_convergence_check`` are the Python settings of the same names. ``progress`` receives
+    the ``refinement`` stage's events (one per iteration, with the cell count).
     """
 
     max_iter: int
@@ -265,6 +267,7 @@ class RefineSettings:
     thresholds: Mapping[str, float]
     tiling: str
     early_convergence_check: bool
+    progress: Reporter = field(default=SILENT, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RefineSettings:
@@ -373,6 +376,7 @@ def refine(S: Any, T: Any, Mt: Any, settings: RefineSettings, *, radius: float, 
                        S_change=xp.zeros((K0, max_iter), dtype=xp.float32, device=device),
                        T_change=xp.zeros((K0, max_iter), dtype=xp.float32, device=device))
     iterations, stop = 0, "max_iter"
+    settings.progress("refinement", 0, max_iter, f"{K0} cells", "iterations")
     for it in range(max_iter):
         iterations = it + 1
         if state.S.shape[1] == 0:
@@ -382,6 +386,10 @@ def refine(S: Any, T: Any, Mt: Any, settings: RefineSettings, *, radius: float, 
         if reason is not None:
             stop = reason
             break
+        if iterations < max_iter:  # the last iteration reports with the stop reason below
+            settings.progress("refinement", iterations, max_iter, f"{state.S.shape[1]} cells", "iterations")
+    settings.progress("refinement", iterations, iterations, f"stopped: {stop}, {state.S.shape[1]} cells",
+                      "iterations")
     return _refinement_result(state, iterations, stop)
 
 

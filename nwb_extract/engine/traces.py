@@ -18,12 +18,13 @@ plus ``least_squares`` / ``nonnegative_least_squares`` when that option is chose
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nwb_extract.config import TRACE_KINDS, TRACE_OPTION_TO_KIND
 from nwb_extract.engine import backend
 from nwb_extract.engine.tiled import solve_T, solve_T_robust
+from nwb_extract.progress import SILENT, Reporter
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class RegressionSettings:
     """Settings of the final regression (EXTRACT config names; spec §8.2, §6.3, §6.8).
 
     ``kappa`` is ``kappa_std_ratio * noise_std``; the adaptive solvers read it as their initial noise level.
+    ``progress`` receives the ``frr`` stage's events (one per trace kind).
     """
 
     kappa: float
@@ -45,10 +47,11 @@ class RegressionSettings:
     kappa_iter_nums: tuple[float, ...] = (0.5, 0.7, 0.9)
     max_iter: int = 0
     tiling: str = "deterministic"
+    progress: Reporter = field(default=SILENT, compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, cfg: Any, *, kappa: float, radius: float,
-                    frame_shape: tuple[int, int]) -> RegressionSettings:
+    def from_config(cls, cfg: Any, *, kappa: float, radius: float, frame_shape: tuple[int, int],
+                    progress: Reporter = SILENT) -> RegressionSettings:
         """The settings of a resolved :class:`~nwb_extract.config.ExtractConfig` for one partition's noise level
         ``kappa``, refined ``radius`` (px) and ``frame_shape``. ``max_iter`` stays 0: ``nonnegative_least_squares``
         is re-solved also after refinement (docs/decisions.md)."""
@@ -57,7 +60,7 @@ class RegressionSettings:
                    n_iter=cfg.max_iter_T_final, radius=radius, frame_shape=frame_shape,
                    trace_quantile=cfg.trace_quantile, frr_check_every_step=bool(cfg.frr_check_every_step),
                    frr_edge_case_flag=bool(cfg.frr_edge_case_flag), kappa_iter_nums=kappa_iter_nums,
-                   tiling=cfg.python.tiling)
+                   tiling=cfg.python.tiling, progress=progress)
 
 
 def _solve_kwargs(s: RegressionSettings) -> dict[str, Any]:
@@ -127,7 +130,13 @@ def regress(Mt: Any, S: Any, T: Any, settings: RegressionSettings, option: str, 
     dict mapping ``baseline_adjusted``, ``nonneg``, ``raw`` (and the option's own key for the two least-squares
     options) to (K, n) traces.
     """
-    return {kind: _KIND_FUNCTIONS[kind](Mt, S, T, settings, lam) for kind in trace_kinds(option)}
+    kinds = trace_kinds(option)
+    results = {}
+    for done, kind in enumerate(kinds):
+        settings.progress("frr", done, len(kinds), kind, "kinds")
+        results[kind] = _KIND_FUNCTIONS[kind](Mt, S, T, settings, lam)
+    settings.progress("frr", len(kinds), len(kinds), "done", "kinds")
+    return results
 
 
 def trace_kinds(option: str) -> list[str]:
