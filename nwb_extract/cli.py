@@ -455,7 +455,7 @@ def described_yaml(settings: dict[str, Any]) -> str:
 def _cmd_config_validate(args: argparse.Namespace) -> int:
     cfg = _config_arg(args.file, args.set)
     cfg.resolved()  # cross-key rules (e.g. regression_only needs S_init)
-    diff = config_diff(ExtractConfig().to_dict(), cfg.to_dict())
+    diff = config_diff(type(cfg)().to_dict(), cfg.to_dict())
     print(f"{args.file}: valid EXTRACT config, {len(diff)} setting(s) differ from the defaults")
     for key, (_, value) in diff.items():
         print(f"  {key}: {_show(value)}")

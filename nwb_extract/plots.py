@@ -64,10 +64,10 @@ def _draw_image(ax, result: ExtractResult, colours: dict[int, tuple], labelled: 
                    linewidths=thin)
     for k, colour in colours.items():
         ax.contour(result.footprints[k], levels=[_CONTOUR_LEVEL], colors=[colour], linewidths=2 * thin + 0.4)
-    outline = [patheffects.withStroke(linewidth=2.5, foreground="white")]
     for k, (r, c) in zip(labelled, label_positions(result.footprints, labelled)):
+        halo = [patheffects.withStroke(linewidth=2.5, foreground="white" if k in colours else "black")]
         ax.text(c, r, str(k), color=colours.get(k, _OTHER_COLOUR), fontsize=8, ha="center", va="center",
-                fontweight="bold", path_effects=outline)
+                fontweight="bold", path_effects=halo)
     note = "" if len(labelled) == result.n_cells else f"; IDs of the {len(labelled)} cells traced on the right"
     ax.set_title(f"{result.n_cells} cells over the summary image ({result.frame_shape[0]} x "
                  f"{result.frame_shape[1]} px){note}", fontsize=10)

@@ -45,20 +45,19 @@ class BarDisplay:
         if key != self._key or self._bar is None:
             self.close()
             self._bar = self._tqdm(desc=_label(event), total=event.total, unit=f" {event.unit}" if event.unit else "it",
-                                   leave=True, file=sys.stderr, dynamic_ncols=True)
+                                   leave=True, file=sys.stderr, dynamic_ncols=True, mininterval=0)
             self._key = key
         bar = self._bar
         if bar.total != event.total:
             bar.total = event.total
         if event.message:
             bar.set_postfix_str(event.message, refresh=False)
-        bar.update(event.done - bar.n)  # redraws at most every mininterval
+        bar.update(event.done - bar.n)  # events are coarse (a block, a cell, an iteration): each is drawn
         if event.finished:
             self.close()
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.refresh()
             self._bar.close()
         self._bar, self._key = None, None
 

@@ -29,14 +29,32 @@ import numpy as np
 from roiextractors import ImagingExtractor, SegmentationExtractor
 from roiextractors.segmentationextractor import _ROIMasks, _RoiResponse
 
-from nwb_extract.config import ExtractConfig
+from nwb_extract.config import TRACE_KIND_TO_OPTION, ExtractConfig
 from nwb_extract.errors import InputError
+from nwb_extract.io.layout import metric_description
 from nwb_extract.result import ExtractResult
 
 __all__ = ["NwbExtractSegmentationExtractor", "NwbSeriesImagingExtractor"]
 
 ACCEPTED_PROPERTY = "is_accepted"
 CENTROID_PROPERTY = "roi_centroids"
+
+
+def trace_names(result: ExtractResult) -> dict[str, str]:
+    """roiextractors trace name -> ``result.traces`` key (docs/nwb-layout.md, "Trace names").
+
+    The primary kind comes first under the ecosystem's name: ``dff`` when preprocessing ran (the traces are ΔF/F),
+    else ``raw`` (movie units, fluorescence), as roiextractors' own EXTRACT reader names it. Then every kind under
+    its ``trace_output_option`` name (``baseline_adjusted``, ``nonneg``, ``no_constraint`` for our ``raw`` kind,
+    the least-squares kinds), so no kind is called ``raw`` when it is not raw fluorescence.
+    """
+    names = {}
+    if result.primary_trace is not None:
+        names["dff" if result.config.preprocess else "raw"] = result.primary_trace
+    kinds = [result.primary_trace] * (result.primary_trace is not None) + \
+        [kind for kind in result.traces if kind != result.primary_trace]
+    names.update({TRACE_KIND_TO_OPTION.get(kind, kind): kind for kind in kinds})
+    return names
 
 
 class NwbSeriesImagingExtractor(ImagingExtractor):
@@ -123,8 +141,30 @@ class _StoredOrderFrames:
         if not isinstance(frames, slice) or frames.step not in (None, 1):
             raise IndexError(f"frames must be read as a contiguous slice, got {frames!r}")
         start, stop, _ = frames.indices(self.shape[0])
-        block = np.asarray(self._imaging.get_series(start_sample=start, end_sample=max(start, stop)))
+        block = _series(self._imaging, start, max(start, stop), (self.shape[2], self.shape[1]))
         return block.transpose(0, 2, 1)[(slice(None), *rest)]
+
+
+def _series(imaging: ImagingExtractor, start: int, stop: int, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Frames ``start:stop`` of ``imaging`` as ``(samples, height, width)``, checked against its own shapes.
+
+    roiextractors' ``NumpyImagingExtractor`` given a 3-D ``(T, H, W)`` array stores it as ``(1, T, H, W)`` and its
+    ``get_series`` returns ``(1, T, H)`` (roiextractors 0.10); its frames are then read from that array. A trailing
+    single channel axis is dropped. Any other shape is an :class:`InputError` naming the extractor.
+    """
+    expected = (stop - start, *frame_shape)
+    block = np.asarray(imaging.get_series(start_sample=start, end_sample=stop))
+    if block.shape == expected:
+        return block
+    if block.shape == (*expected, 1):
+        return block[..., 0]
+    video = getattr(imaging, "_video", None)
+    if video is not None and tuple(video.shape) == (1, imaging.get_num_samples(), *frame_shape):
+        return np.asarray(video[0, start:stop])
+    raise InputError(f"{type(imaging).__name__}.get_series({start}, {stop}) returned an array of shape "
+                     f"{block.shape}, but the extractor reports {imaging.get_num_samples()} samples of "
+                     f"{frame_shape[0]} x {frame_shape[1]} px, so frames of shape {expected} were expected; pass a "
+                     "single-plane, single-channel extractor whose get_series returns (samples, height, width)")
 
 
 class _RunOnAccess:
@@ -151,8 +191,9 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
     :func:`nwb_extract.io.movie.open_series`). Use :meth:`from_nwb` to reload a run stored by this package.
 
     Exposes: ROI ids ``0..K-1``; image masks ``(height, width, K)`` float32 (each footprint scaled to max 1) and
-    pixel masks; the traces ``baseline_adjusted``, ``nonneg``, ``raw`` ``(samples, K)`` float32 (the config's primary
-    kind first; ``get_traces(name="raw")`` is the unconstrained robust fit, see architecture.md); the images
+    pixel masks; the traces ``(samples, K)`` float32 named as :func:`trace_names` says: ``dff`` (the primary kind,
+    ΔF/F; ``raw`` instead when preprocessing is off), then ``baseline_adjusted``, ``nonneg`` and ``no_constraint``
+    (our ``raw`` kind, the unconstrained robust fit); the images
     ``summary_image``, ``max_image``, ``F_per_pixel`` ``(height, width)``; the properties ``roi_centroids``
     ``(K, 2)`` [row, col], ``is_accepted`` (all True: EXTRACT returns only cells that passed quality control) and
     every quality metric of ``ExtractResult.roi_metrics``; timestamps of the input frames.
@@ -278,13 +319,13 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
         """Fill roiextractors' private stores from ``result`` (masks and images transposed to (H, W))."""
         self._filling = True
         self._result = result
+        self.config = result.config  # what ran (the backend that ran, use_gpu accordingly)
         ids = list(range(result.n_cells))
         self._roi_ids = ids
         self._roi_masks = _ROIMasks(data=result.footprints.transpose(2, 1, 0), mask_tpe="nwb-image_mask",
                                     field_of_view_shape=self._frame_shape, roi_id_map={i: i for i in ids})
-        kinds = [result.primary_trace] * (result.primary_trace is not None) + \
-            [kind for kind in result.traces if kind != result.primary_trace]
-        self._roi_responses = [_RoiResponse(kind, result.traces[kind], list(ids)) for kind in kinds]
+        self._roi_responses = [_RoiResponse(name, result.traces[kind], list(ids))
+                               for name, kind in trace_names(result).items()]
         self._summary_images = {name: getattr(result, name).T for name in ("summary_image", "max_image",
                                                                            "F_per_pixel")}
         self._properties = {}
@@ -295,7 +336,7 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
             self.set_property(ACCEPTED_PROPERTY, np.ones(len(ids), dtype=bool), ids,
                               description="EXTRACT keeps only cells that passed quality control")
             for name, values in result.roi_metrics.items():
-                self.set_property(name, np.asarray(values), ids, description=f"EXTRACT quality metric {name}")
+                self.set_property(name, np.asarray(values), ids, description=metric_description(name))
 
     # -- what needs no run
 

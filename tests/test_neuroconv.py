@@ -18,6 +18,7 @@ from neuroconv.tools.testing.data_interface_mixins import SegmentationExtractorI
 from nwb_extract.io.movie_write import write_simulated_nwb
 from nwb_extract.io.nwb_read import list_runs, read_result
 from nwb_extract.neuroconv import REGISTRY_NAME, NwbExtractSegmentationInterface
+from nwb_extract.roiextractors import trace_names
 from nwb_extract.simulate import simulate_2p
 
 CONFIG = {"avg_cell_radius": 3.5}
@@ -85,8 +86,8 @@ class TestNeuroconvMixin(SegmentationExtractorInterfaceTestMixin):
         np.testing.assert_array_equal(masks, seg.result.footprints)
         np.testing.assert_array_equal(masks.transpose(2, 1, 0), seg.get_roi_image_masks())
         assert set(traces) == {"raw", "nonneg", "baseline_adjusted"}
-        for kind, values in traces.items():
-            np.testing.assert_array_equal(values, seg.get_traces(name=kind))
+        for name, kind in trace_names(stored).items():
+            np.testing.assert_array_equal(traces[kind], seg.get_traces(name=name))
 
     def check_extracted_metadata(self, metadata: dict):
         ophys = metadata["Ophys"]
@@ -327,3 +328,27 @@ def test_not_registered_on_import():
             "print(hasattr(d, 'NwbExtractSegmentationInterface'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_generic_neuroconv_writer_writes_only_the_primary_as_dff(interface_result, tmp_path):
+    """neuroconv's own writer on our extractor (metadata None): the primary ΔF/F becomes Fluorescence/DfOverF
+    (neuroconv's single-container layout), our unconstrained kind is not mislabelled as raw fluorescence, and the
+    kinds the template does not know are not written (docs/nwb-layout.md, "Trace names")."""
+    from neuroconv.tools.roiextractors import add_segmentation_to_nwbfile
+    from pynwb import NWBHDF5IO
+    from pynwb.testing.mock.file import mock_NWBFile
+
+    seg = interface_result[1].segmentation_extractor
+    assert seg.get_traces(name="raw") is None  # preprocessing ran: no raw fluorescence
+    nwbfile = mock_NWBFile()
+    add_segmentation_to_nwbfile(seg, nwbfile)
+    path = tmp_path / "generic.nwb"
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwbfile)
+    with NWBHDF5IO(str(path), "r") as io:
+        ophys = io.read().processing["ophys"]
+        assert set(ophys.data_interfaces) == {"ImageSegmentation", "Fluorescence", "SegmentationImages"}
+        series = ophys["Fluorescence"].roi_response_series
+        assert set(series) == {"DfOverF"}
+        np.testing.assert_array_equal(series["DfOverF"].data[:], seg.result.primary)
+        np.testing.assert_array_equal(series["DfOverF"].data[:], seg.get_traces(name="dff"))

@@ -112,9 +112,10 @@ def test_trace_semantics(small_sim, small_result):
     assert small_result.footprints.dtype == np.float32
     np.testing.assert_allclose(small_result.footprints.max(axis=(1, 2)), 1.0)
     assert small_result.stop_reason == "external init"
-    from nwb_extract.engine.quality import METRIC_NAMES
+    from nwb_extract.engine.quality import METRIC_NAMES, ST_METRIC_NAMES
 
-    assert set(small_result.roi_metrics) == set(METRIC_NAMES) | {"partition"}
+    # the spatio-temporal metrics are not computed by default, so they are not reported (no placeholder 1s)
+    assert set(small_result.roi_metrics) == (set(METRIC_NAMES) - set(ST_METRIC_NAMES)) | {"partition"}
     assert all(v.shape == (k,) for v in small_result.roi_metrics.values())
 
 

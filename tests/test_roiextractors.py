@@ -17,7 +17,10 @@ from nwb_extract.roiextractors import NwbExtractSegmentationExtractor, NwbSeries
 from nwb_extract.simulate import simulate_2p
 
 CONFIG = {"avg_cell_radius": 3.5}
-KINDS = {"raw", "nonneg", "baseline_adjusted"}
+#: roiextractors trace name -> ExtractResult kind: the primary (baseline_adjusted) as dff, then every kind under its
+#: trace_output_option name, so our unconstrained kind is not called 'raw' (raw fluorescence in roiextractors)
+NAMES = {"dff": "baseline_adjusted", "baseline_adjusted": "baseline_adjusted", "nonneg": "nonneg",
+         "no_constraint": "raw"}
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +97,12 @@ def test_conformance(seg, sim):
     np.testing.assert_array_equal(pixel[:, 0], rows)
     np.testing.assert_array_equal(pixel[:, 1], cols)
     np.testing.assert_array_equal(pixel[:, 2], masks[rows, cols, 2])
-    # traces dict: our three kinds (plus roiextractors' empty standard keys)
+    # traces dict: the primary as dff, then our kinds by option name (plus roiextractors' empty standard keys)
     traces = {k: v for k, v in seg.get_traces_dict().items() if v is not None}
-    assert set(traces) == KINDS
-    for kind in KINDS:
-        np.testing.assert_array_equal(seg.get_traces(name=kind), result.traces[kind])
+    assert list(traces) == list(NAMES)  # dff first: roiextractors' get_num_samples reads the first
+    for name, kind in NAMES.items():
+        np.testing.assert_array_equal(seg.get_traces(name=name), result.traces[kind])
+    assert seg.get_traces(name="raw") is None  # no raw fluorescence: preprocessing ran
     np.testing.assert_array_equal(seg.get_traces(roi_ids=[3, 1], start_frame=10, end_frame=20, name="nonneg"),
                                   result.traces["nonneg"][10:20][:, [3, 1]])
     # images dict in (height, width)
@@ -121,7 +125,7 @@ def test_slicing_and_selecting(seg):
     result = seg.result
     part = seg.slice_samples(100, 150)
     assert part.get_num_samples() == 50
-    np.testing.assert_array_equal(part.get_traces(name="raw"), result.traces["raw"][100:150])
+    np.testing.assert_array_equal(part.get_traces(name="no_constraint"), result.traces["raw"][100:150])
     np.testing.assert_allclose(part.get_timestamps()[0], 5.0 + 100 / 30.0, rtol=0, atol=1e-12)
     subset = seg.select_rois([4, 0])
     assert subset.get_roi_ids() == [4, 0]
@@ -152,8 +156,8 @@ def test_reload_from_result_file(seg, movie_nwb, tmp_path):
     loaded = NwbExtractSegmentationExtractor.from_nwb(path)
     assert loaded.has_run and loaded.config == seg.config
     np.testing.assert_array_equal(loaded.get_roi_image_masks(), seg.get_roi_image_masks())
-    for kind in KINDS:
-        np.testing.assert_array_equal(loaded.get_traces(name=kind), seg.get_traces(name=kind))
+    for name in NAMES:
+        np.testing.assert_array_equal(loaded.get_traces(name=name), seg.get_traces(name=name))
     np.testing.assert_allclose(loaded.get_timestamps(), seg.get_timestamps(), rtol=0, atol=1e-12)
     assert loaded.get_frame_shape() == seg.get_frame_shape()
 

@@ -516,7 +516,8 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress:
         max_image=backend.to_host(stitched.images["max_image"], "float64"),
         F_per_pixel=backend.to_host(stitched.images["F_per_pixel"], "float64"),
         config=cfg,
-        roi_metrics=_roi_metrics(stitched),
+        roi_metrics=_roi_metrics(stitched, st_computed=cfg.max_iter > 0 and (
+            cfg.hyperparameter_tuning_flag or quality.st_enabled(cfg.thresholds.to_dict()))),
         eliminated=None if cfg.compact_output else _eliminated(outputs, frame_shape),
         timings=timings,
         stop_reason=stop_reasons[0] if len(set(stop_reasons)) == 1 else ", ".join(stop_reasons),
@@ -572,10 +573,12 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
     return outputs, timings, n_bad_values
 
 
-def _roi_metrics(stitched: partition.Stitched) -> dict[str, Any]:
-    """Per-cell quality metrics (K,) float64 by name, and the partition of every cell (K,) int64."""
+def _roi_metrics(stitched: partition.Stitched, *, st_computed: bool) -> dict[str, Any]:
+    """Per-cell quality metrics (K,) float64 by name, and the partition of every cell (K,) int64; the
+    spatio-temporal metrics only when they were computed (``st_computed``), not their placeholder 1."""
     table = backend.to_host(stitched.per_cell[_METRICS_KEY], "float64")
-    roi_metrics = {name: table[i] for i, name in enumerate(quality.METRIC_NAMES)}
+    roi_metrics = {name: table[i] for i, name in enumerate(quality.METRIC_NAMES)
+                   if st_computed or name not in quality.ST_METRIC_NAMES}
     roi_metrics["partition"] = backend.to_host(stitched.cell_partition, "int64")
     return roi_metrics
 

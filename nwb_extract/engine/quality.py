@@ -48,7 +48,8 @@ RULE_NAMES: tuple[str, ...] = (
 SHAPE_THRESHOLD = 0.3
 #: Image value above which a pixel counts in the spatial-overlap constraint of trace duplicates.
 OVERLAP_THRESHOLD = 0.05
-_ST_METRICS = tuple(name for name in METRIC_NAMES if name.startswith("ST"))
+#: The 18 spatio-temporal rows of METRIC_NAMES: computed only when the ST check is on or in tuning records (else 1).
+ST_METRIC_NAMES = tuple(name for name in METRIC_NAMES if name.startswith("ST"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
     ones = xp.ones((K,), dtype=xp.float64, device=device)
     if st is not None:
         st_rows = spatiotemporal.spatiotemporal_metrics(S, T, st, frame_shape)
-        rows.update({name: st_rows[i, :] for i, name in enumerate(_ST_METRICS)})
+        rows.update({name: st_rows[i, :] for i, name in enumerate(ST_METRIC_NAMES)})
     table = xp.stack([xp.astype(rows[name], xp.float64) if name in rows else ones for name in METRIC_NAMES])
     return xp.where(xp.isnan(table), xp.zeros_like(table), table)
 

@@ -29,7 +29,7 @@ from nwb_extract.errors import InputError
 from nwb_extract.io import schema
 from nwb_extract.io.atomic import atomic_path
 from nwb_extract.io.layout import (ELIMINATED_SERIES_NAME, MASK_TYPES, PRIMARY_SERIES_NAME, SERIES_NAMES,
-                                   dataset_marker, run_infos)
+                                   dataset_marker, metric_description, run_infos)
 from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_rate, copy_imaging_plane,
                                     make_subject, new_nwbfile, new_nwbfile_like, session_start, write_atomically)
 from nwb_extract.io.source import SourceInfo, find_series, open_nwb
@@ -48,24 +48,18 @@ _KIND_DESCRIPTIONS = {
                                  "'nonnegative_least_squares')",
 }
 
-_METRIC_DESCRIPTIONS = {
-    "T_maxval": "trace SNR: max of the 3-frame median-filtered trace over sqrt(2) times its noise std (spec §7.2)",
-    "T_corruption": "temporal corruption: mean relative deviation from the median-filtered trace (spec §7.2)",
-    "S_area_1": "pixels of the footprint above 0.2 (spec §7.2)",
-    "S_smooth_area_1": "pixels of the smoothed footprint above 0.2 (spec §7.2)",
-    "S_area_2": "pixels of the footprint above 0.1 (spec §7.2)",
-    "S_smooth_area_2": "pixels of the smoothed footprint above 0.1 (spec §7.2)",
-    "S_corruption": "spatial corruption: local over global variance of the footprint (spec §7.2)",
-    "S_eccent": "eccentricity (major / minor axis) of the footprint's largest component above 0.3 (spec §7.2)",
-    "S_circularity": "circularity 4 pi area / perimeter^2 of the footprint's largest component (spec §7.2)",
-    "partition": "index of the partition the cell was found in",
+_IMAGE_DESCRIPTIONS = {
+    "summary_image": "EXTRACT's cell-finding summary image: how bright each pixel's neighbours are at the pixel's "
+                     "own peak frame (cells score high, isolated hot pixels low; info.summary_image)",
+    "max_image": "maximum over frames of the preprocessed movie (info.max_image)",
+    "F_per_pixel": "baseline fluorescence of each pixel, the F that ΔF/F divides by (info.F_per_pixel)",
 }
 
-_IMAGE_DESCRIPTIONS = {
-    "summary_image": "EXTRACT's summary image (info.summary_image)",
-    "max_image": "maximum over frames of the preprocessed movie (info.max_image)",
-    "F_per_pixel": "baseline fluorescence of each pixel (info.F_per_pixel, spec §3.1)",
-}
+#: What each elimination rule of the EliminatedPlaneSegmentation means.
+_RULE_TEXT = ("quality-control rule that eliminated the candidate: T_duplicate / S_duplicate (duplicate trace or "
+              "footprint of a kept cell), T_zeroed (trace SNR below T_min_snr), T_poor (temporal corruption), "
+              "S_tiny / S_huge (area outside the size limits), S_poor (spatial corruption), S_eccent (too "
+              "elongated), ST_spurious (spatio-temporal check), or cell_finding (rejected while cells were found)")
 
 _RESERVED_COLUMNS = frozenset({"id", "image_mask", "pixel_mask", "voxel_mask", "ROICentroids", "elimination_rule"})
 _PIXEL_MASK_DTYPE = np.dtype([("x", "<u4"), ("y", "<u4"), ("weight", "<f4")])
@@ -268,8 +262,7 @@ def _add_run(nwbfile, result: ExtractResult, *, plane, reference, timing: dict[s
     segmentation.add_plane_segmentation(cells)
     eliminated = None
     if include_eliminated and result.eliminated is not None and len(result.eliminated.rules) > 0:
-        rules = [("elimination_rule", "quality-control rule that eliminated the candidate (spec §7.3 names, or a "
-                  "cell-finding check)", list(result.eliminated.rules))]
+        rules = [("elimination_rule", _RULE_TEXT, list(result.eliminated.rules))]
         eliminated = _plane_segmentation(names.eliminated, f"candidates eliminated in run {names.run_name!r}",
                                          result.eliminated.footprints, plane, reference, mask_type, rules)
         segmentation.add_plane_segmentation(eliminated)
@@ -349,8 +342,7 @@ def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
         if name in _RESERVED_COLUMNS or values.shape != (result.n_cells,):
             raise InputError(f"roi_metrics[{name!r}] must be a ({result.n_cells},) array with a name other than "
                              f"{', '.join(sorted(_RESERVED_COLUMNS))}; got shape {values.shape}")
-        columns.append((name, _METRIC_DESCRIPTIONS.get(name, f"EXTRACT quality metric {name!r} (spec §7.2)"),
-                        values))
+        columns.append((name, metric_description(name), values))
     return columns
 
 
