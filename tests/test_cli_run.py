@@ -136,6 +136,15 @@ def test_in_place_appends_and_keeps_the_movie(files, sim, tmp_path, capsys):
     assert [r.n_cells for r in _runs(movie)] == [8]
 
 
+def test_negative_frames_count_from_the_end(files, sim, tmp_path, capsys):
+    out = tmp_path / "tail.nwb"
+    assert main(_run_args(files, sim, "--frames", "-50:", "-o", str(out))) == 0  # not taken for an option
+    assert "(frames 250:300, 50 frames of 40 x 56 px)" in capsys.readouterr().out
+    assert _runs(out)[0].primary.shape == (50, 8)
+    assert main(_run_args(files, sim, "--frames=-100:-40", "-o", str(tmp_path / "mid.nwb"))) == 0
+    assert "(frames 200:260, 60 frames" in capsys.readouterr().out
+
+
 def test_inspect_lists_runs_cells_and_config_differences(files, sim, tmp_path, capsys):
     movie = Path(shutil.copy(files[0], tmp_path / "session.nwb"))
     assert main(_run_args((movie, files[1]), sim, "--in-place", "--run-name", "first")) == 0
@@ -149,6 +158,22 @@ def test_inspect_lists_runs_cells_and_config_differences(files, sim, tmp_path, c
     assert "config first -> second: 2 difference(s)" in out
     assert "thresholds.T_min_snr: 7.0 -> 12.0" in out
     assert "trace_output_option: 'baseline_adjusted' -> 'nonneg'" in out
+    # each run's own changes from the defaults (what ran: the backend and use_gpu are the run's record, not a choice)
+    first, second = out.split("second: ")[0], out.split("second: ")[1].split("config first")[0]
+    assert "settings that differ from the defaults: 4" in first, out
+    for line in ("avg_cell_radius: 3.5", "regression_only: True", "S_init: <array (8, 40, 56)>", "max_iter: 0"):
+        assert line in first, out
+    assert "thresholds.T_min_snr: 12.0" in second and "trace_output_option: 'nonneg'" in second, out
+
+
+def test_inspect_one_run_shows_its_settings(files, sim, tmp_path, capsys):
+    out = tmp_path / "one.nwb"
+    assert main(_run_args(files, sim, "-o", str(out), "--set", "thresholds.T_min_snr=9")) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "1 nwb-extract run(s)" in text and "thresholds.T_min_snr: 9.0" in text, text
+    assert "use_gpu" not in text and "python.backend" not in text, text
 
 
 def test_run_streams_a_url(files, sim, tmp_path, capsys):
@@ -221,6 +246,11 @@ def _text_file(path: Path) -> Path:
     (lambda d, movie: movie, ["--config", "absent.yaml"], 4, "no such config file"),
     (lambda d, movie: movie, ["--footprints", "absent.npy"], 4, "no such footprints file"),
     (lambda d, movie: movie, ["--frames", "250:400"], 3, "frames 250:400 are outside"),
+    (lambda d, movie: movie, ["--frames", "-400:"], 3, "frames -400: are outside"),
+    (lambda d, movie: movie, ["--frames", "250:100"], 3, "frames 250:100 of acquisition/TwoPhotonSeries are "
+                                                         "reversed: START (frame 250) comes after STOP (frame 100)"),
+    (lambda d, movie: movie, ["--frames", "100:-200"], 3, "frames 100:-200 of acquisition/TwoPhotonSeries select "
+                                                          "no frame"),
     (lambda d, movie: movie, ["--set", "reestimate_S_if_downsampled=true"], 15, "not ported"),
 ])
 def test_input_errors(files, sim, tmp_path, capsys, make_input, extra, code, words):

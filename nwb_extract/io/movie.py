@@ -250,17 +250,25 @@ def _check_series(series: Any, path: str, location: str) -> int:
 
 
 def _frame_range(frames: tuple[int | None, int | None] | None, n_frames: int, path: str) -> tuple[int, int]:
+    """``(start, stop)`` of a frame selection; negative values count from the end, as in Python slicing."""
     if frames is None:
         return 0, n_frames
     try:
         start, stop = frames
     except (TypeError, ValueError):
         raise InputError(f"frames must be a (start, stop) pair, got {frames!r}") from None
+    given = f"{'' if start is None else start}:{'' if stop is None else stop}"
     start = 0 if start is None else start
     stop = n_frames if stop is None else stop
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, stop)):
         raise InputError(f"frames must be integers (start, stop), got {frames!r}")
-    if not 0 <= start < stop <= n_frames:
-        raise InputError(f"frames {start}:{stop} are outside {path}'s {n_frames} frames; choose 0 <= START < "
-                         f"STOP <= {n_frames}")
-    return int(start), int(stop)
+    first, end = (int(v) + n_frames if v < 0 else int(v) for v in (start, stop))
+    if not (0 <= first <= n_frames and 0 <= end <= n_frames):
+        raise InputError(f"frames {given} are outside {path}'s {n_frames} frames; choose START and STOP in "
+                         f"-{n_frames}..{n_frames} (negative counts from the end)")
+    if first > end:
+        raise InputError(f"frames {given} of {path} are reversed: START (frame {first}) comes after STOP (frame "
+                         f"{end}); give START < STOP, e.g. {end}:{first}")
+    if first == end:
+        raise InputError(f"frames {given} of {path} select no frame; give START < STOP")
+    return first, end
