@@ -136,6 +136,24 @@ def test_in_place_appends_and_keeps_the_movie(files, sim, tmp_path, capsys):
     assert [r.n_cells for r in _runs(movie)] == [8]
 
 
+def test_run_plot_writes_the_overview_png(files, sim, tmp_path, capsys, monkeypatch):
+    import nwb_extract.plots
+
+    rates = []
+    draw = nwb_extract.plots.plot_overview
+    monkeypatch.setattr(nwb_extract.plots, "plot_overview",
+                        lambda result, path, **kw: rates.append(kw["frame_rate"]) or draw(result, path, **kw))
+    png = tmp_path / "overview.png"
+    assert main(_run_args(files, sim, "-o", str(tmp_path / "r.nwb"), "--plot", str(png))) == 0
+    assert f"figure: {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rates == [pytest.approx(sim.frame_rate)]  # time axis in seconds from the series' rate
+    # an existing figure is refused before any work, like the result file
+    assert main(_run_args(files, sim, "-o", str(tmp_path / "r2.nwb"), "--plot", str(png))) == 12
+    assert "overview.png already exists" in _one_error_line(capsys)
+    assert not (tmp_path / "r2.nwb").exists()
+
+
 def test_negative_frames_count_from_the_end(files, sim, tmp_path, capsys):
     out = tmp_path / "tail.nwb"
     assert main(_run_args(files, sim, "--frames", "-50:", "-o", str(out))) == 0  # not taken for an option
@@ -344,6 +362,27 @@ def test_config_show(capsys):
     assert (shown["avg_cell_radius"], shown["thresholds"]["T_min_snr"], shown["python"]["backend"]) == (7, 9, "numpy")
     assert main(["config"]) == 0  # no action: the defaults as YAML
     assert ExtractConfig.from_yaml(capsys.readouterr().out) == ExtractConfig()
+
+
+def test_config_show_describes_every_key_in_groups(capsys):
+    from nwb_extract.parameters import PARAMETERS, PYTHON_PARAMETERS, THRESHOLD_PARAMETERS
+
+    assert main(["config", "show", "--set", "avg_cell_radius=7"]) == 0
+    text = capsys.readouterr().out
+    assert ExtractConfig.from_yaml(text) == ExtractConfig(avg_cell_radius=7)  # the comments change nothing
+    lines = text.splitlines()
+    assert lines[0] == "# ---- what the algorithm uses"
+    assert lines[1:3] == ["# typical cell radius (px); sets filter scales, overlap, tiling, areas",
+                          "avg_cell_radius: 7.0"]
+    sections = [line for line in lines if line.startswith("# ---- ")]
+    assert len(sections) == 5 and sections[-2:] == ["# ---- quality-control thresholds (EXTRACT's config.thresholds)",
+                                                    "# ---- Python-only settings"]
+    for param in (*PARAMETERS, *THRESHOLD_PARAMETERS, *PYTHON_PARAMETERS):
+        assert f"# {param.description}" in text, param.name
+    assert "  # minimum trace SNR (cell finding and refinement)\n  T_min_snr: 7.0" in text  # inside thresholds:
+    assert "# MATLAB progress bar (see python.progress) [plotting only; no effect here]" in text
+    assert main(["config", "show", "--bare"]) == 0
+    assert "#" not in capsys.readouterr().out
 
 
 def test_config_validate_lists_changes_and_rejects_bad_files(tmp_path, capsys):

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -521,3 +522,35 @@ def test_1000_rois_on_512x512_write_under_50_mb(tmp_path):
         masks = f["processing/ophys/ImageSegmentation/PlaneSegmentation/image_mask"]
         assert masks.shape == (1000, 512, 512) and masks.id.get_storage_size() < 10 * 2**20
         assert np.array_equal(masks[500], footprints[500])
+
+
+def test_run_info_records_the_backend_that_ran(sim, source, tmp_path):
+    """The config asks for 'auto' (use_gpu true by default); the file says what ran: NumPy here (use_gpu false),
+    CuPy on a GPU machine (use_gpu true)."""
+    asked = ExtractConfig(avg_cell_radius=3.5, S_init=sim.footprints, regression_only=True)
+    assert asked.use_gpu and asked.python.backend == "auto"
+    result = nwb_extract.extract(sim.movie, asked, progress=False)
+    path, _ = write_result(result, tmp_path / "auto.nwb", source=source)
+    with NWBHDF5IO(str(path), "r") as io:
+        info = io.read().processing["ophys"]["ExtractRunInfo"]
+        assert info.backend == result.backend and info.python_backend == result.backend
+        assert bool(info.use_gpu) is (result.backend == "cupy")
+        assert json.loads(info.config_json)["use_gpu"] is (result.backend == "cupy")
+    assert read_config(path).python.backend == result.backend
+
+
+def test_layout_doc_lists_the_columns_written(new_file):
+    """docs/nwb-layout.md's PlaneSegmentation column table names exactly the columns of a written run (the ST
+    metrics only when computed, which the default run does not)."""
+    from nwb_extract.engine.quality import ST_METRIC_NAMES
+
+    doc = (REPO_ROOT / "docs" / "nwb-layout.md").read_text()
+    section = doc.split("## PlaneSegmentation columns")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| `([A-Za-z0-9_]+)` \| (always|ST only) \|", section, flags=re.M)
+    always = {name for name, when in rows if when == "always"}
+    assert {name for name, when in rows if when == "ST only"} == set(ST_METRIC_NAMES)
+    with NWBHDF5IO(str(new_file), "r") as io:
+        table = io.read().processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
+        written = set(table.colnames) - {"image_mask"}
+        assert written == always
+        assert not [name for name in table.colnames if "§" in table[name].description]

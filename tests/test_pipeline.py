@@ -267,3 +267,12 @@ def test_work_is_counted_per_stage(small_sim):
     # the refinement streams the movie at least once per solver iteration: far more bytes than one movie
     assert work.stages["refinement"][1] > 10 * small_sim.movie.nbytes
     assert solver_kernels._work is None  # off again after the block
+
+
+def test_result_repr_is_one_short_line(small_result):
+    text = repr(small_result)
+    assert "\n" not in text and len(text) < 300, text
+    k = small_result.n_cells
+    assert text.startswith(f"ExtractResult({k} cells, 400 frames of 40 x 56 px; "), text
+    assert "traces baseline_adjusted*, nonneg, raw (* primary)" in text, text
+    assert "array(" not in text

@@ -171,3 +171,30 @@ def test_bad_inputs(movie_nwb):
         NwbExtractSegmentationExtractor(np.zeros((3, 4, 5)))
     with pytest.raises(ConfigError):
         NwbExtractSegmentationExtractor(file_path=movie_nwb, config={"avg_cell_radiuss": 3})
+
+
+def test_numpy_imaging_extractor_input(sim):
+    """roiextractors' NumpyImagingExtractor: a (T, H, W, 1) array, and a 3-D (T, H, W) array (which roiextractors
+    0.10 stores as (1, T, H, W), so its get_series returns the wrong shape) give the same cells; an extractor whose
+    frames do not match its own shape is a clear InputError."""
+    from roiextractors import NumpyImagingExtractor
+
+    from nwb_extract.errors import InputError
+
+    runs = []
+    for video in (sim.movie[..., None], sim.movie):
+        seg = NwbExtractSegmentationExtractor(NumpyImagingExtractor(video, 30.0), config={"avg_cell_radius": 3.5},
+                                              backend="numpy")
+        assert seg.get_roi_image_masks().shape[:2] == (40, 56) and seg.get_num_rois() > 0
+        assert seg.get_traces(name="dff").shape == (300, seg.get_num_rois())
+        runs.append(seg)
+    np.testing.assert_array_equal(runs[0].get_roi_image_masks(), runs[1].get_roi_image_masks())
+
+    class Broken(NumpyImagingExtractor):
+        def get_series(self, start_sample=None, end_sample=None):
+            return super().get_series(start_sample, end_sample)[:, :-1]
+
+    broken = NwbExtractSegmentationExtractor(Broken(sim.movie[..., None], 30.0), config={"avg_cell_radius": 3.5},
+                                             backend="numpy")
+    with pytest.raises(InputError, match=r"Broken.get_series\(0, \d+\) returned an array of shape .* expected"):
+        broken.get_num_rois()
