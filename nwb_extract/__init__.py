@@ -43,7 +43,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
     progress : callable, bool or None
         A callable receives a :class:`nwb_extract.progress.ProgressEvent` (``stage``, ``done``, ``total``,
         ``message``, ...) as each stage advances; None shows the default display when ``python.progress`` is on
-        (tqdm bars in a terminal or notebook, else INFO lines on the logger ``nwb_extract.progress``); False
+        and ``verbose`` is not 0 (tqdm bars in a terminal or notebook, else INFO lines on the logger ``nwb_extract.progress``); False
         shows nothing.
     **overrides : EXTRACT parameters (or Python-only settings such as ``backend``) applied on top of ``config``.
 
@@ -54,10 +54,10 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
     """
     from nwb_extract.config import ExtractConfig
     from nwb_extract.engine.pipeline import extract as run
-    from nwb_extract.progress_display import progress_display
+    from nwb_extract.progress_display import progress_display, wants_progress
 
     cfg = ExtractConfig.coerce(config, **overrides)
-    with progress_display(progress, cfg.python.progress) as callback:
+    with progress_display(progress, wants_progress(cfg)) as callback:
         return run(movie, cfg, progress=callback)
 
 

@@ -276,7 +276,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
                   overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
-                  progress=_show_progress(args.quiet, cfg.python.progress))
+                  progress=_show_progress(args.quiet, cfg))
     if plot is not None:
         from nwb_extract.io.nwb_read import read_timing
         from nwb_extract.plots import plot_overview
@@ -289,10 +289,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_progress(quiet: bool, enabled: bool = True) -> bool:
+def _show_progress(quiet: bool, cfg: ExtractConfig | None = None) -> bool:
     """Whether to show progress (bars on a terminal, INFO lines of ``nwb_extract.progress`` otherwise): not with
-    ``--quiet`` or ``python.progress`` false."""
-    show = not quiet and enabled
+    ``--quiet``, nor when the config turns it off (``python.progress`` false or ``verbose`` 0)."""
+    from nwb_extract.progress_display import wants_progress
+
+    show = not quiet and (cfg is None or wants_progress(cfg))
     if show and not sys.stderr.isatty():
         logging.getLogger("nwb_extract.progress").setLevel(logging.INFO)
     return show
@@ -325,7 +327,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
                        cache_dir=args.cache_dir, on_asset=report,
-                       progress=_show_progress(args.quiet, cfg.python.progress))
+                       progress=_show_progress(args.quiet, cfg))
     print(result.table())
     return BATCH_FAILED if result.failed else 0
 

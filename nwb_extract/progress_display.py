@@ -17,7 +17,7 @@ from typing import Any
 
 from nwb_extract.progress import ProgressCallback, ProgressEvent
 
-__all__ = ["BarDisplay", "LogDisplay", "progress_display"]
+__all__ = ["BarDisplay", "LogDisplay", "progress_display", "wants_progress"]
 
 log = logging.getLogger("nwb_extract.progress")
 
@@ -105,9 +105,14 @@ def _in_notebook() -> bool:
     return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
 
 
+def wants_progress(cfg: Any) -> bool:
+    """Whether a config asks for the default display: ``python.progress`` on and EXTRACT's ``verbose`` not 0."""
+    return bool(cfg.python.progress) and cfg.verbose != 0
+
+
 @contextmanager
 def progress_display(progress: bool | ProgressCallback | None, enabled: bool = True) -> Iterator[ProgressCallback | None]:
-    """The callback for ``progress`` (None: the default display when ``enabled``, i.e. ``cfg.python.progress``;
+    """The callback for ``progress`` (None: the default display when ``enabled``, i.e. :func:`wants_progress`;
     False: none; True: the default display; a callable: itself); bars are closed on exit."""
     if callable(progress):
         yield progress

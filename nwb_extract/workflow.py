@@ -25,7 +25,7 @@ from nwb_extract.io import dandi
 from nwb_extract.io.movie import ImagingSource, open_series
 from nwb_extract.io.nwb_write import write_result
 from nwb_extract.progress import ProgressCallback, Reporter
-from nwb_extract.progress_display import progress_display
+from nwb_extract.progress_display import progress_display, wants_progress
 from nwb_extract.result import ExtractResult
 
 __all__ = ["BatchReport", "RunOutput", "extract_frames", "resolve_input", "run_batch", "run_nwb"]
@@ -64,7 +64,7 @@ def extract_frames(frames: Any, config: ExtractConfig, *, progress: bool | Progr
     and slicing. Masks of the result then index like the stored frames (docs/architecture.md, axis rule).
     ``progress`` is as in :func:`nwb_extract.extract`.
     """
-    with progress_display(progress, config.python.progress) as callback:
+    with progress_display(progress, wants_progress(config)) as callback:
         return pipeline.extract(frames, config, progress=callback)
 
 
@@ -96,7 +96,7 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
     progress : callable, bool or None
         As in :func:`nwb_extract.extract`; the run reports the engine's stages and then ``write``.
     """
-    with progress_display(progress, config.python.progress) as callback:
+    with progress_display(progress, wants_progress(config)) as callback:
         return _run_nwb(source, output, config, series=series, frames=frames, in_place=in_place,
                         overwrite=overwrite, run_name=run_name, cache_dir=cache_dir, prepare=prepare,
                         progress=callback)

@@ -99,6 +99,7 @@ def test_default_python_display_bars_on_a_terminal_and_none_when_off(sim, capsys
     assert "final regression: 100%" in err and "3/3" in err  # tqdm bars with totals (ETA shown while running)
     nwb_extract.extract(movie, avg_cell_radius=3.5, backend="numpy", progress=False)
     nwb_extract.extract(movie, avg_cell_radius=3.5, backend="numpy", python={"progress": False})
+    nwb_extract.extract(movie, avg_cell_radius=3.5, backend="numpy", verbose=0)  # EXTRACT's "silent"
     assert capsys.readouterr().err == ""
 
 
