@@ -127,20 +127,28 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_cli_without_a_terminal_logs_progress_lines(tmp_path):
-    """A real process whose stderr is a pipe: INFO lines on nwb_extract.progress, one per stage at least; -q none."""
-    made = _cli("simulate", "m.nwb", "--rows", "32", "--cols", "40", "--frames", "200", "--cells", "5",
-                cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
-    assert "INFO nwb_extract.progress: simulating: 4/4 steps (movie)" in made.stderr, made.stderr
-    assert "INFO nwb_extract.progress: writing: 1/1 files (wrote m.nwb)" in made.stderr
-    run = _cli("run", "m.nwb", "-o", "r.nwb", "--set", "avg_cell_radius=3.5", "--backend", "numpy", cwd=tmp_path)
+def test_cli_without_a_terminal_logs_progress_lines(movie_file, tmp_path):
+    """A real process whose stderr is a pipe: INFO lines on nwb_extract.progress, each stage finishing in order."""
+    run = _cli("run", str(movie_file), "-o", "r.nwb", "--set", "avg_cell_radius=3.5", "--backend", "numpy",
+               cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("INFO nwb_extract.progress: ")]
     finished = [line.split(": ", 1)[1].split(":")[0] for line in lines if line.endswith(", done")]
     assert finished == ["reading", "preprocessing", "cell finding", "refinement", "final regression", "writing"], \
         run.stderr
     assert any("cell finding: " in line and "(stopped: " in line for line in lines), lines
+
+
+def test_cli_simulate_reports_progress(tmp_path, caplog):
+    from nwb_extract.cli import main
+
+    caplog.set_level(logging.INFO, logger="nwb_extract.progress")
+    assert main(["simulate", str(tmp_path / "m.nwb"), "--rows", "24", "--cols", "32", "--frames", "60",
+                 "--cells", "3"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "nwb_extract.progress"]
+    assert lines[0].startswith("simulating: 0/4 steps (start)")
+    assert any(line.startswith("simulating: 4/4 steps (movie)") for line in lines), lines
+    assert lines[-1].startswith(f"writing: 1/1 files (wrote {tmp_path / 'm.nwb'})"), lines
 
 
 @pytest.mark.parametrize("off", [["-q"], ["--set", "python.progress=false"]])
