@@ -11,7 +11,6 @@ frame ``t``; nothing is transposed, so footprints computed from them index like 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -35,15 +34,14 @@ class FrameBlockReader:
         The series' ``data``, shape ``(frames, x, y)``.
     start, stop : int
         Stored frame range this reader exposes.
-    on_read : callable, optional
-        Called with the number of frames after every read (progress reporting).
+
+    Progress of the reads is reported by the engine (``read`` events of :mod:`nwb_extract.progress`).
     """
 
-    def __init__(self, dataset: Any, start: int, stop: int, on_read: Callable[[int], None] | None = None) -> None:
+    def __init__(self, dataset: Any, start: int, stop: int) -> None:
         self._dataset = dataset
         self._start = int(start)
         self._stop = int(stop)
-        self._on_read = on_read
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,10 +62,6 @@ class FrameBlockReader:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def observed(self, on_read: Callable[[int], None] | None) -> FrameBlockReader:
-        """The same view, calling ``on_read(frames)`` after every read (None: no callback)."""
-        return FrameBlockReader(self._dataset, self._start, self._stop, on_read)
-
     def __getitem__(self, key: Any) -> np.ndarray:
         frames, rows, cols = _expand_key(key)
         n_frames = self.shape[0]
@@ -75,18 +69,13 @@ class FrameBlockReader:
             first, last, step = frames.indices(n_frames)
             if step < 1:
                 raise IndexError(f"frame slices must have a positive step, got {frames}")
-            count = len(range(first, last, step))
             stored = slice(self._start + first, self._start + max(last, first), step)
         else:
             index = int(frames)
             if not -n_frames <= index < n_frames:
                 raise IndexError(f"frame {index} is outside the {n_frames} selected frames")
-            count = 1
             stored = self._start + index % n_frames
-        block = np.asarray(self._dataset[stored, rows, cols])
-        if self._on_read is not None:
-            self._on_read(count)
-        return block
+        return np.asarray(self._dataset[stored, rows, cols])
 
     def __repr__(self) -> str:
         return f"FrameBlockReader(frames {self._start}:{self._stop}, shape={self.shape}, dtype={self.dtype})"
