@@ -11,7 +11,7 @@ from nwb_extract.result import ExtractResult
 #: Up to this many cells every contour is labelled with its ID; above it, only the cells whose traces are shown.
 LABEL_ALL_UP_TO = 40
 _CONTOUR_LEVEL = 0.5
-_OTHER_COLOUR = "#f0e442"  # the cells without a trace on the right: pale yellow, not one of the trace colours
+_OTHER_COLOUR = "#e6e6e6"  # the cells without a trace on the right: near white, unlike every trace colour
 
 
 def plot_overview(result: ExtractResult, path: str | Path, *, true_traces: np.ndarray | None = None,
@@ -31,7 +31,8 @@ def plot_overview(result: ExtractResult, path: str | Path, *, true_traces: np.nd
     import matplotlib.pyplot as plt
 
     shown = _cells_to_show(result, n_traces)
-    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(shown)}
+    palette = [plt.get_cmap("tab10")(i) for i in range(10) if i != 7]  # no grey: it vanishes on the gray image
+    colours = {k: palette[i % len(palette)] for i, k in enumerate(shown)}
     labelled = list(range(result.n_cells)) if result.n_cells <= LABEL_ALL_UP_TO else shown
     rows, cols = result.frame_shape
     width = 7.0 * min(max(cols / rows, 0.6), 1.6)
