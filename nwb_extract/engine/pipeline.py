@@ -460,9 +460,9 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
                       "(F_per_pixel = 1)", stacklevel=2)
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
-    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
-    if n_bad_values:
-        warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
+    outputs, timings, bad = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
+    if bad.n_values:
+        warnings.warn(bad.message(n_read * h * w), stacklevel=2)
     frame_shape = (h, w)
     primary = primary_trace_kind(cfg.trace_output_option)
     stitched = partition.stitch(
@@ -488,40 +488,72 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
                   "array_namespace": xp.__name__},
         backend="cupy" if backend.is_cupy(xp) else ("numpy" if backend.is_numpy(xp) else xp.__name__),
         device=str(device if device is not None else "cpu"),
-        run_info=_run_info(outputs, stitched),
+        run_info={**_run_info(outputs, stitched), "n_nonfinite_values": bad.n_values,
+                  "n_pixels_without_data": bad.n_pixels},
     )
 
 
+@dataclass
+class _NonFinite:
+    """NaN / inf values found while reading (summed over partitions; overlaps count twice) and the pixels without
+    any finite value, which are left out like pixels outside ``movie_mask`` (docs/decisions.md)."""
+
+    n_values: int = 0
+    n_pixels: int = 0
+
+    def message(self, n_total: int) -> str:
+        """The user-facing warning: how many values, and what was done with them."""
+        text = (f"the movie holds {self.n_values} NaN or infinite values ({100 * self.n_values / n_total:.2g}% of "
+                f"{n_total}); each was replaced by its pixel's temporal median of finite values")
+        if self.n_pixels:
+            text += f"; {self.n_pixels} pixels without any finite value were left out (as outside movie_mask)"
+        return text
+
+
+def _without_pixels(mask: Any, no_data: Any) -> Any:
+    """``mask`` (h, w) (or None: all pixels) with the ``no_data`` pixels (bool (h, w)) switched off."""
+    xp = backend.get_namespace(no_data)
+    if mask is None:
+        return ~no_data
+    return xp.where(no_data, xp.zeros_like(mask), mask)
+
+
 def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
-                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], int]:
+                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], _NonFinite]:
     """Every partition of ``movie`` (frames ``0..n_read``) through :func:`_run_partition` (spec §1.3): the kept
-    block and output of each, the stage timings summed over partitions (s), and the count of NaN / inf values."""
+    block and output of each, the stage timings summed over partitions (s), and the NaN / inf values found."""
     cfg = plan.cfg
     frame_shape = (int(movie.shape[1]), int(movie.shape[2]))
     npy, npx = partition.partition_grid(cfg, frame_shape)
     blocks = partition.partition_blocks(frame_shape, npy, npx, partition.partition_overlap(cfg.avg_cell_radius))
     run_clock = _StageClock(xp, device)
-    n_bad_values = 0
+    bad = _NonFinite()
 
-    def load(block: partition.Block) -> tuple[Any, partition.Block]:
-        """The block's movie, sanitized and trimmed of zero edges, and its kept pixels."""
-        nonlocal n_bad_values
+    def load(block: partition.Block) -> tuple[Any, partition.Block, Any]:
+        """The block's movie with NaN / inf filled and trimmed of zero edges, its kept pixels, and its pixels
+        without any finite value (bool (h, w) or None)."""
         with run_clock.stage("read"):
             Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
-        Y, n_bad = preprocess.sanitize(Y)
-        n_bad_values += n_bad
+        Y, n_bad, no_data = preprocess.fill_nonfinite(Y)
+        bad.n_values += n_bad
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
         kept = block.trimmed(trims)
+        if no_data is not None:
+            no_data = no_data[trims[0]:no_data.shape[0] - trims[1], trims[2]:no_data.shape[1] - trims[3]]
+            bad.n_pixels += int(xp.count_nonzero(no_data))
         log.info("partition %d/%d: rows %s, cols %s", block.index + 1, len(blocks), kept.rows, kept.cols)
-        return Y, kept
+        return Y, kept, no_data
 
     def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
         kept_blocks: list[partition.Block] = []
 
         def load_block() -> tuple[Any, partition.PartitionInputs]:
-            Y, kept = load(block)
+            Y, kept, no_data = load(block)
             kept_blocks.append(kept)
-            return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
+            inputs = partition.partition_inputs(cfg, kept, xp=xp, device=device)
+            if no_data is not None:
+                inputs = replace(inputs, movie_mask=_without_pixels(inputs.movie_mask, no_data))
+            return Y, inputs
 
         out = _run_partition(load_block, plan, _StageClock(xp, device))
         return kept_blocks[0], out
@@ -531,7 +563,7 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
     for _, out in outputs:
         for stage, seconds in out.timings.items():
             timings[stage] += seconds
-    return outputs, timings, n_bad_values
+    return outputs, timings, bad
 
 
 def _roi_metrics(stitched: partition.Stitched) -> dict[str, Any]:
