@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _METRICS_KEY = "quality_metrics"
 _REFINEMENT_KEY = "refinement_traces"
 _STAGES = ("read", "preprocess", "cellfinding", "refinement", "frr")
+#: Fewest frames (after temporal downsampling) the noise estimate can use without the zero frequency (spec §4)
+MIN_WORKING_FRAMES = 5
 
 
 def _check_movie(movie: Any) -> tuple[int, int, int]:
@@ -53,6 +55,22 @@ def _check_movie(movie: Any) -> tuple[int, int, int]:
     if backend.dtype_kind(dtype) not in "fiub":
         raise InputError(f"movie dtype {dtype} is not numeric")
     return n, h, w
+
+
+def _check_length(n: int, plan: _Plan) -> None:
+    """Too few frames for EXTRACT's temporal estimates: an error below :data:`MIN_WORKING_FRAMES` working frames
+    (after ``downsample_time_by``), a warning below ``10 · avg_event_tau`` frames (docs/decisions.md)."""
+    n_working = n // plan.dst
+    if n_working < MIN_WORKING_FRAMES:
+        after = f" ({n_working} after downsample_time_by={plan.dst})" if plan.dst > 1 else ""
+        raise InputError(f"the movie has {n} frames{after}; EXTRACT needs at least {MIN_WORKING_FRAMES} working "
+                         "frames (its noise estimate reads the upper half of each pixel's spectrum, which for fewer "
+                         "frames contains the zero frequency). Give a longer movie"
+                         + (" or a smaller downsample_time_by" if plan.dst > 1 else ""))
+    few = 10 * plan.cfg.avg_event_tau
+    if n < few:
+        warnings.warn(f"the movie has only {n} frames, fewer than 10 x avg_event_tau = {few:g}: it holds few calcium "
+                      "events, so cell finding may miss most cells (or find none)", stacklevel=3)
 
 
 def _check_config_arrays(cfg: ExtractConfig, n: int, h: int, w: int) -> None:
@@ -460,9 +478,14 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
                       "(F_per_pixel = 1)", stacklevel=2)
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
-    outputs, timings, bad = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
+    plan = _Plan.from_config(cfg)
+    _check_length(n_read, plan)
+    outputs, timings, bad = _run_partitions(movie, n_read, plan, xp, device)
     if bad.n_values:
         warnings.warn(bad.message(n_read * h * w), stacklevel=2)
+    if bad.n_constant == len(outputs):
+        raise InputError(f"the movie is constant in time (every pixel holds one value in all {n_read} frames): "
+                         "there is no activity to extract; check that this is the right series or channel")
     frame_shape = (h, w)
     primary = primary_trace_kind(cfg.trace_output_option)
     stitched = partition.stitch(
@@ -494,12 +517,14 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
 
 
 @dataclass
-class _NonFinite:
-    """NaN / inf values found while reading (summed over partitions; overlaps count twice) and the pixels without
-    any finite value, which are left out like pixels outside ``movie_mask`` (docs/decisions.md)."""
+class _ReadChecks:
+    """What reading found: NaN / inf values (summed over partitions; overlaps count twice), the pixels without any
+    finite value, which are left out like pixels outside ``movie_mask`` (docs/decisions.md), and the partitions
+    that are constant in time."""
 
     n_values: int = 0
     n_pixels: int = 0
+    n_constant: int = 0
 
     def message(self, n_total: int) -> str:
         """The user-facing warning: how many values, and what was done with them."""
@@ -519,7 +544,7 @@ def _without_pixels(mask: Any, no_data: Any) -> Any:
 
 
 def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
-                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], _NonFinite]:
+                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], _ReadChecks]:
     """Every partition of ``movie`` (frames ``0..n_read``) through :func:`_run_partition` (spec §1.3): the kept
     block and output of each, the stage timings summed over partitions (s), and the NaN / inf values found."""
     cfg = plan.cfg
@@ -527,7 +552,7 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
     npy, npx = partition.partition_grid(cfg, frame_shape)
     blocks = partition.partition_blocks(frame_shape, npy, npx, partition.partition_overlap(cfg.avg_cell_radius))
     run_clock = _StageClock(xp, device)
-    bad = _NonFinite()
+    bad = _ReadChecks()
 
     def load(block: partition.Block) -> tuple[Any, partition.Block, Any]:
         """The block's movie with NaN / inf filled and trimmed of zero edges, its kept pixels, and its pixels
@@ -536,6 +561,10 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
             Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
         Y, n_bad, no_data = preprocess.fill_nonfinite(Y)
         bad.n_values += n_bad
+        if bool(xp.all(xp.max(Y, axis=0) == xp.min(Y, axis=0))):
+            bad.n_constant += 1
+            log.warning("partition %d/%d is constant in time: no cell can be found there", block.index + 1,
+                        len(blocks))
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
         kept = block.trimmed(trims)
         if no_data is not None:
