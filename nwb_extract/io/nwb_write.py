@@ -27,7 +27,7 @@ from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
-from nwb_extract.io.atomic import atomic_path
+from nwb_extract.io.atomic import atomic_path, exclusive_update
 from nwb_extract.io.layout import (ELIMINATED_SERIES_NAME, MASK_TYPES, PRIMARY_SERIES_NAME, SERIES_NAMES,
                                    dataset_marker, run_infos)
 from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_rate, copy_imaging_plane,
@@ -583,7 +583,7 @@ def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
     """Apply ``add`` to a copy of ``path`` opened for appending, then rename the copy onto ``path``."""
     from pynwb import NWBHDF5IO
 
-    with atomic_path(path) as temporary:
+    with exclusive_update(path), atomic_path(path) as temporary:
         shutil.copy2(path, temporary)
         with NWBHDF5IO(str(temporary), mode="a") as io:
             nwbfile = io.read()
