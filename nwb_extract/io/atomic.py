@@ -7,8 +7,8 @@ leaves the destination as it was; a leftover temporary file may remain after a k
 operating-system error while writing) is an :class:`OutputNotWritableError` naming the file.
 
 :func:`exclusive_update` guards a read-copy-rename update of an existing file against a second process doing the
-same at once, which would silently drop the first one's change: an exclusive, non-blocking ``flock`` on the file
-(docs/decisions.md, "Concurrent appends").
+same at once, which would silently drop the first one's change: an exclusive, non-blocking ``flock`` on a lock file
+beside it (docs/decisions.md, "Concurrent appends").
 """
 
 from __future__ import annotations
@@ -65,16 +65,18 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
 
 @contextmanager
 def exclusive_update(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on the existing file ``path`` for the block (an in-place update of it).
+    """Hold the update lock of the file ``path`` for the block (an in-place update of it).
 
-    The lock is a non-blocking ``flock`` on the file itself, released when the block ends or the process dies (no
-    stale lock file). A file replaced between opening and locking (another update finished meanwhile) counts as
-    busy. Without ``fcntl`` (Windows) the block runs unlocked.
+    The lock is a non-blocking ``flock`` on a hidden lock file beside ``path`` (``.<name>.lock``), removed when the
+    block ends; the kernel releases it when the process dies, so a kill leaves no stale lock (at most the empty
+    file, which the next update takes over). Not a lock on ``path`` itself: HDF5 locks the files it opens with
+    ``flock`` too, and readers of ``path`` must not be refused. A lock file removed between opening and locking
+    (its holder finished meanwhile) counts as busy. Without ``fcntl`` (Windows) the block runs unlocked.
 
     Raises
     ------
     OutputNotWritableError
-        Another process is updating ``path``.
+        Another process is updating ``path``, or the lock file cannot be created.
     """
     try:
         import fcntl
@@ -82,16 +84,30 @@ def exclusive_update(path: str | os.PathLike) -> Iterator[None]:
         yield
         return
     path = Path(path)
-    busy = OutputNotWritableError(f"{path} is being updated by another process (an in-place append is running); "
-                                  "nothing was written: run again when it has finished")
-    with open(path, "rb") as handle:
+    lock = path.with_name(f".{path.name}.lock")
+    busy = OutputNotWritableError(f"another process is appending to {path} (it holds {lock}); nothing was "
+                                  "written: run again when it has finished")
+    try:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise OutputNotWritableError(f"cannot create the lock file {lock} for updating {path}: {err}") from None
+    try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise busy from None
-        if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+        try:
+            current = os.stat(lock).st_ino == os.fstat(handle).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:
             raise busy
-        yield
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still locked: a waiting process then sees it gone
+    finally:
+        os.close(handle)
 
 
 @contextmanager
