@@ -191,7 +191,8 @@ def test_append_while_another_process_appends_is_a_clear_error(movie_file, tmp_p
     before = path.read_bytes()
     holder = subprocess.Popen(_script(f"""
         import sys
-                with exclusive_update({str(path)!r}):
+        from nwb_extract.io.atomic import exclusive_update
+        with exclusive_update({str(path)!r}):
             print("locked", flush=True)
             sys.stdin.readline()
     """), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
