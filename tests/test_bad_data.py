@@ -151,6 +151,15 @@ def test_constant_movie_is_a_clear_error(value):
         nwb_extract.extract(np.full((120, 20, 24), value, np.float32), avg_cell_radius=RADIUS, backend="numpy")
 
 
+def test_huge_values_are_a_clear_error():
+    """Found by the property tests: int64 values near -2**63 made float32 sums of squares overflow and the solver
+    fail deep inside numpy.linalg (LinAlgError). Now a clear error that says to rescale."""
+    movie = np.zeros((12, 6, 6), np.int64)
+    movie[::2, 2:4, 2:4] = np.iinfo(np.int64).min
+    with pytest.raises(InputError, match=r"values up to 9.22e\+18 in magnitude.*rescale the movie"):
+        nwb_extract.extract(movie, avg_cell_radius=2.0, backend="numpy")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # a run without cells: a valid, inspectable file
 

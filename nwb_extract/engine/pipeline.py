@@ -38,6 +38,8 @@ _REFINEMENT_KEY = "refinement_traces"
 _STAGES = ("read", "preprocess", "cellfinding", "refinement", "frr")
 #: Fewest frames (after temporal downsampling) the noise estimate can use without the zero frequency (spec §4)
 MIN_WORKING_FRAMES = 5
+#: Largest magnitude of a movie value: float32 sums of squares over ~1e9 values of this size stay finite
+MAX_ABS_VALUE = 1e12
 
 
 def _check_movie(movie: Any) -> tuple[int, int, int]:
@@ -71,6 +73,16 @@ def _check_length(n: int, plan: _Plan) -> None:
     if n < few:
         warnings.warn(f"the movie has only {n} frames, fewer than 10 x avg_event_tau = {few:g}: it holds few calcium "
                       "events, so cell finding may miss most cells (or find none)", stacklevel=3)
+
+
+def _check_magnitude(Y: Any) -> None:
+    """An :class:`InputError` for values beyond :data:`MAX_ABS_VALUE` in the float32 block ``Y``."""
+    xp = backend.get_namespace(Y)
+    peak = max(float(xp.max(Y)), -float(xp.min(Y)))  # sync point: two scalars per partition
+    if peak > MAX_ABS_VALUE:
+        raise InputError(f"the movie holds values up to {peak:.3g} in magnitude; EXTRACT computes in float32, whose "
+                         f"sums of squares over a movie overflow beyond about {MAX_ABS_VALUE:g}: rescale the movie "
+                         "(its units do not matter: traces are ΔF/F)")
 
 
 def _check_config_arrays(cfg: ExtractConfig, n: int, h: int, w: int) -> None:
@@ -561,6 +573,7 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
             Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
         Y, n_bad, no_data = preprocess.fill_nonfinite(Y)
         bad.n_values += n_bad
+        _check_magnitude(Y)
         if bool(xp.all(xp.max(Y, axis=0) == xp.min(Y, axis=0))):
             bad.n_constant += 1
             log.warning("partition %d/%d is constant in time: no cell can be found there", block.index + 1,
