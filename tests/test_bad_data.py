@@ -22,7 +22,7 @@ from nwb_extract.io.nwb_read import read_result
 from nwb_extract.metrics import evaluate, match_to_ground_truth, precision_recall_f1
 from nwb_extract.roiextractors import NwbExtractSegmentationExtractor
 from nwb_extract.simulate import simulate_2p
-from conftest import to_xp
+from conftest import make_namespace, to_xp
 
 RADIUS = 3.5
 
@@ -111,6 +111,27 @@ def test_nan_patches_frames_and_borders_find_the_same_cells(sim, clean):
     assert all(np.isfinite(t).all() for t in holed.traces.values())
     assert holed.run_info["n_nonfinite_values"] == n_bad and holed.run_info["n_pixels_without_data"] == 87
     assert (holed.footprints[:, 0, :] == 0).all() and (holed.footprints[:, :, -1] == 0).all()  # left out
+
+
+@pytest.mark.parametrize("name, device", [("array_api_strict", "device1"), ("cupy", None)])
+def test_nan_handling_under_other_namespaces(name, device):
+    """The NaN path of the pipeline (filling, pixels without data left out through the mask) under a non-NumPy
+    namespace (array_api_strict on a second device catches a missing ``device=``): the same cells as NumPy,
+    footprints and traces within 1e-4 of each array's max. A smaller movie than above, to keep it quick."""
+    xp, device = make_namespace(name, device)
+    small = simulate_2p(n_rows=28, n_cols=32, n_frames=200, n_cells=3, cell_radius=(3, 4), event_rate=0.04, seed=3)
+    movie = small.movie.astype(np.float32)
+    movie[50, 5:12, 5:12] = np.nan
+    movie[[80, 81]] = np.nan
+    movie[:, 0, :] = np.nan
+    with pytest.warns(UserWarning, match="NaN or infinite values"):
+        ref = nwb_extract.extract(movie, avg_cell_radius=RADIUS, backend="numpy")
+        result = nwb_extract.extract(to_xp(movie, xp, device), avg_cell_radius=RADIUS)
+    assert result.n_cells == ref.n_cells >= 2
+    assert result.run_info["n_pixels_without_data"] == ref.run_info["n_pixels_without_data"] == 32
+    np.testing.assert_allclose(result.footprints, ref.footprints, atol=1e-4)
+    for kind, trace in ref.traces.items():
+        np.testing.assert_allclose(result.traces[kind], trace, atol=1e-4 * np.abs(trace).max())
 
 
 def test_nan_run_info_is_written_and_read_back(sim, tmp_path, capsys):
