@@ -85,9 +85,11 @@ def test_transient_faults_are_retried_and_the_run_succeeds(fault, stand_in, movi
     _assert_same_datasets(out, reference_run)
 
 
-@pytest.mark.parametrize("fault, message", [("503", "503 Service Unavailable"), ("drop", "Connection broken"),
-                                            ("stall", "Read timed out"), ("truncate", "Unexpected number of bytes")])
-@pytest.mark.parametrize("address", ["url", "dandi"])
+@pytest.mark.parametrize("fault, message, address", [
+    ("503", "503 Service Unavailable", "url"), ("drop", "Connection broken", "url"), ("stall", "Read timed out", "url"),
+    ("truncate", "Unexpected number of bytes", "url"),
+    ("stall", "Read timed out", "dandi"),  # a DANDI asset's 503 is test_dandi.py's
+])
 def test_persistent_faults_are_a_clear_error_and_write_nothing(fault, message, address, stand_in, movie_file,
                                                                tmp_path, quick_network, monkeypatch, capsys):
     monkeypatch.setattr(remfile.RemFile, "_num_request_retries", 1)  # 0.1 s of backoff instead of ~50 s
