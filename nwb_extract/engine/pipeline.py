@@ -51,8 +51,9 @@ def _check_movie(movie: Any) -> tuple[int, int, int]:
         raise InputError(f"movie must have 3 axes (frames, rows, cols); got shape {tuple(shape)}. For a volumetric "
                          "movie select one plane first; for a single image add a frame axis.")
     n, h, w = (int(s) for s in shape)
-    if n < 2 or h < 2 or w < 2:
-        raise InputError(f"movie shape {tuple(shape)} is too small: need at least 2 frames and 2 x 2 pixels")
+    if n < 1 or h < 2 or w < 2:
+        raise InputError(f"movie shape {tuple(shape)} is too small: need frames of at least 2 x 2 pixels (and at "
+                         f"least {MIN_WORKING_FRAMES} frames)")
     dtype = getattr(movie, "dtype", "float32")
     if backend.dtype_kind(dtype) not in "fiub":
         raise InputError(f"movie dtype {dtype} is not numeric")
@@ -65,7 +66,7 @@ def _check_length(n: int, plan: _Plan) -> None:
     n_working = n // plan.dst
     if n_working < MIN_WORKING_FRAMES:
         after = f" ({n_working} after downsample_time_by={plan.dst})" if plan.dst > 1 else ""
-        raise InputError(f"the movie has {n} frames{after}; EXTRACT needs at least {MIN_WORKING_FRAMES} working "
+        raise InputError(f"the movie has {n} frame{'s' * (n != 1)}{after}; EXTRACT needs at least {MIN_WORKING_FRAMES} working "
                          "frames (its noise estimate reads the upper half of each pixel's spectrum, which for fewer "
                          "frames contains the zero frequency). Give a longer movie"
                          + (" or a smaller downsample_time_by" if plan.dst > 1 else ""))
