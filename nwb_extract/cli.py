@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
 import os
 import re
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -363,6 +365,10 @@ def _print_summary(result: Any, series_path: str, frames: tuple[int, int], path:
         return
     n_frames = frames[1] - frames[0]
     rows, cols = result.frame_shape
+    if result.n_cells == 0:
+        print(f"nwb-extract run: warning: no cells were found (cell finding stopped on {result.stop_reason}); the "
+              "file holds an empty segmentation. Check avg_cell_radius and the thresholds, or give a longer movie",
+              file=sys.stderr)
     print(f"found {result.n_cells} cells in {series_path} (frames {frames[0]}:{frames[1]}, {n_frames} frames of "
           f"{rows} x {cols} px) on {result.backend} ({result.device})")
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
@@ -627,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(command: str, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A Python warning as one ``nwb-extract COMMAND: warning: ...`` line on stderr (no source line)."""
+    print(f"nwb-extract {command}: warning: {message}", file=sys.stderr)
+
+
 def exit_code(error: BaseException) -> int:
     """The exit code of a package error (:data:`EXIT_CODES`)."""
     return next(code for kind, code in EXIT_CODES if isinstance(error, kind))
@@ -646,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("nwb_extract").setLevel(level)
     started = time.perf_counter()
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():  # restores the caller's warning display (main() runs inside tests too)
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            if getattr(args, "quiet", False):
+                warnings.simplefilter("ignore")
+            code = args.func(args)
     except NwbExtractError as exc:
         message = " ".join(str(exc).splitlines())
         print(f"nwb-extract {args.command}: error: {message}", file=sys.stderr)

@@ -116,7 +116,9 @@ def _is_empty(value: Any) -> bool:
     """MATLAB ``[]``: None or an empty list/tuple/array."""
     if value is None:
         return True
-    return isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == 0
+    if isinstance(value, np.ndarray):
+        return value.size == 0
+    return isinstance(value, (list, tuple)) and len(value) == 0  # not np.size: ragged lists have none
 
 
 def _scalar(value: Any) -> Any:

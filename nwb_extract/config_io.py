@@ -122,16 +122,18 @@ def _read_mat_structs(path: Path, source: str) -> dict[str, dict[str, Any]]:
 
     if not path.exists():
         raise ConfigError(f"{source}no such file")
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            return {name: _h5_struct(f[name], source) for name in f
-                    if not name.startswith("#") and _h5_class(f[name]) == "struct"}
     from scipy.io import loadmat
 
     try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                return {name: _h5_struct(f[name], source) for name in f
+                        if not name.startswith("#") and _h5_class(f[name]) == "struct"}
         contents = loadmat(path, squeeze_me=False, struct_as_record=True, chars_as_strings=True)
-    except (ValueError, TypeError, NotImplementedError) as err:
-        raise ConfigError(f"{source}not a readable MATLAB file ({err})") from None
+    except ConfigError:
+        raise
+    except Exception as err:  # a damaged file makes the parsers fail in many ways (IndexError, zlib.error, ...)
+        raise ConfigError(f"{source}not a readable MATLAB file ({type(err).__name__}: {err})") from None
     return {name: _v5_struct(value, source) for name, value in contents.items()
             if not name.startswith("__") and isinstance(value, np.ndarray) and value.dtype.names}
 

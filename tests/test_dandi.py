@@ -15,6 +15,7 @@ import re
 import runpy
 import socket
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,13 +46,19 @@ class DandiStandIn:
 
     ``add(dandiset, path, file)`` publishes a local file as an asset of version ``draft``; ``fail_at[asset_id]
     = offset`` makes every blob request for a range holding byte ``offset`` answer 503 (a mid-stream failure);
-    ``bytes_served[asset_id]`` counts the blob bytes sent; ``requests`` logs every request line.
+    ``faults[asset_id] = (offset, [fault, ...])`` makes the next requests for a range holding ``offset`` fail
+    once each, in order (:meth:`_fault`: ``"500"``, ``"503"``, ``"drop"``, ``"stall"``, ``"truncate"``), and the
+    later ones succeed; ``bytes_served[asset_id]`` counts the blob bytes sent; ``requests`` logs every request
+    line. The blob of an asset is also a plain HTTP file at ``blob_url(asset_id)``.
     """
+
+    stall_s = 3.0  # how long a "stall" fault keeps the client waiting before it closes the connection
 
     def __init__(self) -> None:
         self.assets: dict[str, dict] = {}
         self.embargoed: set[str] = set()
         self.fail_at: dict[str, int] = {}
+        self.faults: dict[str, tuple[int, list[str]]] = {}
         self.bytes_served: dict[str, int] = {}
         self.requests: list[str] = []
         stand_in = self
@@ -81,6 +88,9 @@ class DandiStandIn:
         self.assets[asset_id] = {"dandiset": dandiset, "path": path, "file": Path(file)}
         self.bytes_served[asset_id] = 0
         return asset_id
+
+    def blob_url(self, asset_id: str) -> str:
+        return f"{self.url}/blobs/{asset_id}"
 
     # -- routes
 
@@ -162,6 +172,9 @@ class DandiStandIn:
             start, stop = int(ranged[1]), min(int(ranged[2]), len(data) - 1)
             if start <= self.fail_at.get(asset_id, -1) <= stop:
                 return self._json(h, {"error": "SlowDown"}, 503)
+            offset, pending = self.faults.get(asset_id, (-1, []))
+            if pending and start <= offset <= stop and not head:
+                return self._fault(h, pending.pop(0), data[start:stop + 1], start, len(data))
         body = data[start:stop + 1]
         h.send_response(206 if ranged else 200)
         h.send_header("Content-Length", str(len(body)))
@@ -175,6 +188,32 @@ class DandiStandIn:
                 self.bytes_served[asset_id] += len(body)
             except (BrokenPipeError, ConnectionResetError):  # a client that only wanted the headers
                 pass
+        return None
+
+    def _fault(self, h, fault: str, body: bytes, start: int, size: int) -> None:
+        """Answer a range request wrongly: an HTTP error status, a connection dropped halfway through the body
+        (``drop``), no answer for :attr:`stall_s` (``stall``), or a well-formed answer with half the bytes asked
+        for (``truncate``)."""
+        if fault in ("500", "503"):
+            return self._json(h, {"error": "InternalError" if fault == "500" else "SlowDown"}, int(fault))
+        if fault == "stall":
+            time.sleep(self.stall_s)
+            h.close_connection = True
+            return None
+        half = body[:len(body) // 2]
+        h.send_response(206)
+        h.send_header("Content-Length", str(len(body) if fault == "drop" else len(half)))
+        h.send_header("Content-Range", f"bytes {start}-{start + (len(body) if fault == 'drop' else len(half)) - 1}"
+                                       f"/{size}")
+        h.end_headers()
+        try:
+            h.wfile.write(half)
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        h.close_connection = True
+        if fault == "drop":
+            h.connection.shutdown(socket.SHUT_RDWR)
         return None
 
     @staticmethod

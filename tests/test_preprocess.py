@@ -393,20 +393,6 @@ def test_resolve_downsampling_uses_matlab_rounding():
 # small steps and the whole preprocessing
 
 
-def test_sanitize_replaces_non_finite_values_and_counts_them():
-    movie = np.ones((2, 3, 4), np.float64)
-    movie[0, 1, 2] = np.nan
-    movie[1, 0, 0] = np.inf
-    movie[1, 2, 3] = -np.inf
-    out, n_bad = pp.sanitize(movie)
-    assert n_bad == 3 and out.dtype == np.float32
-    expected = np.ones((2, 3, 4), np.float32)
-    expected[0, 1, 2] = expected[1, 0, 0] = expected[1, 2, 3] = 0
-    np.testing.assert_array_equal(out, expected)
-    clean, n_bad = pp.sanitize(np.arange(6, dtype=np.uint16).reshape(1, 2, 3))
-    assert n_bad == 0 and clean.dtype == np.float32
-
-
 def test_apply_movie_mask_and_its_shape_check():
     movie = _movie(shape=(3, 4, 5))
     mask = np.zeros((4, 5), bool)
@@ -473,7 +459,6 @@ _CALLS = {
     "remove_zero_edge_pixels": lambda m: pp.remove_zero_edge_pixels(m)[0],
     "downsample_time": lambda m: pp.downsample_time(m, 3),
     "downsample_space": lambda m: pp.downsample_space(m, 2),
-    "sanitize": lambda m: pp.sanitize(m)[0],
 }
 
 

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 _METRICS_KEY = "quality_metrics"
 _REFINEMENT_KEY = "refinement_traces"
 _STAGES = ("read", "preprocess", "cellfinding", "refinement", "frr")
+#: Fewest frames (after temporal downsampling) the noise estimate can use without the zero frequency (spec §4)
+MIN_WORKING_FRAMES = 5
+#: Largest magnitude of a movie value: float32 sums of squares over ~1e9 values of this size stay finite
+MAX_ABS_VALUE = 1e12
 
 
 def _check_movie(movie: Any) -> tuple[int, int, int]:
@@ -48,12 +52,39 @@ def _check_movie(movie: Any) -> tuple[int, int, int]:
         raise InputError(f"movie must have 3 axes (frames, rows, cols); got shape {tuple(shape)}. For a volumetric "
                          "movie select one plane first; for a single image add a frame axis.")
     n, h, w = (int(s) for s in shape)
-    if n < 2 or h < 2 or w < 2:
-        raise InputError(f"movie shape {tuple(shape)} is too small: need at least 2 frames and 2 x 2 pixels")
+    if n < 1 or h < 2 or w < 2:
+        raise InputError(f"movie shape {tuple(shape)} is too small: need frames of at least 2 x 2 pixels (and at "
+                         f"least {MIN_WORKING_FRAMES} frames)")
     dtype = getattr(movie, "dtype", "float32")
     if backend.dtype_kind(dtype) not in "fiub":
         raise InputError(f"movie dtype {dtype} is not numeric")
     return n, h, w
+
+
+def _check_length(n: int, plan: _Plan) -> None:
+    """Too few frames for EXTRACT's temporal estimates: an error below :data:`MIN_WORKING_FRAMES` working frames
+    (after ``downsample_time_by``), a warning below ``10 · avg_event_tau`` frames (docs/decisions.md)."""
+    n_working = n // plan.dst
+    if n_working < MIN_WORKING_FRAMES:
+        after = f" ({n_working} after downsample_time_by={plan.dst})" if plan.dst > 1 else ""
+        raise InputError(f"the movie has {n} frame{'s' * (n != 1)}{after}; EXTRACT needs at least {MIN_WORKING_FRAMES} working "
+                         "frames (its noise estimate reads the upper half of each pixel's spectrum, which for fewer "
+                         "frames contains the zero frequency). Give a longer movie"
+                         + (" or a smaller downsample_time_by" if plan.dst > 1 else ""))
+    few = 10 * plan.cfg.avg_event_tau
+    if n < few:
+        warnings.warn(f"the movie has only {n} frames, fewer than 10 x avg_event_tau = {few:g}: it holds few calcium "
+                      "events, so cell finding may miss most cells (or find none)", stacklevel=3)
+
+
+def _check_magnitude(Y: Any) -> None:
+    """An :class:`InputError` for values beyond :data:`MAX_ABS_VALUE` in the float32 block ``Y``."""
+    xp = backend.get_namespace(Y)
+    peak = max(float(xp.max(Y)), -float(xp.min(Y)))  # sync point: two scalars per partition
+    if peak > MAX_ABS_VALUE:
+        raise InputError(f"the movie holds values up to {peak:.3g} in magnitude; EXTRACT computes in float32, whose "
+                         f"sums of squares over a movie overflow beyond about {MAX_ABS_VALUE:g}: rescale the movie "
+                         "(its units do not matter: traces are ΔF/F)")
 
 
 def _check_config_arrays(cfg: ExtractConfig, n: int, h: int, w: int) -> None:
@@ -496,9 +527,14 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress:
         warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
                       "(F_per_pixel = 1)", stacklevel=2)
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
-    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg, progress), xp, device)
-    if n_bad_values:
-        warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
+    plan = _Plan.from_config(cfg, progress)
+    _check_length(n_read, plan)
+    outputs, timings, bad = _run_partitions(movie, n_read, plan, xp, device)
+    if bad.n_values:
+        warnings.warn(bad.message(n_read * h * w), stacklevel=2)
+    if bad.n_constant == len(outputs):
+        raise InputError(f"the movie is constant in time (every pixel holds one value in all {n_read} frames): "
+                         "there is no activity to extract; check that this is the right series or channel")
     frame_shape = (h, w)
     primary = primary_trace_kind(cfg.trace_output_option)
     stitched = partition.stitch(
@@ -525,42 +561,81 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress:
                   "array_namespace": xp.__name__},
         backend=ran,
         device=str(device if device is not None else "cpu"),
-        run_info=_run_info(outputs, stitched),
+        run_info={**_run_info(outputs, stitched), "n_nonfinite_values": bad.n_values,
+                  "n_pixels_without_data": bad.n_pixels},
     )
 
 
+@dataclass
+class _ReadChecks:
+    """What reading found: NaN / inf values (summed over partitions; overlaps count twice), the pixels without any
+    finite value, which are left out like pixels outside ``movie_mask`` (docs/decisions.md), and the partitions
+    that are constant in time."""
+
+    n_values: int = 0
+    n_pixels: int = 0
+    n_constant: int = 0
+
+    def message(self, n_total: int) -> str:
+        """The user-facing warning: how many values, and what was done with them."""
+        text = (f"the movie holds {self.n_values} NaN or infinite values ({100 * self.n_values / n_total:.2g}% of "
+                f"{n_total}); each was replaced by its pixel's temporal median of finite values")
+        if self.n_pixels:
+            text += f"; {self.n_pixels} pixels without any finite value were left out (as outside movie_mask)"
+        return text
+
+
+def _without_pixels(mask: Any, no_data: Any) -> Any:
+    """``mask`` (h, w) (or None: all pixels) with the ``no_data`` pixels (bool (h, w)) switched off."""
+    xp = backend.get_namespace(no_data)
+    if mask is None:
+        return ~no_data
+    return xp.where(no_data, xp.zeros_like(mask), mask)
+
+
 def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
-                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], int]:
+                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], _ReadChecks]:
     """Every partition of ``movie`` (frames ``0..n_read``) through :func:`_run_partition` (spec §1.3): the kept
-    block and output of each, the stage timings summed over partitions (s), and the count of NaN / inf values."""
+    block and output of each, the stage timings summed over partitions (s), and the NaN / inf values found."""
     cfg = plan.cfg
     frame_shape = (int(movie.shape[1]), int(movie.shape[2]))
     npy, npx = partition.partition_grid(cfg, frame_shape)
     blocks = partition.partition_blocks(frame_shape, npy, npx, partition.partition_overlap(cfg.avg_cell_radius))
     run_clock = _StageClock(xp, device)
-    n_bad_values = 0
+    bad = _ReadChecks()
 
-    def load(block: partition.Block, part_plan: _Plan) -> tuple[Any, partition.Block]:
-        """The block's movie, sanitized and trimmed of zero edges, and its kept pixels."""
-        nonlocal n_bad_values
+    def load(block: partition.Block, part_plan: _Plan) -> tuple[Any, partition.Block, Any]:
+        """The block's movie with NaN / inf filled and trimmed of zero edges, its kept pixels, and its pixels
+        without any finite value (bool (h, w) or None)."""
         with run_clock.stage("read"):
             Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames),
                             progress=part_plan.progress)
-        Y, n_bad = preprocess.sanitize(Y)
-        n_bad_values += n_bad
+        Y, n_bad, no_data = preprocess.fill_nonfinite(Y)
+        bad.n_values += n_bad
+        _check_magnitude(Y)
+        if bool(xp.all(xp.max(Y, axis=0) == xp.min(Y, axis=0))):
+            bad.n_constant += 1
+            log.warning("partition %d/%d is constant in time: no cell can be found there", block.index + 1,
+                        len(blocks))
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
         kept = block.trimmed(trims)
+        if no_data is not None:
+            no_data = no_data[trims[0]:no_data.shape[0] - trims[1], trims[2]:no_data.shape[1] - trims[3]]
+            bad.n_pixels += int(xp.count_nonzero(no_data))
         log.info("partition %d/%d: rows %s, cols %s", block.index + 1, len(blocks), kept.rows, kept.cols)
-        return Y, kept
+        return Y, kept, no_data
 
     def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
         kept_blocks: list[partition.Block] = []
         part_plan = plan.for_partition(block.index, len(blocks))
 
         def load_block() -> tuple[Any, partition.PartitionInputs]:
-            Y, kept = load(block, part_plan)
+            Y, kept, no_data = load(block, part_plan)
             kept_blocks.append(kept)
-            return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
+            inputs = partition.partition_inputs(cfg, kept, xp=xp, device=device)
+            if no_data is not None:
+                inputs = replace(inputs, movie_mask=_without_pixels(inputs.movie_mask, no_data))
+            return Y, inputs
 
         out = _run_partition(load_block, part_plan, _StageClock(xp, device))
         return kept_blocks[0], out
@@ -570,7 +645,7 @@ def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
     for _, out in outputs:
         for stage, seconds in out.timings.items():
             timings[stage] += seconds
-    return outputs, timings, n_bad_values
+    return outputs, timings, bad
 
 
 def _roi_metrics(stitched: partition.Stitched, *, st_computed: bool) -> dict[str, Any]:

@@ -35,14 +35,23 @@ _HIST_BINS_PER_STAT = 5  # correct_baseline: histogram step = stat / 5 ...
 _HIST_HALF_WIDTH = 10  # ... over [-10 stat, 10 stat]
 _BASELINE_SMOOTH_HALF = 5  # correct_baseline: moving mean over [j - 5, j + 5] of the baseline samples
 _WIENER_SIZE = 7
+_FILL_CHUNK_ELEMENTS = 2**22  # fill_nonfinite: values sorted at once (a 16 MiB float32 chunk)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # input hygiene
 
 
-def sanitize(movie: Any) -> tuple[Any, int]:
-    """Movie as float32 with every NaN and ±inf replaced by 0 (spec §1.3, "NaN → 0").
+def fill_nonfinite(movie: Any, *, chunk_elements: int = _FILL_CHUNK_ELEMENTS) -> tuple[Any, int, Any]:
+    """Movie as float32 with every NaN and ±inf replaced by its pixel's temporal median of the finite values
+    (decision: docs/decisions.md, "NaN and infinite values").
+
+    A pixel without any finite value gets the median over pixels of the per-pixel mean of finite values (a neutral
+    level: its ΔF is 0) and is reported in ``no_data``, so the pipeline can leave it out like a pixel outside
+    ``movie_mask``. Filling with a pixel's own median keeps its ΔF near 0 at the bad frames, so a hole neither
+    looks like an event (the old fill with 0 made a deep negative one that the band-pass spread to its
+    neighbours) nor hides one. The medians are computed only for pixels that have a bad value, in pixel chunks of
+    about ``chunk_elements`` values (one sorted copy of a chunk at a time).
 
     Parameters
     ----------
@@ -53,15 +62,52 @@ def sanitize(movie: Any) -> tuple[Any, int]:
     movie : float32 array (n, h, w)
         The input itself when it is already float32 and finite.
     n_bad : int
-        How many values were not finite (the pipeline logs a warning with this count).
+        How many values were not finite.
+    no_data : bool array (h, w) or None
+        Pixels with no finite value at all; None when every pixel has one.
     """
-    xp, _ = backend.get_namespace_and_device(movie)
+    xp, device = backend.get_namespace_and_device(movie)
     movie = _as_float32(xp, movie)
     bad = ~xp.isfinite(movie)
     n_bad = int(xp.count_nonzero(bad))  # no int64 copy of the movie-sized mask
-    if n_bad:
-        movie = xp.where(bad, xp.zeros_like(movie), movie)
-    return movie, n_bad
+    if not n_bad:
+        return movie, 0, None
+    n, h, w = movie.shape
+    M = xp.reshape(movie, (n, h * w))
+    n_finite = n - xp.count_nonzero(xp.reshape(bad, (n, h * w)), axis=0)  # (P,)
+    if not bool(xp.any(n_finite > 0)):
+        raise InputError(f"the movie has no finite value: all {n_bad} values are NaN or infinite")
+    fill = xp.zeros((h * w,), dtype=xp.float32, device=device)
+    mean_finite = xp.zeros((h * w,), dtype=xp.float32, device=device)
+    step = max(1, chunk_elements // n)
+    for p0 in range(0, h * w, step):
+        p1 = min(h * w, p0 + step)
+        fill[p0:p1], mean_finite[p0:p1] = _finite_median_and_mean(xp, M[:, p0:p1], n_finite[p0:p1])
+    has_data = n_finite > 0
+    neutral = float(backend.median(mean_finite[has_data]))
+    fill = xp.where(has_data, fill, xp.full_like(fill, neutral))
+    movie = xp.where(bad, xp.reshape(fill, (1, h, w)), movie)
+    no_data = xp.reshape(~has_data, (h, w))
+    return movie, n_bad, (no_data if bool(xp.any(no_data)) else None)
+
+
+def _finite_median_and_mean(xp: Any, traces: Any, n_finite: Any) -> tuple[Any, Any]:
+    """Median (MATLAB ``median``: mean of the two middle values for an even count) and mean of the finite values of
+    every column of ``traces`` (n, m) with ``n_finite`` (m,) of them, float32 (m,); 0 for a column without any.
+    The medians are only computed when a column has a bad value (else they are not needed: 0)."""
+    _, device = backend.get_namespace_and_device(traces)
+    m = traces.shape[1]
+    bad = ~xp.isfinite(traces)
+    n_safe = xp.clip(n_finite, 1, None)
+    mean = xp.sum(xp.where(bad, xp.zeros_like(traces), traces), axis=0) / xp.astype(n_safe, xp.float32)
+    if not bool(xp.any(bad)):
+        return xp.zeros_like(mean), mean
+    ordered = xp.reshape(xp.sort(xp.where(bad, xp.full_like(traces, math.inf), traces), axis=0), (-1,))
+    column = xp.arange(m, dtype=xp.int64, device=device)
+    low = xp.take(ordered, xp.astype((n_safe - 1) // 2, xp.int64) * m + column)
+    high = xp.take(ordered, xp.astype(n_safe // 2, xp.int64) * m + column)
+    median = xp.where(n_finite > 0, (low + high) / 2, xp.zeros_like(low))
+    return median, xp.where(n_finite > 0, mean, xp.zeros_like(mean))
 
 
 def remove_zero_edge_pixels(movie: Any) -> tuple[Any, tuple[int, int, int, int]]:
@@ -651,8 +697,8 @@ def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
 
     Parameters
     ----------
-    movie : array (n, h, w), any real dtype (converted to float32; NaN must already be removed, see
-        :func:`sanitize`)
+    movie : array (n, h, w), any real dtype (converted to float32; NaN and inf must already be replaced, see
+        :func:`fill_nonfinite`)
     settings : PreprocessSettings
         Which steps run, with which values.
     radius : float

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from nwb_extract.errors import (AuthenticationRequiredError, InputError, RemoteReadError,
                                  SourceNotFoundError)
 from nwb_extract.io.atomic import atomic_path
+from nwb_extract.io.remote import RemoteFile, network_errors
 
 __all__ = [
     "API_URL_ENV", "MANIFEST_NAME", "AuthenticationRequiredError", "BatchEntry", "RemoteAsset", "RemoteReadError",
@@ -314,42 +315,6 @@ def _api_errors(text: str) -> Iterator[None]:
 # streaming
 
 
-class _StreamedFile:
-    """A ``remfile.File`` that remembers the error of a failed read, for h5py (which hides Python errors).
-
-    remfile retries transient failures (connection errors, HTTP 429/5xx) with exponential backoff before it
-    raises; the error is kept in :attr:`error` so the caller can report a network failure as such.
-    """
-
-    def __init__(self, url: str, cache_dir: str | os.PathLike | None) -> None:
-        import remfile
-
-        cache = None if cache_dir is None else remfile.DiskCache(str(cache_dir))
-        self.url = url
-        self.error: BaseException | None = None
-        self._file = remfile.File(url, disk_cache=cache)
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._file.read(size)
-        except Exception as err:
-            self.error = err
-            raise
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._file.seek(offset, whence)
-        return self._file.tell()
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __repr__(self) -> str:  # h5py names a file object by its repr: messages then show the URL
-        return self.url
-
-
 @contextmanager
 def open_asset(asset: RemoteAsset, series: str | None = None, *,
                frames: tuple[int | None, int | None] | None = None,
@@ -380,23 +345,16 @@ def open_asset(asset: RemoteAsset, series: str | None = None, *,
             streamed = _open_streamed(asset, cache_dir)
             stack.callback(streamed.close)
             nwbfile = _h5_file(streamed, asset, stack)
-        try:
-            with open_series(nwbfile, series, frames=frames) as source:
-                source.location = asset.content_url
-                yield source
-        except Exception:
-            if streamed is not None and streamed.error is not None:  # a network failure, whatever h5py made of it
-                raise RemoteReadError(f"reading {asset.label} failed after retries with backoff: "
-                                      f"{streamed.error}") from None
-            raise
+        with network_errors(streamed, asset.label), open_series(nwbfile, series, frames=frames) as source:
+            source.location = asset.content_url
+            yield source
 
 
-def _open_streamed(asset: RemoteAsset, cache_dir: str | os.PathLike | None) -> _StreamedFile:
+def _open_streamed(asset: RemoteAsset, cache_dir: str | os.PathLike | None) -> RemoteFile:
     try:
-        return _StreamedFile(asset.content_url, cache_dir)
-    except Exception as err:  # remfile raises plain Exceptions carrying the HTTP status
-        status = re.search(r"\b([45]\d\d)\b", str(err))
-        code = int(status[1]) if status else None
+        return RemoteFile(asset.content_url, cache_dir)
+    except Exception as err:  # an HTTPStatusError, or the connection error of the last try
+        code = getattr(err, "status", None)
         if code in (404, 410):
             raise SourceNotFoundError(f"{asset.label}: no file at {asset.content_url} ({err})") from None
         if code in (401, 403):
@@ -405,7 +363,7 @@ def _open_streamed(asset: RemoteAsset, cache_dir: str | os.PathLike | None) -> _
         raise RemoteReadError(f"cannot read {asset.label} from {asset.content_url}: {err}") from None
 
 
-def _h5_file(streamed: _StreamedFile, asset: RemoteAsset, stack: ExitStack) -> Any:
+def _h5_file(streamed: RemoteFile, asset: RemoteAsset, stack: ExitStack) -> Any:
     import h5py
 
     from nwb_extract.errors import NotNwbError

@@ -159,7 +159,7 @@ class ImagingSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._closer.__exit__(*exc)  # the error passes through open_nwb, which names a network failure as such
 
     def __repr__(self) -> str:
         return (f"ImagingSource({self.location!s} :: {self.series_path}, {self.series_type}, frames "

@@ -60,7 +60,8 @@ def read_result(path: str | os.PathLike, run: str | None = None) -> ExtractResul
             max_image=images["max_image"],
             F_per_pixel=images["F_per_pixel"],
             config=_config_of(info),
-            roi_metrics={name: np.asarray(plane[name].data[:]) for name in run_json["roi_metrics"]},
+            roi_metrics={name: np.asarray(plane[name].data[:]) if name in plane.colnames else np.zeros(0)
+                         for name in run_json["roi_metrics"]},
             eliminated=_read_eliminated(nwbfile, info, roi_responses),
             timings=run_json["timings"],
             stop_reason=run_json["stop_reason"],
@@ -142,6 +143,8 @@ def _frame_shape(info) -> tuple[int, int]:
 
 def _read_masks(plane, frame_shape: tuple[int, int]) -> np.ndarray:
     """Dense float32 footprints ``(rois, x, y)`` from an ``image_mask`` or ``pixel_mask`` column."""
+    if len(plane) == 0:  # also skips the placeholder of a run without cells (nwb_write._empty_mask_columns)
+        return np.zeros((0, *frame_shape), dtype=np.float32)
     if "image_mask" in plane.colnames:
         return np.asarray(plane["image_mask"].data[:], dtype=np.float32).reshape(-1, *frame_shape)
     ends = np.asarray(plane["pixel_mask"].data[:], dtype=np.int64)

@@ -27,7 +27,7 @@ from nwb_extract._version import ENGINE_VERSION, __version__
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
-from nwb_extract.io.atomic import atomic_path
+from nwb_extract.io.atomic import atomic_path, exclusive_update
 from nwb_extract.io.layout import (ELIMINATED_SERIES_NAME, MASK_TYPES, PRIMARY_SERIES_NAME, SERIES_NAMES,
                                    dataset_marker, metric_description, run_infos)
 from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_rate, copy_imaging_plane,
@@ -299,15 +299,19 @@ def _run_names(ophys, runs: list, run_name: str | None) -> _RunNames:
 
 def _plane_segmentation(name: str, description: str, footprints: np.ndarray, plane, reference, mask_type: str,
                         columns: list[tuple[str, str, Any]]):
-    """A PlaneSegmentation with one row per footprint, its mask column and ``columns`` (name, description, data)."""
+    """A PlaneSegmentation with one row per footprint, its mask column and ``columns`` (name, description, data).
+
+    A table without footprints gets only :func:`_empty_mask_columns` (docs/nwb-layout.md, "A run without cells")."""
     from pynwb.ophys import PlaneSegmentation
 
+    empty = footprints.shape[0] == 0
     table = PlaneSegmentation(
         name=name, description=description, imaging_plane=plane,
         reference_images=None if reference is None else (reference,),
-        id=list(range(footprints.shape[0])), columns=_mask_columns(footprints, mask_type),
+        id=list(range(footprints.shape[0])),
+        columns=_empty_mask_columns() if empty else _mask_columns(footprints, mask_type),
     )
-    for column, text, data in columns:
+    for column, text, data in [] if empty else columns:
         table.add_column(name=column, description=text, data=data)
     return table
 
@@ -330,6 +334,21 @@ def _mask_columns(footprints: np.ndarray, mask_type: str) -> list:
                       description=f"non-zero pixels of each ROI's weighted footprint (x, y, weight); {axes}")
     index = VectorIndex(name="pixel_mask_index", data=np.cumsum(np.bincount(k, minlength=n)), target=mask)
     return [mask, index]
+
+
+def _empty_mask_columns() -> list:
+    """The mask of a table without ROIs: a ``pixel_mask`` whose index has no row and whose target holds one
+    zero-weight placeholder that no ROI references.
+
+    pynwb cannot read a PlaneSegmentation without a mask column, and nwbinspector 0.7.2 reads element 0 of every
+    column and reports an ERROR for a zero-length one (nwbinspector issue #728, fixed upstream but not released);
+    the placeholder keeps the file valid and inspectable. Readers going through the index see no pixel."""
+    from hdmf.common import VectorData, VectorIndex
+
+    placeholder = np.zeros(1, dtype=_PIXEL_MASK_DTYPE)
+    mask = VectorData(name="pixel_mask", data=placeholder,
+                      description="no ROI: the one entry is a zero-weight placeholder referenced by no ROI")
+    return [mask, VectorIndex(name="pixel_mask_index", data=np.zeros(0, dtype=np.int64), target=mask)]
 
 
 def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
@@ -556,7 +575,7 @@ def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
     """Apply ``add`` to a copy of ``path`` opened for appending, then rename the copy onto ``path``."""
     from pynwb import NWBHDF5IO
 
-    with atomic_path(path) as temporary:
+    with exclusive_update(path), atomic_path(path) as temporary:
         shutil.copy2(path, temporary)
         with NWBHDF5IO(str(temporary), mode="a") as io:
             nwbfile = io.read()

@@ -10,7 +10,6 @@ none of that name; :class:`SourceInfo` names the series a result was computed fr
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,9 +23,11 @@ from nwb_extract.errors import (
     InputError,
     NoImagingSeriesError,
     NotNwbError,
+    RemoteReadError,
     SeriesNotFoundError,
     SourceNotFoundError,
 )
+from nwb_extract.io.remote import HTTPStatusError, RemoteFile, network_errors
 
 __all__ = ["SERIES_TYPES", "SourceInfo", "find_imaging_series", "find_series", "open_nwb", "unwrap"]
 
@@ -126,7 +127,10 @@ def open_nwb(source: Any) -> Iterator[tuple[Any, str]]:
         An unsupported kind of source.
     """
     with ExitStack() as stack:
-        yield _open_nwbfile(source, stack)
+        remotes: list[RemoteFile] = []
+        nwbfile, location = _open_nwbfile(source, stack, remotes)
+        with network_errors(remotes[0] if remotes else None, location):
+            yield nwbfile, location
 
 
 def find_series(nwbfile: Any, series: str | None, location: str) -> tuple[str, Any]:
@@ -163,8 +167,9 @@ def unwrap(data: Any) -> Any:
 # opening
 
 
-def _open_nwbfile(source: Any, stack: ExitStack) -> tuple[Any, str]:
-    """(NWBFile, location text) for any supported source; files opened here are registered on ``stack``."""
+def _open_nwbfile(source: Any, stack: ExitStack, remotes: list[RemoteFile]) -> tuple[Any, str]:
+    """(NWBFile, location text) for any supported source; files opened here are registered on ``stack``, a
+    streamed URL's file object is added to ``remotes``."""
     import h5py
     from pynwb import NWBFile
 
@@ -177,7 +182,7 @@ def _open_nwbfile(source: Any, stack: ExitStack) -> tuple[Any, str]:
                          "URL, a pynwb.NWBFile or an h5py.File")
     text = os.fspath(source)
     if isinstance(text, str) and text.startswith(("http://", "https://")):
-        return _open_url(text, stack), text
+        return _open_url(text, stack, remotes), text
     if isinstance(text, str) and "://" in text:
         raise InputError(f"cannot open {text}: only local paths and http(s):// URLs are supported")
     return _open_local(Path(text), stack), str(text)
@@ -209,20 +214,24 @@ def _open_zarr(path: Path, stack: ExitStack) -> Any:
     return _read(io, str(path))
 
 
-def _open_url(url: str, stack: ExitStack) -> Any:
+def _open_url(url: str, stack: ExitStack, remotes: list[RemoteFile]) -> Any:
     import h5py
-    import remfile
 
     try:
-        remote = remfile.File(url)  # asks the server for the size: HTTP and connection errors surface here
-    except Exception as err:  # remfile raises plain Exceptions with the HTTP status in the message
-        if re.search(r"\b(404|410)\b", str(err)):
+        remote = RemoteFile(url)  # asks the server for the size: HTTP and connection errors surface here
+    except HTTPStatusError as err:
+        if err.status in (404, 410):
             raise SourceNotFoundError(f"no such file: {url} ({err})") from None
-        raise InputError(f"cannot read {url}: {err}") from None
+        raise RemoteReadError(f"cannot read {url}: {err}") from None
+    except Exception as err:  # the connection error (or timeout) of the last try
+        raise RemoteReadError(f"cannot read {url}: {type(err).__name__}: {err}") from None
     stack.callback(remote.close)
+    remotes.append(remote)
     try:
         h5file = stack.enter_context(h5py.File(remote, "r"))
     except OSError as err:
+        if remote.error is not None:
+            raise RemoteReadError(f"reading {url} failed after retries: {remote.error}") from None
         raise NotNwbError(f"{url} is not an NWB HDF5 file ({err}); NWB Zarr stores can be read from a local "
                           "folder only") from None
     return _read_hdf5(h5file, url, stack)
