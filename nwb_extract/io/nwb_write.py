@@ -35,7 +35,7 @@ from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_
 from nwb_extract.io.source import SourceInfo, find_series, open_nwb
 from nwb_extract.result import ExtractResult
 
-__all__ = ["add_result_to_nwbfile", "write_result"]
+__all__ = ["add_result_to_nwbfile", "append_atomically", "write_result"]
 
 _KIND_DESCRIPTIONS = {
     "baseline_adjusted": "robust (one-sided Huber) fit with each trace's lower bound at its trace_quantile "
@@ -139,7 +139,7 @@ def write_result(
     options = {"run_name": run_name, "mask_type": mask_type, "include_eliminated": include_eliminated}
     if in_place:
         path = _check_in_place(output_path, source)
-        name = _append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
+        name = append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
         return path, name
     path = check_destination(output_path, overwrite)
     nwbfile, plane, timing = _standalone_file(result, source, rate, source_nwbfile)
@@ -560,8 +560,11 @@ def _check_in_place(output_path: str | os.PathLike, source: SourceInfo | None) -
     return path
 
 
-def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
-    """Apply ``add`` to a copy of ``path`` opened for appending, then rename the copy onto ``path``."""
+def append_atomically(path: Path, add: Callable[[Any], Any], after_write: Callable[[Any], None] | None = None
+                      ) -> Any:
+    """Apply ``add`` to a copy of ``path`` opened for appending, write it, call ``after_write(nwbfile)`` (changes
+    pynwb would overwrite on write, e.g. attributes of objects read from the file), then rename the copy onto
+    ``path``; returns what ``add`` returned."""
     from pynwb import NWBHDF5IO
 
     with atomic_path(path) as temporary:
@@ -570,4 +573,6 @@ def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
             nwbfile = io.read()
             out = add(nwbfile)
             io.write(nwbfile)
+            if after_write is not None:
+                after_write(nwbfile)
     return out
