@@ -26,12 +26,12 @@ from nwb_extract.io import schema
 from nwb_extract.io.atomic import atomic_path
 from nwb_extract.result import Curation
 
-__all__ = ["ACCEPTED_COLUMN", "JSON_FORMAT", "REJECTED_COLUMN", "current_user", "export_curation", "import_curation",
+__all__ = ["ACCEPTED_COLUMN", "COLUMN_DESCRIPTIONS", "JSON_FORMAT", "REJECTED_COLUMN", "current_user", "export_curation", "import_curation",
            "now_text", "read_curation", "write_curation"]
 
 ACCEPTED_COLUMN = "Accepted"
 REJECTED_COLUMN = "Rejected"
-_DESCRIPTIONS = {
+COLUMN_DESCRIPTIONS = {
     ACCEPTED_COLUMN: "True where a person accepted the ROI when reviewing the cells (nwb-extract review); an ROI "
                      "neither accepted nor rejected was not reviewed",
     REJECTED_COLUMN: "True where a person rejected the ROI when reviewing the cells (nwb-extract review); an ROI "
@@ -99,7 +99,7 @@ def write_curation(path: str | os.PathLike, curation: Curation, run: str | None 
             if name in plane.colnames:
                 plane[name].data[:] = values  # an h5py dataset of the copy, open for writing
             else:
-                plane.add_column(name=name, description=_DESCRIPTIONS[name], data=values)
+                plane.add_column(name=name, description=COLUMN_DESCRIPTIONS[name], data=values)
         return info
 
     def note(nwbfile: Any) -> None:  # after pynwb's write, which rewrites the attributes it read

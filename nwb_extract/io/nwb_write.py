@@ -28,6 +28,7 @@ from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
 from nwb_extract.io.atomic import atomic_path
+from nwb_extract.io.curation import ACCEPTED_COLUMN, COLUMN_DESCRIPTIONS, REJECTED_COLUMN
 from nwb_extract.io.layout import (ELIMINATED_SERIES_NAME, MASK_TYPES, PRIMARY_SERIES_NAME, SERIES_NAMES,
                                    dataset_marker, run_infos)
 from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_rate, copy_imaging_plane,
@@ -67,7 +68,8 @@ _IMAGE_DESCRIPTIONS = {
     "F_per_pixel": "baseline fluorescence of each pixel (info.F_per_pixel, spec §3.1)",
 }
 
-_RESERVED_COLUMNS = frozenset({"id", "image_mask", "pixel_mask", "voxel_mask", "ROICentroids", "elimination_rule"})
+_RESERVED_COLUMNS = frozenset({"id", "image_mask", "pixel_mask", "voxel_mask", "ROICentroids", "elimination_rule",
+                               "Accepted", "Rejected"})
 _PIXEL_MASK_DTYPE = np.dtype([("x", "<u4"), ("y", "<u4"), ("weight", "<f4")])
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -351,6 +353,9 @@ def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
                              f"{', '.join(sorted(_RESERVED_COLUMNS))}; got shape {values.shape}")
         columns.append((name, _METRIC_DESCRIPTIONS.get(name, f"EXTRACT quality metric {name!r} (spec §7.2)"),
                         values))
+    if result.curation is not None:  # a reviewed result keeps its review (nwb_extract.io.curation)
+        columns += [(name, COLUMN_DESCRIPTIONS[name], values) for name, values in
+                    ((ACCEPTED_COLUMN, result.curation.accepted), (REJECTED_COLUMN, result.curation.rejected))]
     return columns
 
 
@@ -375,7 +380,7 @@ def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminate
         name = PRIMARY_SERIES_NAME if kind == result.primary_trace else SERIES_NAMES[kind]
         role = "the run's primary trace kind" if kind == result.primary_trace else "a secondary trace kind"
         series = container.create_roi_response_series(
-            name=name, data=H5DataIO(result.traces[kind], compression="gzip", chunks=True), unit="n.a.",
+            name=name, data=_trace_data(result.traces[kind]), unit="n.a.",
             rois=cells.create_roi_table_region(region=list(range(result.n_cells)), description=f"all ROIs of "
                                                f"{cells.name}"),
             description=f"EXTRACT traces (frames x ROIs of {cells.name}), kind {kind!r} ({role}): "
@@ -387,13 +392,23 @@ def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminate
     if eliminated is not None:
         container.create_roi_response_series(
             name=ELIMINATED_SERIES_NAME, unit="n.a.",
-            data=H5DataIO(result.eliminated.traces, compression="gzip", chunks=True),
+            data=_trace_data(result.eliminated.traces),
             rois=eliminated.create_roi_table_region(region=list(range(len(result.eliminated.rules))),
                                                     description=f"all ROIs of {eliminated.name}"),
             description=f"traces of the candidates of {eliminated.name} when they were eliminated; values in {units}",
             **_linked_timing(timing, first),
         )
     return container, trace_series
+
+
+def _trace_data(traces: np.ndarray) -> Any:
+    """Traces ``(frames, cells)`` for writing: gzip, in chunks of at most 8192 frames x 4 cells, so that one
+    cell's whole trace (e.g. for ``nwb-extract review``) decompresses 4 cells' worth, not every cell's."""
+    from hdmf.backends.hdf5 import H5DataIO
+
+    frames, cells = traces.shape
+    chunks = (min(frames, 8192), min(cells, 4)) if frames and cells else True
+    return H5DataIO(traces, compression="gzip", chunks=chunks)
 
 
 def _linked_timing(timing: dict[str, Any], first) -> dict[str, Any]:
@@ -435,6 +450,9 @@ def _run_info(result: ExtractResult, names: _RunNames, run_index: int, source: S
     }
     if result.stop_reason is not None:
         fields["stop_reason"] = str(result.stop_reason)
+    if result.curation is not None:
+        fields.update({key: str(value) for key in ("curated_by", "curated_at")
+                       if (value := getattr(result.curation, key)) is not None})
     ophys_path = "processing/ophys"
     if eliminated is not None:
         fields["eliminated_plane_segmentation_path"] = f"{ophys_path}/ImageSegmentation/{eliminated.name}"
