@@ -362,7 +362,6 @@ def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
 def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminated, timing: dict[str, Any]):
     """Add a DfOverF (preprocessing on: ΔF/F) or Fluorescence container with one series per trace kind to
     ``ophys``; returns it and the ``{series name: kind}`` map, or ``(None, {})`` when the run has no traces."""
-    from hdmf.backends.hdf5 import H5DataIO
     from pynwb.ophys import DfOverF, Fluorescence
 
     if not result.traces:

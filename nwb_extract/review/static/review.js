@@ -36,6 +36,7 @@ const state = {
   scale: 1,
 };
 
+window.reviewState = state;  // for the browser tests and the console
 const $ = (id) => document.getElementById(id);
 
 async function api(path, body) {
