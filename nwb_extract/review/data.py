@@ -275,8 +275,9 @@ def _read_cells(plane: Any, frame_shape: tuple[int, int]) -> _Cells:
     for start in range(0, n, MASK_BLOCK):
         for footprint in read_masks(plane, frame_shape, start, min(n, start + MASK_BLOCK)):
             peak = float(footprint.max())
-            rows, cols = np.nonzero(footprint > 0)
-            if peak <= 0 or rows.size == 0:
+            positive = footprint > 0
+            rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+            if peak <= 0:
                 contours.append([])
                 crops.append((np.zeros((1, 1), dtype=np.uint8), 0, 0))
                 centroids.append((np.nan, np.nan))

@@ -130,7 +130,7 @@ function drawImage() {
   }
   const visible = new Set(state.filter ? state.order : []);
   for (let i = 0; i < state.paths.length; i++) {
-    ctx.globalAlpha = state.filter && !visible.has(i) ? 0.35 : 1;
+    ctx.globalAlpha = state.filter && !visible.has(i) ? 0.5 : 1;
     ctx.strokeStyle = COLORS[state.status[i]];
     ctx.stroke(state.paths[i]);
     drawn++;
@@ -581,10 +581,11 @@ async function start() {
   const [rows, cols] = ov.frame_shape;
   for (const [name, data] of Object.entries(ov.images)) imageCanvases[name] = grayCanvas(bytesOf(data), rows, cols);
   const canvas = $("image");
-  const room = Math.min(640, Math.max(320, window.innerHeight - 380));
+  const room = Math.min(640, Math.max(320, window.innerHeight - 360, (window.innerWidth - 40) * 0.45));
   state.scale = Math.min(room / rows, room / cols);
   canvas.width = $("overlay").width = Math.round(cols * state.scale);
   canvas.height = $("overlay").height = Math.round(rows * state.scale);
+  $("left").style.width = `${Math.max(canvas.width, 360)}px`;  // the bar above wraps to the image's width
   [state.paths, state.centroids] = buildPaths(ov.contours);
   [state.elimPaths, state.elimCentroids] = buildPaths(ov.eliminated.contours);
   buildKinds();
