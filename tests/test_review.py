@@ -25,6 +25,7 @@ import pynwb
 import pytest
 
 from conftest import REPO_ROOT, cyclic_gc_paused
+from test_dandi import no_foreign_hosts, stand_in  # noqa: F401  (fixtures: a stand-in DANDI archive on 127.0.0.1)
 from nwb_extract.cli import main
 from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError, OutputNotWritableError
@@ -34,7 +35,7 @@ from nwb_extract.io.nwb_read import list_runs, read_result
 from nwb_extract.io.nwb_write import write_result
 from nwb_extract.result import Curation, EliminatedCandidates, ExtractResult
 from nwb_extract.review.data import ReviewData
-from nwb_extract.review.server import open_review
+from nwb_extract.review.server import ReviewServer, open_review
 
 RATE = 20.0
 PLANE = "processing/ophys/ImageSegmentation/PlaneSegmentation"
@@ -380,3 +381,23 @@ def test_the_command_serves_until_interrupted(review_file):
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "stopped" in err
+
+
+def test_a_dandi_asset_is_reviewed_read_only_with_export(stand_in, review_file, tmp_path, capsys, monkeypatch):
+    stand_in.add("000123", "sub-1/sub-1_ophys.nwb", review_file)
+    address = "dandi://dandi/000123@draft/sub-1/sub-1_ophys.nwb"
+    assert main(["review", address, "--no-browser"]) == 13
+    assert "DANDI:000123/draft/sub-1/sub-1_ophys.nwb is read-only" in capsys.readouterr().err
+    seen = []
+
+    def serve_once(server):  # the served page is tested above: here, what the command opened and prints
+        seen.append((server.data.label, server.data.n_cells, server.target, server.data.source))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ReviewServer, "serve_forever", serve_once)
+    export = tmp_path / "c.json"
+    assert main(["review", address, "--no-browser", "--export", str(export)]) == 0
+    out = capsys.readouterr().out
+    assert seen == [("DANDI:000123/draft/sub-1/sub-1_ophys.nwb", 12, str(export), seen[0][3])]
+    assert seen[0][3].startswith(stand_in.url) and "open http://127.0.0.1:" in out
+
