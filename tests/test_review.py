@@ -290,6 +290,22 @@ def test_overview_cell_and_trace_answers(review_file):
         assert _get(f"http://127.0.0.1:{server.port}/api/cell?i=12", **{"X-Review-Token": server.token})[0] == 400
 
 
+def test_a_run_without_traces_is_reviewed_too(tmp_path):
+    from dataclasses import replace
+
+    result = synthetic_result(n_eliminated=0)
+    result = replace(result, traces={}, primary_trace=None,
+                     config=result.config.replace(trace_output_option="none").resolved())
+    path, _ = write_result(result, tmp_path / "none.nwb", rate=RATE)
+    data = ReviewData(str(path))
+    try:
+        assert data.overview()["kinds"] == [] and data.overview()["time"]["n_frames"] == 0
+        assert data.trace(3) == {"t": [], "frames": [0, 0], "kinds": {}}
+        assert data.cell(3)["metrics"]["T_maxval"] == 4.0
+    finally:
+        data.close()
+
+
 def test_traces_chunked_across_all_cells_are_loaded_whole(tmp_path, monkeypatch):
     """Files written before the writer chunked traces by cell: their traces load in the background."""
     monkeypatch.setattr("nwb_extract.review.data.WIDE_CHUNK", 8)  # 12 cells here, more than 64 in real files

@@ -172,10 +172,13 @@ class ReviewData:
         self._cells(eliminated, index)
         bins = int(min(max(bins, 16), 8192))
         times = self.times
+        kinds = [kind for kind in ([_ELIMINATED_KIND] if eliminated else self.kinds) if kind in self._traces]
+        if times.size == 0 or not kinds:  # a run without traces, or candidates whose traces were not written
+            return {"t": [], "frames": [0, 0], "kinds": {}}
         i0 = 0 if start is None else int(np.searchsorted(times, start, side="left"))
         i1 = times.size if stop is None else int(np.searchsorted(times, stop, side="right"))
-        i0, i1 = max(0, min(i0, times.size - 1)), max(i0 + 1, min(i1, times.size))
-        kinds = [_ELIMINATED_KIND] if eliminated else self.kinds
+        i0 = max(0, min(i0, times.size - 1))
+        i1 = max(i0 + 1, min(i1, times.size))
         if i1 - i0 <= 2 * bins:
             edges = np.arange(i0, i1)
         else:

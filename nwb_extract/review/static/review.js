@@ -66,6 +66,10 @@ function bytesOf(base64) {
   return out;
 }
 
+function esc(text) {  // names and rules come from the file: never markup
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
 function fmt(value) {
   if (value === null || value === undefined) return "–";
   const a = Math.abs(value);
@@ -321,11 +325,11 @@ function showCell(cell) {
     (cell.centroid[0] === null ? "" : ` &middot; centre (${cell.centroid[0].toFixed(1)}, ${cell.centroid[1].toFixed(1)})`);
   const info = $("cell-info");
   if (cell.eliminated) {
-    info.innerHTML = `<div><b>removed by rule</b> ${cell.rule}</div>` +
+    info.innerHTML = `<div><b>removed by rule</b> ${esc(cell.rule)}</div>` +
       "<div>candidates eliminated by quality control are shown for reference and are not reviewed</div>";
   } else {
     info.innerHTML = Object.entries(cell.metrics)
-      .map(([name, value]) => `<div><b>${name === "T_maxval" ? "T_maxval (SNR)" : name}</b> ${fmt(value)}</div>`).join("");
+      .map(([name, value]) => `<div><b>${name === "T_maxval" ? "T_maxval (SNR)" : esc(name)}</b> ${fmt(value)}</div>`).join("");
   }
   const [h, w] = cell.crop_shape;
   const zoom = grayCanvas(bytesOf(cell.crop), h, w);
@@ -424,7 +428,7 @@ function buildKinds() {
   names.forEach((kind, j) => {
     state.kindsOn[kind] = true;
     const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" checked data-kind="${kind}"> <span style="color:${KIND_COLORS[j]}">${kind}` +
+    label.innerHTML = `<input type="checkbox" checked data-kind="${esc(kind)}"> <span style="color:${KIND_COLORS[j]}">${esc(kind)}` +
       `${kind === state.ov.primary ? " (primary)" : ""}</span>`;
     label.querySelector("input").onchange = (e) => { state.kindsOn[kind] = e.target.checked; drawTrace(); };
     bar.appendChild(label);
