@@ -17,8 +17,6 @@ import pytest
 
 from test_review import RATE, served, synthetic_result, write_review_file
 
-pytestmark = pytest.mark.slow
-
 FIRST_PAINT_MS = 2000
 SWITCH_MS = 200
 
