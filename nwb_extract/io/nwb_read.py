@@ -25,8 +25,8 @@ from nwb_extract.io.layout import ELIMINATED_SERIES_NAME, PRIMARY_SERIES_NAME, d
 from nwb_extract.io.source import open_nwb
 from nwb_extract.result import EliminatedCandidates, ExtractResult
 
-__all__ = ["StoredRun", "list_runs", "open_run", "read_config", "read_masks", "read_result", "read_timing",
-           "select_run"]
+__all__ = ["StoredRun", "elimination_rules", "list_runs", "open_run", "read_config", "read_masks", "read_result",
+           "read_timing", "select_run"]
 
 
 @dataclass(frozen=True)
@@ -233,4 +233,9 @@ def _read_eliminated(stored: StoredRun) -> EliminatedCandidates | None:
     traces = (np.zeros((0, footprints.shape[0]), dtype=np.float32) if series is None
               else np.asarray(series.data[:], dtype=np.float32))
     return EliminatedCandidates(footprints=footprints, traces=traces,
-                                rules=tuple(_text(rule) for rule in plane["elimination_rule"].data[:]))
+                                rules=elimination_rules(plane))
+
+
+def elimination_rules(plane: Any) -> tuple[str, ...]:
+    """The ``elimination_rule`` of each row of an eliminated candidates' PlaneSegmentation."""
+    return tuple(_text(rule) for rule in plane["elimination_rule"].data[:])

@@ -24,7 +24,7 @@ import numpy as np
 from nwb_extract.errors import InputError
 from nwb_extract.io.curation import read_curation
 from nwb_extract.io.layout import ELIMINATED_SERIES_NAME, run_infos
-from nwb_extract.io.nwb_read import open_run, read_masks
+from nwb_extract.io.nwb_read import elimination_rules, open_run, read_masks
 from nwb_extract.result import Curation
 
 __all__ = ["CONTOUR_LEVEL", "MASK_BLOCK", "ReviewData"]
@@ -101,7 +101,7 @@ class ReviewData:
         self.rules: list[str] = []
         self.eliminated = _Cells([], [], np.zeros((0, 2)))
         if eliminated is not None:
-            self.rules = [_text(rule) for rule in eliminated["elimination_rule"].data[:]]
+            self.rules = list(elimination_rules(eliminated))
             self.eliminated = _read_cells(eliminated, self.frame_shape)
             series = stored.roi_responses.roi_response_series.get(ELIMINATED_SERIES_NAME) if stored.roi_responses \
                 else None
@@ -326,7 +326,3 @@ def _rounded(values: np.ndarray, decimals: int) -> list:
 def _json_number(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
