@@ -378,6 +378,8 @@ def test_bad_input_gives_one_line_errors(review_file, no_run_file, tmp_path, cap
         taken.listen()
         code, err = error_of(str(review_file), "--port", str(taken.getsockname()[1]))
     assert code == 3 and "in use" in err
+    code, err = error_of(str(review_file), "--port", "70000")
+    assert code == 3 and "not a port number" in err
     code, err = error_of(str(review_file), "--import", str(tmp_path / "absent.json"))
     assert code == 4 and "curation file" in err
 

@@ -128,6 +128,8 @@ class ReviewServer(http.server.ThreadingHTTPServer):
         self.target = target
         self._save = save
         self._save_lock = threading.Lock()
+        if not 0 <= port <= 65535:
+            raise InputError(f"--port {port} is not a port number; give 1-65535, or leave --port out for a free one")
         try:
             super().__init__(("127.0.0.1", port), _Handler)
         except OSError as err:
