@@ -1,4 +1,5 @@
-"""The ``nwb-extract`` command line: ``run``, ``batch``, ``inspect``, ``config show|validate|convert``, ``demo``, ``simulate``.
+"""The ``nwb-extract`` command line: ``run``, ``batch``, ``inspect``, ``review``, ``config show|validate|convert``,
+``demo``, ``simulate``.
 
 Every error of the package (:class:`~nwb_extract.errors.NwbExtractError`) is printed as one line on stderr,
 ``nwb-extract COMMAND: error: MESSAGE``, and gives the exit code of its kind (:data:`EXIT_CODES`, documented in
@@ -406,6 +407,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_review(args: argparse.Namespace) -> int:
+    from nwb_extract.review.cli import run_review
+
+    return run_review(args)
+
+
+def _add_review(sub: Any) -> None:
+    review = sub.add_parser("review", help="review the cells of a result in the browser: accept or reject them",
+                            description="Serve a page on 127.0.0.1 showing every cell of a run (contours, metrics, "
+                                        "traces) to accept or reject; Save writes the Accepted / Rejected columns "
+                                        "into the file (atomically), or the --export JSON file.")
+    review.add_argument("result", help="result NWB file, or an http(s) URL / DANDI asset of one (read-only: use "
+                                       "--export)")
+    review.add_argument("--run", help="run name (default: the file's first run; `nwb-extract inspect` lists them)")
+    review.add_argument("--path", help="asset path inside the dandiset, with a DANDI:DANDISET[/VERSION] input")
+    review.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    review.add_argument("--no-browser", action="store_true", help="only print the address; do not open a browser")
+    review.add_argument("--export", metavar="CURATION.json", help="save the review to this JSON file instead of "
+                                                                   "into the NWB file (needed for read-only inputs)")
+    review.add_argument("--import", dest="import_from", metavar="CURATION.json",
+                        help="start from the review in this JSON file (written by --export)")
+    review.add_argument("--curator", help="who is reviewing, recorded on save (default: the login name)")
+    review.set_defaults(func=_cmd_review)
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     cfg = _config_arg(args.file, args.set)
     if args.format == "json":
@@ -610,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("result", help="NWB file written by nwb-extract run")
     inspect.set_defaults(func=_cmd_inspect)
 
+    _add_review(sub)
     _add_config(sub)
 
     demo = sub.add_parser("demo", help="simulate a 2-photon movie, write it as NWB, run EXTRACT, score it")

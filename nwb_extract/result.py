@@ -34,6 +34,33 @@ class EliminatedCandidates:
 
 
 @dataclass(frozen=True)
+class Curation:
+    """A person's review of a run's cells (``nwb-extract review``), stored as the PlaneSegmentation columns
+    ``Accepted`` and ``Rejected``.
+
+    accepted, rejected : bool (cells,); a cell is never both, and a cell that is neither was not reviewed.
+    curated_by : who saved the review; curated_at : when, ISO 8601 with its UTC offset (None when not recorded,
+    e.g. columns written by another tool).
+    """
+
+    accepted: np.ndarray
+    rejected: np.ndarray
+    curated_by: str | None = None
+    curated_at: str | None = None
+
+    def __post_init__(self) -> None:
+        accepted, rejected = np.asarray(self.accepted, dtype=bool), np.asarray(self.rejected, dtype=bool)
+        if accepted.ndim != 1 or accepted.shape != rejected.shape:
+            raise InputError(f"accepted and rejected must be bool arrays (cells,) of one length; got shapes "
+                             f"{accepted.shape} and {rejected.shape}")
+        if np.any(accepted & rejected):
+            raise InputError(f"cells {np.flatnonzero(accepted & rejected).tolist()} are both accepted and rejected; "
+                             "a cell has one status")
+        object.__setattr__(self, "accepted", accepted)
+        object.__setattr__(self, "rejected", rejected)
+
+
+@dataclass(frozen=True)
 class ExtractResult:
     """Footprints, traces, images and run information of one EXTRACT run.
 
@@ -57,6 +84,7 @@ class ExtractResult:
         stitching and the seam duplicates and fragments removed; for one partition also its ``noise_std`` and
         ``kappa`` of the regression, the refined ``avg_cell_radius`` (px, working resolution), the downsampling
         factors ``dss`` / ``dst``, ``n_found`` and the refinement's iterations and stop reason.
+    curation : a person's accept / reject review of the cells (read from a reviewed file), or None.
     """
 
     footprints: np.ndarray
@@ -74,6 +102,7 @@ class ExtractResult:
     backend: str = "numpy"
     device: str = "cpu"
     run_info: dict[str, Any] = field(default_factory=dict)
+    curation: Curation | None = None
 
     def __post_init__(self) -> None:
         if self.footprints.ndim != 3 or self.footprints.dtype != np.float32:
@@ -89,6 +118,8 @@ class ExtractResult:
                 raise InputError(f"{name} must have the frame shape {(rows, cols)}")
         if self.primary_trace is not None and self.primary_trace not in self.traces:
             raise InputError(f"primary_trace {self.primary_trace!r} is not among the traces {list(self.traces)}")
+        if self.curation is not None and self.curation.accepted.shape != (n_cells,):
+            raise InputError(f"curation covers {self.curation.accepted.shape[0]} cells, the result has {n_cells}")
 
     def __repr__(self) -> str:
         """One line of shapes and counts (the arrays themselves are not printed)."""

@@ -195,7 +195,9 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
     ΔF/F; ``raw`` instead when preprocessing is off), then ``baseline_adjusted``, ``nonneg`` and ``no_constraint``
     (our ``raw`` kind, the unconstrained robust fit); the images
     ``summary_image``, ``max_image``, ``F_per_pixel`` ``(height, width)``; the properties ``roi_centroids``
-    ``(K, 2)`` [row, col], ``is_accepted`` (all True: EXTRACT returns only cells that passed quality control) and
+    ``(K, 2)`` [row, col], ``is_accepted`` (all True: EXTRACT returns only cells that passed quality control;
+    for a reviewed run loaded with :meth:`from_nwb`, False for the cells rejected in the review, and the review's
+    ``accepted`` / ``rejected`` properties as roiextractors' ``NwbSegmentationExtractor`` names them) and
     every quality metric of ``ExtractResult.roi_metrics``; timestamps of the input frames.
 
     Parameters
@@ -333,8 +335,15 @@ class NwbExtractSegmentationExtractor(SegmentationExtractor):
         if ids:
             self.set_property(CENTROID_PROPERTY, result.centroids()[:, ::-1], ids,
                               description="footprint-weighted centroid [row, col] (height, width axes), 0-based")
-            self.set_property(ACCEPTED_PROPERTY, np.ones(len(ids), dtype=bool), ids,
-                              description="EXTRACT keeps only cells that passed quality control")
+            curation = result.curation
+            if curation is None:
+                self.set_property(ACCEPTED_PROPERTY, np.ones(len(ids), dtype=bool), ids,
+                                  description="EXTRACT keeps only cells that passed quality control")
+            else:  # a reviewed run: roiextractors' NwbSegmentationExtractor names, plus is_accepted
+                self.set_property("accepted", curation.accepted, ids, description="accepted in a review")
+                self.set_property("rejected", curation.rejected, ids, description="rejected in a review")
+                self.set_property(ACCEPTED_PROPERTY, ~curation.rejected, ids,
+                                  description="passed EXTRACT's quality control and was not rejected in a review")
             for name, values in result.roi_metrics.items():
                 self.set_property(name, np.asarray(values), ids, description=metric_description(name))
 

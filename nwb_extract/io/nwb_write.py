@@ -28,6 +28,7 @@ from nwb_extract.config import ExtractConfig
 from nwb_extract.errors import InputError
 from nwb_extract.io import schema
 from nwb_extract.io.atomic import atomic_path, exclusive_update
+from nwb_extract.io.curation import ACCEPTED_COLUMN, COLUMN_DESCRIPTIONS, REJECTED_COLUMN
 from nwb_extract.io.layout import (ELIMINATED_SERIES_NAME, MASK_TYPES, PRIMARY_SERIES_NAME, SERIES_NAMES,
                                    dataset_marker, metric_description, run_infos)
 from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_rate, copy_imaging_plane,
@@ -35,7 +36,7 @@ from nwb_extract.io.nwbfile import (add_imaging_plane, check_destination, check_
 from nwb_extract.io.source import SourceInfo, find_series, open_nwb
 from nwb_extract.result import ExtractResult
 
-__all__ = ["add_result_to_nwbfile", "write_result"]
+__all__ = ["add_result_to_nwbfile", "append_atomically", "write_result"]
 
 _KIND_DESCRIPTIONS = {
     "baseline_adjusted": "robust (one-sided Huber) fit with each trace's lower bound at its trace_quantile "
@@ -61,7 +62,8 @@ _RULE_TEXT = ("quality-control rule that eliminated the candidate: T_duplicate /
               "S_tiny / S_huge (area outside the size limits), S_poor (spatial corruption), S_eccent (too "
               "elongated), ST_spurious (spatio-temporal check), or cell_finding (rejected while cells were found)")
 
-_RESERVED_COLUMNS = frozenset({"id", "image_mask", "pixel_mask", "voxel_mask", "ROICentroids", "elimination_rule"})
+_RESERVED_COLUMNS = frozenset({"id", "image_mask", "pixel_mask", "voxel_mask", "ROICentroids", "elimination_rule",
+                               "Accepted", "Rejected"})
 _PIXEL_MASK_DTYPE = np.dtype([("x", "<u4"), ("y", "<u4"), ("weight", "<f4")])
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -133,7 +135,7 @@ def write_result(
     options = {"run_name": run_name, "mask_type": mask_type, "include_eliminated": include_eliminated}
     if in_place:
         path = _check_in_place(output_path, source)
-        name = _append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
+        name = append_atomically(path, lambda nwbfile: _add_run_in_source(nwbfile, result, source, **options))
         return path, name
     path = check_destination(output_path, overwrite)
     nwbfile, plane, timing = _standalone_file(result, source, rate, source_nwbfile)
@@ -362,13 +364,15 @@ def _cell_columns(result: ExtractResult) -> list[tuple[str, str, Any]]:
             raise InputError(f"roi_metrics[{name!r}] must be a ({result.n_cells},) array with a name other than "
                              f"{', '.join(sorted(_RESERVED_COLUMNS))}; got shape {values.shape}")
         columns.append((name, metric_description(name), values))
+    if result.curation is not None:  # a reviewed result keeps its review (nwb_extract.io.curation)
+        columns += [(name, COLUMN_DESCRIPTIONS[name], values) for name, values in
+                    ((ACCEPTED_COLUMN, result.curation.accepted), (REJECTED_COLUMN, result.curation.rejected))]
     return columns
 
 
 def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminated, timing: dict[str, Any]):
     """Add a DfOverF (preprocessing on: ΔF/F) or Fluorescence container with one series per trace kind to
     ``ophys``; returns it and the ``{series name: kind}`` map, or ``(None, {})`` when the run has no traces."""
-    from hdmf.backends.hdf5 import H5DataIO
     from pynwb.ophys import DfOverF, Fluorescence
 
     if not result.traces:
@@ -386,7 +390,7 @@ def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminate
         name = PRIMARY_SERIES_NAME if kind == result.primary_trace else SERIES_NAMES[kind]
         role = "the run's primary trace kind" if kind == result.primary_trace else "a secondary trace kind"
         series = container.create_roi_response_series(
-            name=name, data=H5DataIO(result.traces[kind], compression="gzip", chunks=True), unit="n.a.",
+            name=name, data=_trace_data(result.traces[kind]), unit="n.a.",
             rois=cells.create_roi_table_region(region=list(range(result.n_cells)), description=f"all ROIs of "
                                                f"{cells.name}"),
             description=f"EXTRACT traces (frames x ROIs of {cells.name}), kind {kind!r} ({role}): "
@@ -398,13 +402,23 @@ def _add_traces(ophys, result: ExtractResult, names: _RunNames, cells, eliminate
     if eliminated is not None:
         container.create_roi_response_series(
             name=ELIMINATED_SERIES_NAME, unit="n.a.",
-            data=H5DataIO(result.eliminated.traces, compression="gzip", chunks=True),
+            data=_trace_data(result.eliminated.traces),
             rois=eliminated.create_roi_table_region(region=list(range(len(result.eliminated.rules))),
                                                     description=f"all ROIs of {eliminated.name}"),
             description=f"traces of the candidates of {eliminated.name} when they were eliminated; values in {units}",
             **_linked_timing(timing, first),
         )
     return container, trace_series
+
+
+def _trace_data(traces: np.ndarray) -> Any:
+    """Traces ``(frames, cells)`` for writing: gzip, in chunks of at most 8192 frames x 4 cells, so that one
+    cell's whole trace (e.g. for ``nwb-extract review``) decompresses 4 cells' worth, not every cell's."""
+    from hdmf.backends.hdf5 import H5DataIO
+
+    frames, cells = traces.shape
+    chunks = (min(frames, 8192), min(cells, 4)) if frames and cells else True
+    return H5DataIO(traces, compression="gzip", chunks=chunks)
 
 
 def _linked_timing(timing: dict[str, Any], first) -> dict[str, Any]:
@@ -446,6 +460,9 @@ def _run_info(result: ExtractResult, names: _RunNames, run_index: int, source: S
     }
     if result.stop_reason is not None:
         fields["stop_reason"] = str(result.stop_reason)
+    if result.curation is not None:
+        fields.update({key: str(value) for key in ("curated_by", "curated_at")
+                       if (value := getattr(result.curation, key)) is not None})
     ophys_path = "processing/ophys"
     if eliminated is not None:
         fields["eliminated_plane_segmentation_path"] = f"{ophys_path}/ImageSegmentation/{eliminated.name}"
@@ -571,8 +588,11 @@ def _check_in_place(output_path: str | os.PathLike, source: SourceInfo | None) -
     return path
 
 
-def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
-    """Apply ``add`` to a copy of ``path`` opened for appending, then rename the copy onto ``path``."""
+def append_atomically(path: Path, add: Callable[[Any], Any], after_write: Callable[[Any], None] | None = None
+                      ) -> Any:
+    """Apply ``add`` to a copy of ``path`` opened for appending, write it, call ``after_write(nwbfile)`` (changes
+    pynwb would overwrite on write, e.g. attributes of objects read from the file), then rename the copy onto
+    ``path``; returns what ``add`` returned."""
     from pynwb import NWBHDF5IO
 
     with exclusive_update(path), atomic_path(path) as temporary:
@@ -581,4 +601,6 @@ def _append_atomically(path: Path, add: Callable[[Any], str]) -> str:
             nwbfile = io.read()
             out = add(nwbfile)
             io.write(nwbfile)
+            if after_write is not None:
+                after_write(nwbfile)
     return out

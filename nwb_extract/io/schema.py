@@ -47,9 +47,10 @@ __all__ = [
 ]
 
 NAMESPACE = "ndx-nwb-extract"
-NAMESPACE_VERSION = "0.2.0"
+NAMESPACE_VERSION = "0.3.0"
 """Version of the namespace; every change of the spec needs a new one (tests/test_schema.py holds the hash of the
-spec of each version). 0.2.0: the first versioned spec (0.1.0 files, written with several specs, still read)."""
+spec of each version). 0.2.0: the first versioned spec (0.1.0 files, written with several specs, still read).
+0.3.0: ``curated_by`` and ``curated_at``, who reviewed the run's cells and when (``nwb-extract review``)."""
 RUN_INFO_TYPE = "ExtractRunInfo"
 
 AXIS_ORDER = ("masks follow the source series' stored axis order: image_mask[k] indexes like the series' data[t] "
@@ -90,6 +91,10 @@ RUN_ATTRIBUTES: dict[str, tuple[str, tuple | None, bool, str]] = {
                            "this run's traces (absent when the run has no traces)"),
     "eliminated_plane_segmentation_path": ("text", None, False, "path in the file of the PlaneSegmentation of the "
                                            "candidates this run eliminated (absent unless they were written)"),
+    "curated_by": ("text", None, False, "who last saved a review of this run's cells (the Accepted and Rejected "
+                   "columns of its PlaneSegmentation; absent when never reviewed)"),
+    "curated_at": ("text", None, False, "when the review was last saved: ISO 8601 date and time with its UTC "
+                   "offset (absent when never reviewed)"),
 }
 
 #: Stages with a typed ``seconds_<stage>`` attribute (all stages, these included, are in ``run_info_json``).
