@@ -436,7 +436,8 @@ def _upsample_space(stack: Any, dss: int, full_shape: tuple[int, int]) -> Any:
     return out
 
 
-def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides: Any) -> ExtractResult:
+def extract(movie: Any, config: ExtractConfig | dict | None = None, *, runner: PartitionRunner | None = None,
+            **overrides: Any) -> ExtractResult:
     """Run EXTRACT on ``movie``.
 
     Parameters
@@ -444,6 +445,10 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     movie : array (frames, rows, cols) of any supported namespace (NumPy, CuPy, ...), or a lazy source with
         ``.shape``, ``.dtype`` and slicing ``[t0:t1, r0:r1, c0:c1]`` such as an h5py dataset.
     config : :class:`ExtractConfig`, a dict of EXTRACT parameters, or None for the defaults.
+    runner : callable, optional
+        ``runner(jobs) -> runs`` runs the partitions (:class:`PartitionJob` -> :class:`PartitionRun`, in order)
+        elsewhere, e.g. as Dask tasks that read their own blocks (:mod:`nwb_extract.distributed`); stitching stays
+        here. None: one after the other in this process.
     **overrides : EXTRACT parameters (or Python-only settings such as ``backend``) applied on top of ``config``.
 
     Returns
@@ -460,7 +465,8 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
         warnings.warn("preprocess=False and no F_per_pixel given: traces are not divided by a baseline "
                       "(F_per_pixel = 1)", stacklevel=2)
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
-    outputs, timings, n_bad_values = _run_partitions(movie, n_read, _Plan.from_config(cfg), xp, device)
+    jobs = partition_jobs((h, w), n_read, cfg)
+    outputs, timings, n_bad_values = _run_partitions(movie, jobs, _Plan.from_config(cfg), xp, device, runner)
     if n_bad_values:
         warnings.warn(f"the movie holds {n_bad_values} NaN or infinite values; they were set to 0", stacklevel=2)
     frame_shape = (h, w)
@@ -492,46 +498,110 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, **overrides:
     )
 
 
-def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
-                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], int]:
-    """Every partition of ``movie`` (frames ``0..n_read``) through :func:`_run_partition` (spec §1.3): the kept
-    block and output of each, the stage timings summed over partitions (s), and the count of NaN / inf values."""
-    cfg = plan.cfg
-    frame_shape = (int(movie.shape[1]), int(movie.shape[2]))
+@dataclass(frozen=True)
+class PartitionJob:
+    """One partition's run, everything but the movie: small and picklable (what a Dask task is given).
+
+    Attributes
+    ----------
+    cfg : ExtractConfig
+        The resolved config of the whole run (its arrays are full-FOV; :func:`partition.partition_inputs` cuts them).
+    n_read : int
+        Frames ``0..n_read`` of the movie are used.
+    block : partition.Block
+        The partition's pixels, overlap included.
+    n_blocks : int
+        Partitions in the run (for messages).
+    """
+
+    cfg: ExtractConfig
+    n_read: int
+    block: partition.Block
+    n_blocks: int
+
+    @property
+    def block_bytes(self) -> int:
+        """Size of the partition's movie block as float32 (bytes): ``n_read * rows * cols * 4``."""
+        rows, cols = self.block.shape
+        return self.n_read * rows * cols * 4
+
+
+@dataclass
+class PartitionRun:
+    """What one partition's run gives back for stitching: its kept pixels, its output, the NaN / inf values it set
+    to 0 and the seconds it spent reading its block."""
+
+    kept: partition.Block
+    output: _PartitionOutput
+    n_bad_values: int
+    read_seconds: float
+
+
+#: ``runner(jobs) -> runs``, one :class:`PartitionRun` per job in job order (e.g. as Dask tasks).
+PartitionRunner = Callable[[list[PartitionJob]], list[PartitionRun]]
+
+
+def partition_jobs(frame_shape: tuple[int, int], n_read: int, cfg: ExtractConfig) -> list[PartitionJob]:
+    """The partitions of a ``frame_shape`` movie (frames ``0..n_read``) under the resolved ``cfg`` (spec §1.3)."""
     npy, npx = partition.partition_grid(cfg, frame_shape)
     blocks = partition.partition_blocks(frame_shape, npy, npx, partition.partition_overlap(cfg.avg_cell_radius))
-    run_clock = _StageClock(xp, device)
-    n_bad_values = 0
+    return [PartitionJob(cfg=cfg, n_read=n_read, block=block, n_blocks=len(blocks)) for block in blocks]
 
-    def load(block: partition.Block) -> tuple[Any, partition.Block]:
-        """The block's movie, sanitized and trimmed of zero edges, and its kept pixels."""
-        nonlocal n_bad_values
-        with run_clock.stage("read"):
-            Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
-        Y, n_bad = preprocess.sanitize(Y)
-        n_bad_values += n_bad
+
+def run_partition_job(movie: Any, job: PartitionJob) -> PartitionRun:
+    """Run one partition of ``movie`` where the movie is (e.g. on a Dask worker): read the job's block, run it,
+    and bring the output to host (NumPy) arrays so that it can be sent back for stitching."""
+    xp, device = _namespace(movie, job.cfg)
+    run = _run_job(movie, job, _Plan.from_config(job.cfg), xp, device)
+    if not backend.is_numpy(xp):
+        run.output = _output_to_host(run.output)
+    return run
+
+
+def _output_to_host(out: _PartitionOutput) -> _PartitionOutput:
+    def host(x: Any) -> Any:
+        return backend.to_host(x, str(backend.to_numpy(x).dtype))
+
+    return replace(out, S=host(out.S), per_cell={k: host(v) for k, v in out.per_cell.items()},
+                   images={k: host(v) for k, v in out.images.items()}, S_bad=host(out.S_bad), T_bad=host(out.T_bad))
+
+
+def _run_job(movie: Any, job: PartitionJob, plan: _Plan, xp: Any, device: Any) -> PartitionRun:
+    """Read the job's block of ``movie`` (sanitized, trimmed of zero edges) and run :func:`_run_partition` on it."""
+    cfg, block = plan.cfg, job.block
+    read_clock = _StageClock(xp, device)
+    loaded: dict[str, Any] = {}
+
+    def load_block() -> tuple[Any, partition.PartitionInputs]:
+        with read_clock.stage("read"):
+            Y = _read_block(movie, job.n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames))
+        Y, loaded["n_bad"] = preprocess.sanitize(Y)
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
-        kept = block.trimmed(trims)
-        log.info("partition %d/%d: rows %s, cols %s", block.index + 1, len(blocks), kept.rows, kept.cols)
-        return Y, kept
+        loaded["kept"] = kept = block.trimmed(trims)
+        log.info("partition %d/%d: rows %s, cols %s", block.index + 1, job.n_blocks, kept.rows, kept.cols)
+        return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
 
-    def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
-        kept_blocks: list[partition.Block] = []
+    out = _run_partition(load_block, plan, _StageClock(xp, device))
+    return PartitionRun(kept=loaded["kept"], output=out, n_bad_values=loaded["n_bad"],
+                        read_seconds=read_clock.seconds.get("read", 0.0))
 
-        def load_block() -> tuple[Any, partition.PartitionInputs]:
-            Y, kept = load(block)
-            kept_blocks.append(kept)
-            return Y, partition.partition_inputs(cfg, kept, xp=xp, device=device)
 
-        out = _run_partition(load_block, plan, _StageClock(xp, device))
-        return kept_blocks[0], out
-
-    outputs = partition.run_partitions(blocks, run_one)
-    timings = {stage: run_clock.seconds.get(stage, 0.0) for stage in _STAGES}
-    for _, out in outputs:
-        for stage, seconds in out.timings.items():
+def _run_partitions(movie: Any, jobs: list[PartitionJob], plan: _Plan, xp: Any, device: Any,
+                    runner: PartitionRunner | None) -> tuple[list[tuple[partition.Block, _PartitionOutput]],
+                                                             dict[str, float], int]:
+    """Every partition job through :func:`_run_job` (spec §1.3), one after the other here, or through ``runner``:
+    the kept block and output of each, the stage timings summed over partitions (s), and the count of NaN / inf
+    values."""
+    if runner is None:
+        runs = [_run_job(movie, job, plan, xp, device) for job in jobs]
+    else:
+        runs = runner(jobs)
+    timings = {stage: 0.0 for stage in _STAGES}
+    for run in runs:
+        timings["read"] += run.read_seconds
+        for stage, seconds in run.output.timings.items():
             timings[stage] += seconds
-    return outputs, timings, n_bad_values
+    return [(run.kept, run.output) for run in runs], timings, sum(run.n_bad_values for run in runs)
 
 
 def _roi_metrics(stitched: partition.Stitched) -> dict[str, Any]:
