@@ -7,7 +7,7 @@ the three trace kinds ``(frames, cells)`` and run information.
 
 from nwb_extract._version import __version__
 from nwb_extract.config import ExtractConfig
-from nwb_extract.engine.pipeline import extract
+from nwb_extract.engine import pipeline as _pipeline
 from nwb_extract.errors import NwbExtractError
 from nwb_extract.result import ExtractResult
 
@@ -21,3 +21,21 @@ def register() -> None:
     from nwb_extract.neuroconv import register as _register
 
     _register()
+
+
+def extract(movie, config=None, *, client=None, **overrides) -> ExtractResult:
+    """Run EXTRACT on ``movie`` (frames, rows, cols): :func:`nwb_extract.engine.pipeline.extract`.
+
+    ``client`` runs the partitions as Dask tasks (docs/cluster.md): a ``dask.distributed.Client``, or
+    ``nwb_extract.distributed.LocalWorkers(n)`` / ``Scheduler(address)``; the config's ``parallel_cpu`` /
+    ``multi_gpu`` ask for the same. Without them the partitions run one after the other here, and Dask is not
+    imported. With a client the movie is a NumPy array (each task is sent its own block only), a local h5py
+    dataset, or a ``nwb_extract.io.series_ref.SeriesRef`` (the workers read their blocks themselves).
+    """
+    if client is None:
+        cfg = ExtractConfig.coerce(config, **overrides)
+        if not (cfg.parallel_cpu or cfg.multi_gpu):
+            return _pipeline.extract(movie, config, **overrides)
+    from nwb_extract.distributed import extract as _extract_on_dask
+
+    return _extract_on_dask(movie, config, client=client, **overrides)

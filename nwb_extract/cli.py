@@ -35,6 +35,7 @@ from nwb_extract.errors import (
     OutputExistsError,
     OutputNotWritableError,
     RemoteReadError,
+    ResourceError,
     SeriesNotFoundError,
     SourceNotFoundError,
     UnknownConfigKeyError,
@@ -61,6 +62,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (NotImplementedYetError, 15),
     (RemoteReadError, 16),
     (AuthenticationRequiredError, 17),
+    (ResourceError, 19),
     (InputError, 3),
     (NwbExtractError, 3),
 )
@@ -235,9 +237,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 return config
             return _with_footprints(config, footprints, src.data.shape[1:], args.footprints)
 
+        def on_partition(done: int, total: int) -> None:  # with Dask: partitions instead of frames
+            bar.set_description("partitions")
+            bar.unit, bar.total, bar.n = "partition", total, done
+            bar.refresh()
+
         run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
                       overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
-                      on_read=bar.update)  # one update per block read: show each
+                      on_read=bar.update, client=_execution(args),  # one update per block read: show each
+                      on_partition=on_partition)
     _print_summary(run.result, run.series_path, run.frames, run.path, run.run_name, quiet=args.quiet)
     return 0
 
@@ -254,10 +262,42 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{entry.status}: {entry.path}" + (f" ({entry.error})" if entry.error else ""), file=sys.stderr)
 
+    def progress(counts: dict[str, int]) -> None:
+        if not args.quiet:
+            print("assets: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=sys.stderr)
+
     result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
-                       cache_dir=args.cache_dir, on_asset=report)
+                       cache_dir=args.cache_dir, client=_execution(args), on_asset=report, on_progress=progress)
     print(result.table())
     return BATCH_FAILED if result.failed else 0
+
+
+def _execution(args: argparse.Namespace) -> Any:
+    """The Dask execution of ``--workers N`` / ``--scheduler ADDRESS`` (None: the config decides, else serial)."""
+    if args.workers is None and args.scheduler is None:
+        return None
+    from nwb_extract.distributed import LocalWorkers, Scheduler
+
+    return LocalWorkers(args.workers) if args.workers is not None else Scheduler(args.scheduler)
+
+
+def _add_execution(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run as Dask tasks on a local cluster of N worker processes (needs nwb-extract[dask]; "
+                            "docs/cluster.md)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run as Dask tasks on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _load_footprints(path_text: str) -> np.ndarray:
@@ -401,6 +441,7 @@ def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
                      help="known footprints (cells, rows, cols) in the series' stored axis order: run EXTRACT's "
                           "regression_only mode (traces for these cells)")
     run.add_argument("--run-name", help="name of the run in the output (default: chosen by the writer)")
+    _add_execution(run)
     run.set_defaults(func=_cmd_run)
 
 
@@ -419,6 +460,7 @@ def _add_batch(sub: Any, verbosity: argparse.ArgumentParser) -> None:
     batch.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: the "
                                                                             "config's)")
     batch.add_argument("--cache-dir", metavar="FOLDER", help="remfile disk cache for the streamed chunks")
+    _add_execution(batch)
     batch.set_defaults(func=_cmd_batch)
 
 

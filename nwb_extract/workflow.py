@@ -12,18 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nwb_extract import distributed
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import pipeline
 from nwb_extract.errors import NoImagingSeriesError, NwbExtractError
 from nwb_extract.io import dandi
-from nwb_extract.io.movie import ImagingSource, open_series
+from nwb_extract.io.movie import ImagingSource
 from nwb_extract.io.nwb_write import write_result
+from nwb_extract.io.series_ref import SeriesRef
 from nwb_extract.result import ExtractResult
 
 __all__ = ["BatchReport", "RunOutput", "extract_frames", "resolve_input", "run_batch", "run_nwb"]
@@ -69,7 +70,8 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
             series: str | None = None, frames: tuple[int | None, int | None] | None = None, in_place: bool = False,
             overwrite: bool = False, run_name: str | None = None, cache_dir: str | os.PathLike | None = None,
             prepare: Callable[[ExtractConfig, ImagingSource], ExtractConfig] | None = None,
-            on_read: Callable[[int], None] | None = None) -> RunOutput:
+            on_read: Callable[[int], None] | None = None, client: Any = None,
+            on_partition: Callable[[int, int], None] | None = None) -> RunOutput:
     """Open an imaging series, run EXTRACT on its stored frames and write the result into NWB.
 
     Parameters
@@ -91,19 +93,31 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
         ``prepare(config, source) -> config``, called once the series is open (e.g. to check footprints against
         its frame shape, or to size a progress bar).
     on_read : callable, optional
-        Called with the number of frames after each block read (progress).
+        Called with the number of frames after each block read (progress; serial runs only).
+    client : dask.distributed.Client, LocalWorkers or Scheduler, optional
+        Run the partitions as Dask tasks that read their own blocks (:mod:`nwb_extract.distributed`); the
+        config's ``parallel_cpu`` / ``multi_gpu`` ask for a local cluster. None: serial, in this process.
+    on_partition : callable, optional
+        ``on_partition(done, total)`` as Dask partition tasks finish (progress).
     """
     if isinstance(source, (str, os.PathLike)):
         source, dandi_fields = resolve_input(os.fspath(source))
     else:
         dandi_fields = source.dandi_fields()
-    with _open(source, series, frames, cache_dir) as src:
+    ref = SeriesRef(source, series, frames, None if cache_dir is None else os.fspath(cache_dir))
+    with ref.open() as src:
         n_frames, n_x, n_y = src.data.shape
         log.info("reading %s :: %s (%s), frames %d:%d, %d x %d px, %s", src.location, src.series_path,
                  src.series_type, *src.frames, n_x, n_y, src.data.dtype)
         if prepare is not None:
             config = prepare(config, src)
-        result = extract_frames(src.data, config, on_read=on_read)
+        execution = client if client is not None else distributed.execution_from_config(config.resolved())
+        if execution is None:
+            result = extract_frames(src.data, config, on_read=on_read)
+        else:  # the workers open the same series and frames themselves
+            chosen = SeriesRef(source, src.series_path, src.frames, ref.cache_dir)
+            result = pipeline.extract(src.data, config,
+                                      runner=distributed.partition_runner(execution, chosen, on_partition))
         info = src.source_info(**dandi_fields)
         if not in_place:  # a new file copies the metadata from the open source (no second read of a stream)
             path, name = write_result(result, output, source=info, overwrite=overwrite, run_name=run_name,
@@ -111,17 +125,6 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
     if in_place:  # the source is closed now, so the file can be opened for appending
         path, name = write_result(result, output, source=info, in_place=True, run_name=run_name)
     return RunOutput(path=path, run_name=name, result=result, series_path=info.series_path, frames=info.frames)
-
-
-@contextmanager
-def _open(source: str | dandi.RemoteAsset, series: str | None, frames: tuple[int | None, int | None] | None,
-          cache_dir: str | os.PathLike | None) -> Iterator[ImagingSource]:
-    if isinstance(source, dandi.RemoteAsset):
-        with dandi.open_asset(source, series, frames=frames, cache_dir=cache_dir) as src:
-            yield src
-    else:
-        with open_series(source, series, frames=frames) as src:
-            yield src
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,7 +157,8 @@ class BatchReport:
 
 def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *, include: str | None = None,
               series: str | None = None, cache_dir: str | os.PathLike | None = None, client: Any = None,
-              on_asset: Callable[[dandi.BatchEntry], None] | None = None) -> BatchReport:
+              dandi_client: Any = None, on_asset: Callable[[dandi.BatchEntry], None] | None = None,
+              on_progress: Callable[[dict[str, int]], None] | None = None) -> BatchReport:
     """Run EXTRACT on every NWB asset of a dandiset (or ``dandi://`` prefix) that has an imaging series, resumably.
 
     Results go to ``out_dir / derived_file_name(asset.path)``. The manifest ``out_dir / MANIFEST_NAME`` (JSON,
@@ -162,26 +166,34 @@ def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *,
     imaging series); a re-run processes only the assets not done or skipped. A failure of one asset (network,
     a bad series, any error) is recorded and the batch goes on.
 
+    ``client`` (a ``dask.distributed.Client``, ``LocalWorkers(n)`` or ``Scheduler(address)``; or the config's
+    ``parallel_cpu``) runs one Dask task per asset; this process alone writes the manifest, as each task
+    finishes. ``dandi_client`` is the ``DandiAPIClient`` to list the dandiset with. ``on_asset(entry)`` is called
+    after each asset, ``on_progress(counts)`` with the done / failed / skipped / running / queued counts (Dask
+    only).
+
     Raises the errors of :func:`nwb_extract.io.dandi.list_assets` when the dandiset itself cannot be listed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / dandi.MANIFEST_NAME
     manifest = dandi.load_manifest(manifest_path)
-    entries, processed = [], []
-    for asset in dandi.list_assets(source, include=include, client=client):
-        previous = manifest.get(asset.path)
-        if previous is not None and previous.status in ("done", "skipped"):
-            entries.append(previous)
-            continue
-        entry = _run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir)
-        manifest[asset.path] = entry
+    assets = dandi.list_assets(source, include=include, client=dandi_client)
+    todo = [a for a in assets if manifest.get(a.path) is None or manifest[a.path].status not in ("done", "skipped")]
+    execution = client if client is not None else distributed.execution_from_config(config.resolved())
+    if execution is None:
+        finished = (_run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir) for asset in todo)
+    else:
+        finished = distributed.map_assets(execution, _run_asset, todo, on_progress=on_progress, out_dir=out_dir,
+                                          config=config, series=series, cache_dir=cache_dir)
+    processed = []
+    for entry in finished:  # written here only, after each asset
+        manifest[entry.path] = entry
         dandi.save_manifest(manifest_path, source, manifest)
-        entries.append(entry)
-        processed.append(asset.path)
+        processed.append(entry.path)
         if on_asset is not None:
             on_asset(entry)
-    return BatchReport(entries, processed)
+    return BatchReport([manifest[a.path] for a in assets], processed)
 
 
 def _run_asset(asset: dandi.RemoteAsset, out_dir: Path, config: ExtractConfig, *, series: str | None,
