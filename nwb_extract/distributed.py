@@ -224,7 +224,7 @@ class H5Dataset:
     name: str
 
     @contextmanager
-    def open(self) -> Iterator[Any]:
+    def open_frames(self) -> Iterator[Any]:
         import h5py
 
         with h5py.File(self.path, "r") as file:
@@ -297,7 +297,14 @@ def _proc_status_bytes(field_name: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the process's peak resident size (``VmHWM``) to its current size (Linux >= 4.0)."""
+    """Give freed heap memory back to the system (glibc) and reset the process's peak resident size (``VmHWM``)
+    to its current size (Linux >= 4.0), so that the peak measured next is the task's own."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the resident size may include freed memory
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
@@ -325,8 +332,7 @@ def _partition_task(source: Any, job: pipeline.PartitionJob) -> tuple[pipeline.P
         if isinstance(source, _Offset):
             run = pipeline.run_partition_job(source, job)
         else:
-            with source.open() as opened:
-                movie = opened.data if isinstance(source, SeriesRef) else opened
+            with source.open_frames() as movie:
                 run = pipeline.run_partition_job(movie, job)
     return run, TaskStats(**stats)
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nwb_extract.io import dandi
-from nwb_extract.io.movie import ImagingSource, open_series
+from nwb_extract.io.movie import FrameBlockReader, ImagingSource, open_series
 
 __all__ = ["SeriesRef"]
 
@@ -48,3 +48,22 @@ class SeriesRef:
         else:
             with open_series(self.source, self.series, frames=self.frames) as src:
                 yield src
+
+    @contextmanager
+    def open_frames(self) -> Iterator[FrameBlockReader]:
+        """Only the frames, as :attr:`ImagingSource.data`. A local HDF5 file whose series path and frame range are
+        known (a series the client opened already) is read with h5py alone, without parsing the NWB file again
+        (per-task time and memory); anything else goes through :meth:`open`."""
+        dataset_path = None if self.series is None else f"{self.series.strip('/')}/data"
+        if dataset_path is not None and self.frames is not None and None not in self.frames \
+                and isinstance(self.source, str) and os.path.isfile(self.source):
+            import h5py
+
+            if h5py.is_hdf5(self.source):
+                with h5py.File(self.source, "r") as file:
+                    data = file.get(dataset_path)
+                    if isinstance(data, h5py.Dataset) and data.ndim == 3:
+                        yield FrameBlockReader(data, *self.frames)
+                        return
+        with self.open() as src:
+            yield src.data
