@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 #: Memory a worker process holds before its first partition (Python, NumPy, SciPy, Numba, pynwb, h5py and Dask
 #: loaded; about 0.3 GiB measured here), with room to spare: bytes.
 WORKER_BASE_BYTES = 768 * 2**20
-#: A partition's run peaks below this many times its float32 movie block (measured: docs/cluster.md).
-BLOCK_FACTOR = 4
+#: Worker memory set aside per byte of a partition's float32 movie block: the measured peaks were 2.8x to 4.6x
+#: the block (docs/cluster.md), with room to spare.
+BLOCK_FACTOR = 5
 
 
 @dataclass(frozen=True)
