@@ -251,6 +251,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from nwb_extract.workflow import run_batch
 
     cfg = _config_arg(args.config, args.set, args.backend)
@@ -262,12 +264,18 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{entry.status}: {entry.path}" + (f" ({entry.error})" if entry.error else ""), file=sys.stderr)
 
-    def progress(counts: dict[str, int]) -> None:
-        if not args.quiet:
-            print("assets: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=sys.stderr)
+    show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
+    with tqdm(unit="asset", desc="assets", disable=not show_bar, leave=False, mininterval=0) as bar:
 
-    result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
-                       cache_dir=args.cache_dir, client=_execution(args), on_asset=report, on_progress=progress)
+        def progress(counts: dict[str, int]) -> None:  # with Dask: done / failed / skipped / running / queued
+            finished = counts["done"] + counts["failed"] + counts["skipped"]
+            bar.total, bar.n = sum(counts.values()), finished
+            bar.set_postfix({k: v for k, v in counts.items() if k != "skipped" or v}, refresh=True)
+            if not show_bar and not args.quiet:
+                print("assets: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=sys.stderr)
+
+        result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
+                           cache_dir=args.cache_dir, client=_execution(args), on_asset=report, on_progress=progress)
     print(result.table())
     return BATCH_FAILED if result.failed else 0
 

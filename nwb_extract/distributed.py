@@ -435,6 +435,8 @@ def map_assets(execution: Execution, task: Callable[..., dandi.BatchEntry], asse
         token = uuid.uuid4().hex[:8]
         futures = {client.submit(task, asset, pure=False, key=f"nwb-extract-asset-{i}-{token}", **kwargs): asset
                    for i, asset in enumerate(assets)}
+        if on_progress is not None and futures:
+            on_progress({**counts, "running": 0, "queued": len(futures)})
         for future in as_completed(futures):
             asset = futures[future]
             try:
