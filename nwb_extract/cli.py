@@ -264,7 +264,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{entry.status}: {entry.path}" + (f" ({entry.error})" if entry.error else ""), file=sys.stderr)
 
-    show_bar = not args.quiet and cfg.python.progress and sys.stderr.isatty()
+    on_dask = args.workers is not None or args.scheduler is not None or cfg.parallel_cpu or cfg.multi_gpu
+    show_bar = on_dask and not args.quiet and cfg.python.progress and sys.stderr.isatty()
     with tqdm(unit="asset", desc="assets", disable=not show_bar, leave=False, mininterval=0) as bar:
 
         def progress(counts: dict[str, int]) -> None:  # with Dask: done / failed / skipped / running / queued
