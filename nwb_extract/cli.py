@@ -285,8 +285,9 @@ def _execution(args: argparse.Namespace) -> Any:
     """The Dask execution of ``--workers N`` / ``--scheduler ADDRESS`` (None: the config decides, else serial)."""
     if args.workers is None and args.scheduler is None:
         return None
-    from nwb_extract.distributed import LocalWorkers, Scheduler
+    from nwb_extract.distributed import LocalWorkers, Scheduler, set_dask_log_level
 
+    set_dask_log_level(logging.WARNING if args.verbose + args.sub_verbose < 2 else logging.INFO)
     return LocalWorkers(args.workers) if args.workers is not None else Scheduler(args.scheduler)
 
 

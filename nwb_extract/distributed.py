@@ -39,7 +39,7 @@ from nwb_extract.io.series_ref import SeriesRef
 
 __all__ = ["BLOCK_FACTOR", "WORKER_BASE_BYTES", "GpuWorkers", "H5Dataset", "LocalWorkers", "Scheduler",
            "TaskStats", "connect", "execution_from_config", "extract", "map_assets", "partition_runner",
-           "worker_memory_needed"]
+           "set_dask_log_level", "worker_memory_needed"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,13 @@ def _require_dask() -> None:
                            "'nwb-extract[dask]'") from None
 
 
+def set_dask_log_level(level: int) -> None:
+    """Log Dask's own messages (scheduler, nanny, workers started and closed) from ``level`` up (the command line
+    shows them with ``-vv`` only). Dask sets its level when first imported, so it is imported here first."""
+    _require_dask()
+    logging.getLogger("distributed").setLevel(level)
+
+
 def worker_memory_needed(block_bytes: int) -> int:
     """Memory (bytes) a worker needs to run a partition whose float32 movie block is ``block_bytes``:
     :data:`WORKER_BASE_BYTES` + :data:`BLOCK_FACTOR` x the block."""
@@ -175,7 +182,8 @@ def connect(execution: Execution, *, block_bytes: int | None = None) -> Iterator
     if limit is None and block_bytes is not None:
         limit = _local_memory_limit(execution.n_workers, block_bytes)
     with LocalCluster(n_workers=execution.n_workers, threads_per_worker=1, processes=True,
-                      memory_limit=limit if limit is not None else "auto", dashboard_address=None) as cluster, \
+                      memory_limit=limit if limit is not None else "auto", dashboard_address=None,
+                      silence_logs=logging.getLogger("distributed").getEffectiveLevel()) as cluster, \
             Client(cluster) as client:
         _check_worker_memory(client, block_bytes)
         yield client
