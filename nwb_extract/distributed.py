@@ -37,7 +37,7 @@ from nwb_extract.errors import BackendError, InputError, NwbExtractError, Resour
 from nwb_extract.io import dandi
 from nwb_extract.io.series_ref import SeriesRef
 
-__all__ = ["BLOCK_FACTOR", "WORKER_BASE_BYTES", "GpuWorkers", "H5Dataset", "LocalWorkers", "Scheduler",
+__all__ = ["BLOCK_FACTOR", "SCHEDULER_CONFIG", "WORKER_BASE_BYTES", "GpuWorkers", "H5Dataset", "LocalWorkers", "Scheduler",
            "TaskStats", "connect", "execution_from_config", "extract", "map_assets", "partition_runner",
            "set_dask_log_level", "worker_memory_needed"]
 
@@ -49,6 +49,11 @@ WORKER_BASE_BYTES = 768 * 2**20
 #: Worker memory set aside per byte of a partition's float32 movie block: the measured peaks were 2.8x to 4.6x
 #: the block (docs/cluster.md), with room to spare.
 BLOCK_FACTOR = 5
+
+
+#: Scheduler settings of the clusters made here: a worker is given one task at a time (its one thread's), so a
+#: worker that dies takes no queued task down with it (Dask counts every task on a dead worker as suspect).
+SCHEDULER_CONFIG = {"distributed.scheduler.worker-saturation": 1.0}
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ def connect(execution: Execution, *, block_bytes: int | None = None) -> Iterator
     sizes when no worker can hold the partition).
     """
     _require_dask()
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if isinstance(execution, Client):
@@ -171,7 +177,8 @@ def connect(execution: Execution, *, block_bytes: int | None = None) -> Iterator
     if isinstance(execution, GpuWorkers):
         from dask_cuda import LocalCUDACluster
 
-        with LocalCUDACluster(n_workers=execution.n_workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+        with dask.config.set(SCHEDULER_CONFIG), \
+                LocalCUDACluster(n_workers=execution.n_workers, threads_per_worker=1, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             yield client
         return
@@ -181,7 +188,8 @@ def connect(execution: Execution, *, block_bytes: int | None = None) -> Iterator
     limit = execution.memory_limit
     if limit is None and block_bytes is not None:
         limit = _local_memory_limit(execution.n_workers, block_bytes)
-    with LocalCluster(n_workers=execution.n_workers, threads_per_worker=1, processes=True,
+    with dask.config.set(SCHEDULER_CONFIG), \
+            LocalCluster(n_workers=execution.n_workers, threads_per_worker=1, processes=True,
                       memory_limit=limit if limit is not None else "auto", dashboard_address=None,
                       silence_logs=logging.getLogger("distributed").getEffectiveLevel()) as cluster, \
             Client(cluster) as client:

@@ -35,6 +35,7 @@ from nwb_extract.simulate import simulate_2p
 from nwb_extract.workflow import run_nwb
 from test_dandi import CONFIG, DANDISET, RUN_SETS, movie_file, no_foreign_hosts, stand_in  # noqa: F401  (fixtures)
 
+dask = pytest.importorskip("dask")
 dask_distributed = pytest.importorskip("dask.distributed")
 
 GRID = {"avg_cell_radius": 3.5, "backend": "numpy", "num_partitions_x": 2, "num_partitions_y": 2}
@@ -56,9 +57,12 @@ def _big_block_bytes() -> int:
 
 @pytest.fixture(scope="module")
 def client():
+    """The module's cluster, made as :func:`nwb_extract.distributed.connect` makes one (same scheduler settings),
+    with the worker memory limit of the largest partition used here."""
     limit = distributed.worker_memory_needed(_big_block_bytes())
-    with dask_distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       memory_limit=limit) as cluster, dask_distributed.Client(cluster) as c:
+    with dask.config.set(distributed.SCHEDULER_CONFIG), \
+            dask_distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                          memory_limit=limit) as cluster, dask_distributed.Client(cluster) as c:
         yield c
 
 
@@ -255,3 +259,24 @@ def test_batch_of_four_assets_one_failing_resumes_after_the_client_is_killed(cli
             result = read_result(out / entry["output"])
             assert entry["n_cells"] == reference.n_cells
             _assert_same(result, reference)
+
+
+def _asset_task(asset: dandi.RemoteAsset, marker_dir: str) -> dandi.BatchEntry:
+    """A batch task that kills its worker whenever it runs for the asset ``kill.nwb``."""
+    if asset.path == "kill.nwb":
+        Path(marker_dir, f"killed-{os.getpid()}").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return dandi.BatchEntry(asset.path, "done", output=asset.path)
+
+
+def test_asset_that_keeps_killing_its_worker_fails_and_the_batch_goes_on(client, tmp_path):
+    allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+    client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 1))
+    try:
+        assets = [dandi.RemoteAsset(f"http://127.0.0.1:9/{name}", name) for name in ("a.nwb", "kill.nwb", "b.nwb")]
+        entries = {e.path: e for e in distributed.map_assets(client, _asset_task, assets, marker_dir=str(tmp_path))}
+    finally:
+        client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", allowed))
+    assert {p: e.status for p, e in entries.items()} == {"a.nwb": "done", "kill.nwb": "failed", "b.nwb": "done"}
+    assert "KilledWorker" in entries["kill.nwb"].error
+    assert len(list(tmp_path.glob("killed-*"))) == 2  # tried twice (allowed_failures 1), on two worker processes
