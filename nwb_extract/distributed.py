@@ -426,8 +426,9 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, client: E
     cfg = ExtractConfig.coerce(config, **overrides)
     execution = client if client is not None else execution_from_config(cfg.resolved())
     if isinstance(movie, SeriesRef):
-        with movie.open() as src:
-            return pipeline.extract(src.data, cfg, runner=partition_runner(execution, movie))
+        with movie.open() as src:  # the tasks get the series path and frames found here
+            chosen = SeriesRef(movie.source, src.series_path, src.frames, movie.cache_dir)
+            return pipeline.extract(src.data, cfg, runner=partition_runner(execution, chosen))
     return pipeline.extract(movie, cfg, runner=partition_runner(execution, movie))
 
 
