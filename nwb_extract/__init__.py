@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
 
 def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
-            progress: bool | ProgressCallback | None = None, **overrides: Any) -> ExtractResult:
+            progress: bool | ProgressCallback | None = None, client: Any = None, **overrides: Any) -> ExtractResult:
     """Run EXTRACT on ``movie``.
 
     Parameters
@@ -45,6 +45,13 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
         ``message``, ...) as each stage advances; None shows the default display when ``python.progress`` is on
         and ``verbose`` is not 0 (tqdm bars in a terminal or notebook, else INFO lines on the logger ``nwb_extract.progress``); False
         shows nothing.
+    client : optional
+        Runs the partitions as Dask tasks (docs/cluster.md): a ``dask.distributed.Client``, or
+        ``nwb_extract.distributed.LocalWorkers(n)`` / ``Scheduler(address)``; the config's ``parallel_cpu`` /
+        ``multi_gpu`` ask for the same. Without them the partitions run one after the other here, and Dask is not
+        imported. With a client the movie is a NumPy array (each task is sent its own block only), a local h5py
+        dataset, or a ``nwb_extract.io.series_ref.SeriesRef`` (the workers read their blocks themselves); progress
+        then counts finished partitions.
     **overrides : EXTRACT parameters (or Python-only settings such as ``backend``) applied on top of ``config``.
 
     Returns
@@ -53,12 +60,17 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
     (frames, cells).
     """
     from nwb_extract.config import ExtractConfig
-    from nwb_extract.engine.pipeline import extract as run
     from nwb_extract.progress_display import progress_display, wants_progress
 
     cfg = ExtractConfig.coerce(config, **overrides)
     with progress_display(progress, wants_progress(cfg)) as callback:
-        return run(movie, cfg, progress=callback)
+        if client is None and not (cfg.parallel_cpu or cfg.multi_gpu):
+            from nwb_extract.engine.pipeline import extract as run
+
+            return run(movie, cfg, progress=callback)
+        from nwb_extract.distributed import extract as run_on_dask
+
+        return run_on_dask(movie, cfg, client=client, progress=callback)
 
 
 def register() -> None:

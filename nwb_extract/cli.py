@@ -39,6 +39,7 @@ from nwb_extract.errors import (
     OutputExistsError,
     OutputNotWritableError,
     RemoteReadError,
+    ResourceError,
     SeriesNotFoundError,
     SourceNotFoundError,
     UnknownConfigKeyError,
@@ -71,6 +72,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (NotImplementedYetError, 15),
     (RemoteReadError, 16),
     (AuthenticationRequiredError, 17),
+    (ResourceError, 19),
     (InputError, 3),
     (NwbExtractError, 3),
 )
@@ -279,7 +281,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     run = run_nwb(source, output, cfg, series=args.series, frames=args.frames, in_place=in_place,
                   overwrite=args.overwrite, run_name=args.run_name, cache_dir=args.cache_dir, prepare=prepare,
-                  progress=_show_progress(args.quiet, cfg))
+                  progress=_show_progress(args.quiet, cfg), client=_execution(args))
     if plot is not None:
         from nwb_extract.io.nwb_read import read_timing
         from nwb_extract.plots import plot_overview
@@ -317,6 +319,8 @@ def _frame_rate(timing: dict[str, Any]) -> float | None:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from nwb_extract.workflow import run_batch
 
     cfg = _config_arg(args.config, args.set, args.backend)
@@ -328,11 +332,51 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{entry.status}: {entry.path}" + (f" ({entry.error})" if entry.error else ""), file=sys.stderr)
 
-    result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
-                       cache_dir=args.cache_dir, on_asset=report,
-                       progress=_show_progress(args.quiet, cfg))
+    on_dask = args.workers is not None or args.scheduler is not None or cfg.parallel_cpu or cfg.multi_gpu
+    show_bar = on_dask and not args.quiet and cfg.python.progress and sys.stderr.isatty()
+    with tqdm(unit="asset", desc="assets", disable=not show_bar, leave=False, mininterval=0) as bar:
+
+        def asset_counts(counts: dict[str, int]) -> None:  # with Dask: done / failed / skipped / running / queued
+            finished = counts["done"] + counts["failed"] + counts["skipped"]
+            bar.total, bar.n = sum(counts.values()), finished
+            bar.set_postfix({k: v for k, v in counts.items() if k != "skipped" or v}, refresh=True)
+            if not show_bar and not args.quiet:
+                print("assets: " + ", ".join(f"{n} {state}" for state, n in counts.items()), file=sys.stderr)
+
+        result = run_batch(args.source, out_dir, cfg, include=args.include, series=args.series,
+                           cache_dir=args.cache_dir, client=_execution(args), on_asset=report, on_progress=asset_counts,
+                           progress=_show_progress(args.quiet, cfg))
     print(result.table())
     return BATCH_FAILED if result.failed else 0
+
+
+def _execution(args: argparse.Namespace) -> Any:
+    """The Dask execution of ``--workers N`` / ``--scheduler ADDRESS`` (None: the config decides, else serial)."""
+    if args.workers is None and args.scheduler is None:
+        return None
+    from nwb_extract.distributed import LocalWorkers, Scheduler, set_dask_log_level
+
+    set_dask_log_level(logging.WARNING if args.verbose + args.sub_verbose < 2 else logging.INFO)
+    return LocalWorkers(args.workers) if args.workers is not None else Scheduler(args.scheduler)
+
+
+def _add_execution(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run as Dask tasks on a local cluster of N worker processes (needs nwb-extract[dask]; "
+                            "docs/cluster.md)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run as Dask tasks on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _load_footprints(path_text: str) -> np.ndarray:
@@ -571,6 +615,7 @@ def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
     run.add_argument("--run-name", help="name of the run in the output (default: chosen by the writer)")
     run.add_argument("--plot", metavar="PNG", help="also write an overview figure: contours over the summary "
                                                    "image and the traces of a few cells (replaced with --overwrite)")
+    _add_execution(run)
     run.set_defaults(func=_cmd_run)
 
 
@@ -589,6 +634,7 @@ def _add_batch(sub: Any, verbosity: argparse.ArgumentParser) -> None:
     batch.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: the "
                                                                             "config's)")
     batch.add_argument("--cache-dir", metavar="FOLDER", help="remfile disk cache for the streamed chunks")
+    _add_execution(batch)
     batch.set_defaults(func=_cmd_batch)
 
 

@@ -69,3 +69,7 @@ class RemoteReadError(InputError):
 
 class AuthenticationRequiredError(InputError):
     """The DANDI server refused the request: the dandiset is embargoed and needs ``DANDI_API_KEY``."""
+
+
+class ResourceError(NwbExtractError, RuntimeError):
+    """A partition does not fit the memory a worker has (the message names both sizes and what to change)."""

@@ -70,6 +70,7 @@ TILINGS = ("deterministic",)
 PLOTTING = "plotting only; no effect here"
 UNUSED = "unused by the reference pipeline; no effect here"
 DEVICE = "MATLAB device/parallel setup; read only to choose python.backend ('auto')"
+PARALLEL = "runs the partitions (and batch assets) as Dask tasks (docs/cluster.md); parallel_cpu also turns use_gpu off"
 DEVICE_UNUSED = "MATLAB device/parallel setup; no effect here (python.backend and python.device choose the device)"
 INTERACTIVE = "interactive in MATLAB; no effect here (pass movie_mask instead)"
 INTERNAL = "filled internally by the MATLAB pipeline; no effect here"
@@ -179,10 +180,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("T_dup_thresh", "float", 0.9, "partition dedup pass 1: trace-correlation threshold"),
     Param("S_corr_thresh", "float", 0.1, "partition dedup: image-correlation grouping threshold"),
     Param("use_gpu", "bool", True, "GPU computation (python.backend='auto' uses NumPy when false)", status=DEVICE),
-    Param("parallel_cpu", "bool", False, "partitions in parallel on CPU workers (forces use_gpu off)", status=DEVICE),
+    Param("parallel_cpu", "bool", False, "partitions in parallel on CPU workers (forces use_gpu off)",
+          status=PARALLEL),
     Param("multi_gpu", "bool", False, "partitions in parallel on several GPUs (forces parallel_cpu off)",
-          status=DEVICE),
-    Param("num_workers", "int", None, "worker count for the parallel modes", low=1, status=DEVICE_UNUSED,
+          status=PARALLEL),
+    Param("num_workers", "int", None, "worker count for the parallel modes", low=1, status=PARALLEL,
           in_defaults=False),
     Param("use_sparse_arrays", "bool", False, "sparse spatial weights in the MATLAB outputs", status=MATLAB_ONLY),
     Param("compact_output", "bool", False, "drop eliminated/trash components from the per-partition summaries"),

@@ -23,7 +23,8 @@ STAGES = ("read", "preprocess", "cellfinding", "refinement", "frr", "write")
 class ProgressEvent:
     """How far one stage is.
 
-    stage : one of :data:`STAGES`, or ``simulate``.
+    stage : one of :data:`STAGES`, ``simulate`` for the simulator, or ``partitions`` (partition tasks finished) when
+        the partitions run as Dask tasks.
     done : units of work done so far (frames read or preprocessed, cells found, iterations, trace kinds, steps).
     total : units the stage will do, or None while unknown (cell finding before it stops).
     message : short human text (e.g. ``"40 cells"``, ``"stopped: yield"``).

@@ -22,7 +22,8 @@ __all__ = ["BarDisplay", "LogDisplay", "progress_display", "wants_progress"]
 log = logging.getLogger("nwb_extract.progress")
 
 _STAGE_NAMES = {"read": "reading", "preprocess": "preprocessing", "cellfinding": "cell finding",
-                "refinement": "refinement", "frr": "final regression", "write": "writing", "simulate": "simulating"}
+                "refinement": "refinement", "frr": "final regression", "write": "writing", "simulate": "simulating",
+                "partitions": "partitions (Dask tasks)"}
 
 
 def _label(event: ProgressEvent) -> str:

@@ -12,18 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nwb_extract import distributed
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import pipeline
 from nwb_extract.errors import NoImagingSeriesError, NwbExtractError
 from nwb_extract.io import dandi
-from nwb_extract.io.movie import ImagingSource, open_series
+from nwb_extract.io.movie import ImagingSource
 from nwb_extract.io.nwb_write import write_result
+from nwb_extract.io.series_ref import SeriesRef
 from nwb_extract.progress import ProgressCallback, Reporter
 from nwb_extract.progress_display import progress_display, wants_progress
 from nwb_extract.result import ExtractResult
@@ -72,7 +73,8 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
             series: str | None = None, frames: tuple[int | None, int | None] | None = None, in_place: bool = False,
             overwrite: bool = False, run_name: str | None = None, cache_dir: str | os.PathLike | None = None,
             prepare: Callable[[ExtractConfig, ImagingSource], ExtractConfig] | None = None,
-            progress: bool | ProgressCallback | None = None) -> RunOutput:
+            progress: bool | ProgressCallback | None = None, client: Any = None,
+            on_partition: Callable[[int, int], None] | None = None) -> RunOutput:
     """Open an imaging series, run EXTRACT on its stored frames and write the result into NWB.
 
     Parameters
@@ -94,32 +96,47 @@ def run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Path
         ``prepare(config, source) -> config``, called once the series is open (e.g. to check footprints against
         its frame shape).
     progress : callable, bool or None
-        As in :func:`nwb_extract.extract`; the run reports the engine's stages and then ``write``.
+        As in :func:`nwb_extract.extract`; the run reports the engine's stages (or, on Dask, the finished
+        partitions) and then ``write``.
+    client : dask.distributed.Client, LocalWorkers or Scheduler, optional
+        Run the partitions as Dask tasks that read their own blocks (:mod:`nwb_extract.distributed`); the
+        config's ``parallel_cpu`` / ``multi_gpu`` ask for a local cluster. None: serial, in this process.
+    on_partition : callable, optional
+        ``on_partition(done, total)`` as Dask partition tasks finish (instead of ``partitions`` progress events).
     """
     with progress_display(progress, wants_progress(config)) as callback:
         return _run_nwb(source, output, config, series=series, frames=frames, in_place=in_place,
                         overwrite=overwrite, run_name=run_name, cache_dir=cache_dir, prepare=prepare,
-                        progress=callback)
+                        progress=callback, client=client, on_partition=on_partition)
 
 
 def _run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.PathLike, config: ExtractConfig, *,
              series: str | None, frames: tuple[int | None, int | None] | None, in_place: bool, overwrite: bool,
              run_name: str | None, cache_dir: str | os.PathLike | None,
              prepare: Callable[[ExtractConfig, ImagingSource], ExtractConfig] | None,
-             progress: ProgressCallback | None) -> RunOutput:
+             progress: ProgressCallback | None, client: Any,
+             on_partition: Callable[[int, int], None] | None) -> RunOutput:
     """:func:`run_nwb` with its progress callback resolved."""
     report = Reporter(progress)
     if isinstance(source, (str, os.PathLike)):
         source, dandi_fields = resolve_input(os.fspath(source))
     else:
         dandi_fields = source.dandi_fields()
-    with _open(source, series, frames, cache_dir) as src:
+    ref = SeriesRef(source, series, frames, None if cache_dir is None else os.fspath(cache_dir))
+    with ref.open() as src:
         n_frames, n_x, n_y = src.data.shape
         log.info("reading %s :: %s (%s), frames %d:%d, %d x %d px, %s", src.location, src.series_path,
                  src.series_type, *src.frames, n_x, n_y, src.data.dtype)
         if prepare is not None:
             config = prepare(config, src)
-        result = pipeline.extract(src.data, config, progress=progress)
+        execution = client if client is not None else distributed.execution_from_config(config.resolved())
+        if execution is None:
+            result = pipeline.extract(src.data, config, progress=progress)
+        else:  # the workers open the same series and frames themselves
+            chosen = SeriesRef(source, src.series_path, src.frames, ref.cache_dir)
+            finished = on_partition or (lambda done, total: report("partitions", done, total, unit="partitions"))
+            result = pipeline.extract(src.data, config, progress=progress,
+                                      runner=distributed.partition_runner(execution, chosen, finished))
         info = src.source_info(**dandi_fields)
         report("write", 0, 1, f"{result.n_cells} cells to {output}", "files")
         if not in_place:  # a new file copies the metadata from the open source (no second read of a stream)
@@ -129,17 +146,6 @@ def _run_nwb(source: str | os.PathLike | dandi.RemoteAsset, output: str | os.Pat
         path, name = write_result(result, output, source=info, in_place=True, run_name=run_name)
     report("write", 1, 1, f"wrote {path} (run {name})", "files")
     return RunOutput(path=path, run_name=name, result=result, series_path=info.series_path, frames=info.frames)
-
-
-@contextmanager
-def _open(source: str | dandi.RemoteAsset, series: str | None, frames: tuple[int | None, int | None] | None,
-          cache_dir: str | os.PathLike | None) -> Iterator[ImagingSource]:
-    if isinstance(source, dandi.RemoteAsset):
-        with dandi.open_asset(source, series, frames=frames, cache_dir=cache_dir) as src:
-            yield src
-    else:
-        with open_series(source, series, frames=frames) as src:
-            yield src
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,7 +178,8 @@ class BatchReport:
 
 def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *, include: str | None = None,
               series: str | None = None, cache_dir: str | os.PathLike | None = None, client: Any = None,
-              on_asset: Callable[[dandi.BatchEntry], None] | None = None,
+              dandi_client: Any = None, on_asset: Callable[[dandi.BatchEntry], None] | None = None,
+              on_progress: Callable[[dict[str, int]], None] | None = None,
               progress: bool | ProgressCallback | None = None) -> BatchReport:
     """Run EXTRACT on every NWB asset of a dandiset (or ``dandi://`` prefix) that has an imaging series, resumably.
 
@@ -182,26 +189,35 @@ def run_batch(source: str, out_dir: str | os.PathLike, config: ExtractConfig, *,
     a bad series, any error) is recorded and the batch goes on. ``progress`` (as in :func:`nwb_extract.extract`)
     reports the stages of each asset's run.
 
+    ``client`` (a ``dask.distributed.Client``, ``LocalWorkers(n)`` or ``Scheduler(address)``; or the config's
+    ``parallel_cpu``) runs one Dask task per asset; this process alone writes the manifest, as each task
+    finishes. ``dandi_client`` is the ``DandiAPIClient`` to list the dandiset with. ``on_asset(entry)`` is called
+    after each asset, ``on_progress(counts)`` with the done / failed / skipped / running / queued counts (Dask
+    only).
+
     Raises the errors of :func:`nwb_extract.io.dandi.list_assets` when the dandiset itself cannot be listed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / dandi.MANIFEST_NAME
     manifest = dandi.load_manifest(manifest_path)
-    entries, processed = [], []
-    for asset in dandi.list_assets(source, include=include, client=client):
-        previous = manifest.get(asset.path)
-        if previous is not None and previous.status in ("done", "skipped"):
-            entries.append(previous)
-            continue
-        entry = _run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir, progress=progress)
-        manifest[asset.path] = entry
+    assets = dandi.list_assets(source, include=include, client=dandi_client)
+    todo = [a for a in assets if manifest.get(a.path) is None or manifest[a.path].status not in ("done", "skipped")]
+    execution = client if client is not None else distributed.execution_from_config(config.resolved())
+    if execution is None:
+        finished = (_run_asset(asset, out_dir, config, series=series, cache_dir=cache_dir, progress=progress)
+                    for asset in todo)
+    else:
+        finished = distributed.map_assets(execution, _run_asset, todo, on_progress=on_progress, out_dir=out_dir,
+                                          config=config, series=series, cache_dir=cache_dir, progress=False)
+    processed = []
+    for entry in finished:  # written here only, after each asset
+        manifest[entry.path] = entry
         dandi.save_manifest(manifest_path, source, manifest)
-        entries.append(entry)
-        processed.append(asset.path)
+        processed.append(entry.path)
         if on_asset is not None:
             on_asset(entry)
-    return BatchReport(entries, processed)
+    return BatchReport([manifest[a.path] for a in assets], processed)
 
 
 def _run_asset(asset: dandi.RemoteAsset, out_dir: Path, config: ExtractConfig, *, series: str | None,

@@ -13,9 +13,6 @@ converted with :func:`row_major_pixels`, pixel-by-cell matrices with :func:`row_
 from __future__ import annotations
 
 import json
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import array_api_compat
 import h5py
@@ -447,40 +444,3 @@ def test_find_duplicate_cells_pass_two_removes_the_hub_then_the_weaker_of_the_pa
     # a cell away from the overlap pixels is never a candidate
     far = np.arange(0, 2 * W)
     assert pt.find_duplicate_cells(to_xp(S, xp, device), to_xp(T, xp, device), to_xp(far, xp, device)) == []
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# executor hook
-
-
-def slow_square(block):
-    time.sleep(0.02 * (3 - block.index))  # earlier partitions finish later
-    return block.index ** 2, threading.get_ident()
-
-
-def test_run_partitions_serial_and_threaded_give_the_same_ordered_results():
-    blocks = pt.partition_blocks((60, 60), 2, 2, 4)
-    serial = pt.run_partitions(blocks, slow_square)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = pt.run_partitions(blocks, slow_square, pool)
-    assert [r[0] for r in serial] == [r[0] for r in threaded] == [0, 1, 4, 9]
-    assert {r[1] for r in serial} == {threading.get_ident()}
-    assert len({r[1] for r in threaded}) > 1  # really ran on the pool's threads
-
-
-def test_stitch_is_identical_with_a_thread_pool():
-    xp, device = numpy_ns()
-    blocks = two_partitions()
-    cells = {0: ([gaussian((5, 5)), gaussian((20, 12))], [spikes(2), spikes(1)]),
-             1: ([gaussian((20, 12)), gaussian((35, 18))], [spikes(1), spikes(3)])}
-
-    def run_one(block):
-        images, traces = cells[block.index]
-        return partition_result(block, images, traces, block.index, xp, device)
-
-    serial = pt.stitch(pt.run_partitions(blocks, run_one), (H, W), ExtractConfig(), "baseline_adjusted")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        threaded = pt.stitch(pt.run_partitions(blocks, run_one, pool), (H, W), ExtractConfig(), "baseline_adjusted")
-    assert serial.selected == threaded.selected == (0, 2, 3)
-    np.testing.assert_array_equal(serial.S, threaded.S)
-    np.testing.assert_array_equal(serial.per_cell["baseline_adjusted"], threaded.per_cell["baseline_adjusted"])

@@ -6,7 +6,6 @@ order, and cells found twice across a seam are removed. This module holds that b
 
 - geometry: :func:`partition_overlap`, :func:`partition_grid`, :func:`partition_blocks` (:class:`Block`);
 - per-partition inputs cut from the full-FOV config: :func:`partition_inputs` (:class:`PartitionInputs`);
-- running the blocks serially or through any :class:`concurrent.futures.Executor`: :func:`run_partitions`;
 - stitching: :func:`embed_footprints`, :func:`embed_images`, :func:`coverage`, :func:`overlap_pixels`,
   :func:`seam_fragments` (ours, docs/decisions.md), :func:`find_duplicate_cells`, :func:`match_to_init` and the
   whole of §1.4 in :func:`stitch`
@@ -23,10 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from nwb_extract.config import ExtractConfig
 from nwb_extract.engine import backend, preprocess
@@ -41,9 +39,6 @@ PARTITION_SIDE = 512
 S_INIT_MIN_SUM = 1e-6
 #: the last threshold of the reference's ``regression_only`` matching loop ``0.99, 0.98, ...`` (spec §1.4)
 _REGRESSION_ONLY_MIN_CORR = 0.01
-
-Result = TypeVar("Result")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # geometry (§1.3)
@@ -247,34 +242,6 @@ def partition_inputs(cfg: ExtractConfig, kept: Block, *, xp: Any, device: Any = 
         if cfg.T_init is not None:
             T_init = xp.take(backend.from_numpy(cfg.T_init, xp, device), index, axis=1)
     return PartitionInputs(cut(cfg.movie_mask), cut(cfg.F_per_pixel), S_init, T_init, init_cells)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# running the partitions
-
-
-def run_partitions(blocks: Sequence[Block], run_one: Callable[[Block], Result],
-                   executor: Executor | None = None) -> list[Result]:
-    """Apply ``run_one`` to every block, serially or through ``executor``; results in partition order.
-
-    Parameters
-    ----------
-    blocks : sequence of Block
-    run_one : callable Block -> result
-        The per-partition run. With a process pool it must be picklable (a module-level function or a
-        :func:`functools.partial` of one).
-    executor : concurrent.futures.Executor, optional
-        E.g. a ``ThreadPoolExecutor`` or ``ProcessPoolExecutor`` owned by the caller (not shut down here).
-        ``None`` runs the blocks one after the other in this thread.
-
-    Returns
-    -------
-    list
-        ``results[i] = run_one(blocks[i])`` whatever the order in which the workers finished.
-    """
-    if executor is None:
-        return [run_one(block) for block in blocks]
-    return list(executor.map(run_one, blocks))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -631,7 +598,7 @@ def stitch(results: Sequence[PartitionResult], frame_shape: tuple[int, int], cfg
     Parameters
     ----------
     results : sequence of PartitionResult
-        One per partition, in partition order (as :func:`run_partitions` returns them).
+        One per partition, in partition order (as :func:`nwb_extract.engine.pipeline.extract` runs them).
     frame_shape : tuple of int
         ``(H, W)`` of the FOV.
     cfg : ExtractConfig

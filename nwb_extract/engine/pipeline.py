@@ -497,8 +497,9 @@ def _upsample_space(stack: Any, dss: int, full_shape: tuple[int, int]) -> Any:
 
 
 def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress: ProgressCallback | None = None,
-            **overrides: Any) -> ExtractResult:
-    """Run EXTRACT on ``movie`` (the engine call; :func:`nwb_extract.extract` adds the default progress display).
+            runner: PartitionRunner | None = None, **overrides: Any) -> ExtractResult:
+    """Run EXTRACT on ``movie`` (the engine call; :func:`nwb_extract.extract` adds the default progress display and
+    the Dask execution).
 
     Parameters
     ----------
@@ -507,7 +508,12 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress:
     config : :class:`ExtractConfig`, a dict of EXTRACT parameters, or None for the defaults.
     progress : callable, optional
         Receives a :class:`nwb_extract.progress.ProgressEvent` as each stage advances (read, preprocess,
-        cellfinding, refinement, frr; per partition); None reports nothing.
+        cellfinding, refinement, frr; per partition); None reports nothing. Partitions run by ``runner`` report
+        nothing here (they run elsewhere; the runner reports them).
+    runner : callable, optional
+        ``runner(jobs) -> runs`` runs the partitions (:class:`PartitionJob` -> :class:`PartitionRun`, in order)
+        elsewhere, e.g. as Dask tasks that read their own blocks (:mod:`nwb_extract.distributed`); stitching stays
+        here. None: one after the other in this process.
     **overrides : EXTRACT parameters (or Python-only settings such as ``backend``) applied on top of ``config``.
 
     Returns
@@ -529,7 +535,7 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress:
     n_read = min(n, int(cfg.num_frames)) if (not backend.is_array(movie) and cfg.num_frames) else n
     plan = _Plan.from_config(cfg, progress)
     _check_length(n_read, plan)
-    outputs, timings, bad = _run_partitions(movie, n_read, plan, xp, device)
+    outputs, timings, bad = _run_partitions(movie, partition_jobs((h, w), n_read, cfg), plan, xp, device, runner)
     if bad.n_values:
         warnings.warn(bad.message(n_read * h * w), stacklevel=2)
     if bad.n_constant == len(outputs):
@@ -593,59 +599,127 @@ def _without_pixels(mask: Any, no_data: Any) -> Any:
     return xp.where(no_data, xp.zeros_like(mask), mask)
 
 
-def _run_partitions(movie: Any, n_read: int, plan: _Plan, xp: Any,
-                    device: Any) -> tuple[list[tuple[partition.Block, _PartitionOutput]], dict[str, float], _ReadChecks]:
-    """Every partition of ``movie`` (frames ``0..n_read``) through :func:`_run_partition` (spec §1.3): the kept
-    block and output of each, the stage timings summed over partitions (s), and the NaN / inf values found."""
-    cfg = plan.cfg
-    frame_shape = (int(movie.shape[1]), int(movie.shape[2]))
+@dataclass(frozen=True)
+class PartitionJob:
+    """One partition's run, everything but the movie: small and picklable (what a Dask task is given).
+
+    Attributes
+    ----------
+    cfg : ExtractConfig
+        The resolved config of the whole run (its arrays are full-FOV; :func:`partition.partition_inputs` cuts them).
+    n_read : int
+        Frames ``0..n_read`` of the movie are used.
+    block : partition.Block
+        The partition's pixels, overlap included.
+    n_blocks : int
+        Partitions in the run (for messages).
+    """
+
+    cfg: ExtractConfig
+    n_read: int
+    block: partition.Block
+    n_blocks: int
+
+    @property
+    def block_bytes(self) -> int:
+        """Size of the partition's movie block as float32 (bytes): ``n_read * rows * cols * 4``."""
+        rows, cols = self.block.shape
+        return self.n_read * rows * cols * 4
+
+
+@dataclass
+class PartitionRun:
+    """What one partition's run gives back for stitching: its kept pixels, its output, what reading its block found
+    (NaN / inf values, pixels without data, constant in time) and the seconds it spent reading."""
+
+    kept: partition.Block
+    output: _PartitionOutput
+    checks: _ReadChecks
+    read_seconds: float
+
+
+#: ``runner(jobs) -> runs``, one :class:`PartitionRun` per job in job order (e.g. as Dask tasks).
+PartitionRunner = Callable[[list[PartitionJob]], list[PartitionRun]]
+
+
+def partition_jobs(frame_shape: tuple[int, int], n_read: int, cfg: ExtractConfig) -> list[PartitionJob]:
+    """The partitions of a ``frame_shape`` movie (frames ``0..n_read``) under the resolved ``cfg`` (spec §1.3)."""
     npy, npx = partition.partition_grid(cfg, frame_shape)
     blocks = partition.partition_blocks(frame_shape, npy, npx, partition.partition_overlap(cfg.avg_cell_radius))
-    run_clock = _StageClock(xp, device)
-    bad = _ReadChecks()
+    return [PartitionJob(cfg=cfg, n_read=n_read, block=block, n_blocks=len(blocks)) for block in blocks]
 
-    def load(block: partition.Block, part_plan: _Plan) -> tuple[Any, partition.Block, Any]:
-        """The block's movie with NaN / inf filled and trimmed of zero edges, its kept pixels, and its pixels
-        without any finite value (bool (h, w) or None)."""
-        with run_clock.stage("read"):
-            Y = _read_block(movie, n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames),
+
+def run_partition_job(movie: Any, job: PartitionJob) -> PartitionRun:
+    """Run one partition of ``movie`` where the movie is (e.g. on a Dask worker): read the job's block, run it,
+    and bring the output to host (NumPy) arrays so that it can be sent back for stitching."""
+    xp, device = _namespace(movie, job.cfg)
+    run = _run_job(movie, job, _Plan.from_config(job.cfg), xp, device)
+    if not backend.is_numpy(xp):
+        run.output = _output_to_host(run.output)
+    return run
+
+
+def _output_to_host(out: _PartitionOutput) -> _PartitionOutput:
+    def host(x: Any) -> Any:
+        return backend.to_host(x, str(backend.to_numpy(x).dtype))
+
+    return replace(out, S=host(out.S), per_cell={k: host(v) for k, v in out.per_cell.items()},
+                   images={k: host(v) for k, v in out.images.items()}, S_bad=host(out.S_bad), T_bad=host(out.T_bad))
+
+
+def _run_job(movie: Any, job: PartitionJob, plan: _Plan, xp: Any, device: Any) -> PartitionRun:
+    """Read the job's block of ``movie`` (NaN / inf filled, trimmed of zero edges; pixels without any finite value
+    left out) and run :func:`_run_partition` on it, reporting progress as partition ``index`` of ``n_blocks``."""
+    cfg, block = plan.cfg, job.block
+    part_plan = plan.for_partition(block.index, job.n_blocks)
+    read_clock = _StageClock(xp, device)
+    checks = _ReadChecks()
+    loaded: dict[str, Any] = {}
+
+    def load_block() -> tuple[Any, partition.PartitionInputs]:
+        with read_clock.stage("read"):
+            Y = _read_block(movie, job.n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames),
                             progress=part_plan.progress)
-        Y, n_bad, no_data = preprocess.fill_nonfinite(Y)
-        bad.n_values += n_bad
+        Y, checks.n_values, no_data = preprocess.fill_nonfinite(Y)
         _check_magnitude(Y)
         if bool(xp.all(xp.max(Y, axis=0) == xp.min(Y, axis=0))):
-            bad.n_constant += 1
+            checks.n_constant = 1
             log.warning("partition %d/%d is constant in time: no cell can be found there", block.index + 1,
-                        len(blocks))
+                        job.n_blocks)
         Y, trims = preprocess.remove_zero_edge_pixels(Y)
-        kept = block.trimmed(trims)
+        loaded["kept"] = kept = block.trimmed(trims)
+        inputs = partition.partition_inputs(cfg, kept, xp=xp, device=device)
         if no_data is not None:
             no_data = no_data[trims[0]:no_data.shape[0] - trims[1], trims[2]:no_data.shape[1] - trims[3]]
-            bad.n_pixels += int(xp.count_nonzero(no_data))
-        log.info("partition %d/%d: rows %s, cols %s", block.index + 1, len(blocks), kept.rows, kept.cols)
-        return Y, kept, no_data
+            checks.n_pixels = int(xp.count_nonzero(no_data))
+            inputs = replace(inputs, movie_mask=_without_pixels(inputs.movie_mask, no_data))
+        log.info("partition %d/%d: rows %s, cols %s", block.index + 1, job.n_blocks, kept.rows, kept.cols)
+        return Y, inputs
 
-    def run_one(block: partition.Block) -> tuple[partition.Block, _PartitionOutput]:
-        kept_blocks: list[partition.Block] = []
-        part_plan = plan.for_partition(block.index, len(blocks))
+    out = _run_partition(load_block, part_plan, _StageClock(xp, device))
+    return PartitionRun(kept=loaded["kept"], output=out, checks=checks,
+                        read_seconds=read_clock.seconds.get("read", 0.0))
 
-        def load_block() -> tuple[Any, partition.PartitionInputs]:
-            Y, kept, no_data = load(block, part_plan)
-            kept_blocks.append(kept)
-            inputs = partition.partition_inputs(cfg, kept, xp=xp, device=device)
-            if no_data is not None:
-                inputs = replace(inputs, movie_mask=_without_pixels(inputs.movie_mask, no_data))
-            return Y, inputs
 
-        out = _run_partition(load_block, part_plan, _StageClock(xp, device))
-        return kept_blocks[0], out
-
-    outputs = partition.run_partitions(blocks, run_one)
-    timings = {stage: run_clock.seconds.get(stage, 0.0) for stage in _STAGES}
-    for _, out in outputs:
-        for stage, seconds in out.timings.items():
+def _run_partitions(movie: Any, jobs: list[PartitionJob], plan: _Plan, xp: Any, device: Any,
+                    runner: PartitionRunner | None) -> tuple[list[tuple[partition.Block, _PartitionOutput]],
+                                                             dict[str, float], _ReadChecks]:
+    """Every partition job through :func:`_run_job` (spec §1.3), one after the other here, or through ``runner``:
+    the kept block and output of each, the stage timings summed over partitions (s), and what reading found
+    (summed over partitions; overlaps count twice)."""
+    if runner is None:
+        runs = [_run_job(movie, job, plan, xp, device) for job in jobs]
+    else:
+        runs = runner(jobs)
+    timings = {stage: 0.0 for stage in _STAGES}
+    for run in runs:
+        timings["read"] += run.read_seconds
+        for stage, seconds in run.output.timings.items():
             timings[stage] += seconds
-    return outputs, timings, bad
+    found = _ReadChecks(n_values=sum(run.checks.n_values for run in runs),
+                        n_pixels=sum(run.checks.n_pixels for run in runs),
+                        n_constant=sum(run.checks.n_constant for run in runs))
+    return [(run.kept, run.output) for run in runs], timings, found
 
 
 def _roi_metrics(stitched: partition.Stitched, *, st_computed: bool) -> dict[str, Any]:
