@@ -129,6 +129,21 @@ def test_spatial_bandpass_golden(functions_h5, case):
     assert_matches_reference(out, to_engine(g["outputs/out"][...]))
 
 
+def test_symmetric_padding_from_slices_equals_the_gather(namespace):
+    # spatial_bandpass pads with slices (runs of the reflected index list) instead of an element-wise take
+    xp, device = namespace
+    movie = np.random.default_rng(3).standard_normal((2, 7, 5)).astype(np.float32)
+    rng = np.random.default_rng(4)
+    index_lists = [pp._symmetric_indices(7, pad) for pad in (0, 1, 3, 7, 12)]
+    index_lists += [list(rng.integers(0, 7, size=rng.integers(1, 15))) for _ in range(40)]
+    for indices in index_lists:
+        got = to_numpy(pp._take_runs(xp, to_xp(movie, xp, device), [int(i) for i in indices], 1))
+        np.testing.assert_array_equal(got, np.take(movie, indices, axis=1))
+        across = [int(i) % 5 for i in indices]
+        got = to_numpy(pp._take_runs(xp, to_xp(movie, xp, device), across, 2))
+        np.testing.assert_array_equal(got, np.take(movie, across, axis=2))
+
+
 def test_spatial_bandpass_noop_returns_the_input(functions_h5):
     g = functions_h5["spatial_bandpass_noop"]
     stack = to_engine(g["inputs/stack"][...])

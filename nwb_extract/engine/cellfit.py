@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nwb_extract.engine import backend, morphology, noise
+from nwb_extract.engine import backend, morphology, noise, solver_kernels
 from nwb_extract.engine.robust import solve_single_source
 from nwb_extract.engine.seeds import as_movie, bounding_box, box_pixels
 from nwb_extract.errors import InputError
@@ -85,12 +85,14 @@ def _scatter_to_mask(values: Any, mask_flat: Any) -> Any:
 
 @dataclass(frozen=True)
 class _Support:
-    """A support: its box, its mask inside the box (flat, row-major) and the movie on it ``(p, n)``."""
+    """A support: its box, its mask inside the box (flat, row-major) and the movie on it, ``B`` ``(p, n)`` and
+    ``Bt`` ``(n, p)``, each with contiguous rows (the trace fit reads pixels, the image fit gathers frames)."""
 
     box: tuple[int, int, int, int]
     mask_flat: Any
     mask: Any
     B: Any
+    Bt: Any
 
 
 def _support_footprints(support: str, xp: Any, device: Any) -> tuple[Any, Any]:
@@ -124,8 +126,9 @@ def _load_support(Y: Any, mask: Any) -> _Support:
     r0, r1, c0, c1 = box
     mask_flat = xp.reshape(mask[r0:r1, c0:c1], (-1,))
     columns = xp.nonzero(mask_flat)[0]
-    B = xp.permute_dims(xp.take(box_pixels(Y, box), columns, axis=1), (1, 0))
-    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=B)
+    Bt = xp.take(box_pixels(Y, box), columns, axis=1)
+    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=solver_kernels.row_major(xp.permute_dims(Bt, (1, 0))),
+                    Bt=solver_kernels.row_major(Bt))
 
 
 def _on_support(values: Any, support: _Support, frame_shape: tuple[int, int]) -> Any:
@@ -213,7 +216,7 @@ def fit_single_cell_on_movie(Y: Any, s0: Any, noise_std: float, size_limit: floa
     s_change = host.zeros((max_iter,), dtype=host.float32)
     t_change = host.zeros((max_iter,), dtype=host.float32)
     current: _Support | None = None
-    active: tuple[_Support, Any, Any] | None = None  # (support, t on active frames, B on active frames)
+    active: tuple[_Support, Any, Any] | None = None  # (support, t on active frames, the active frames)
     kappa_trace = ADAPTIVE_KAPPA_START if adaptive_kappa else kappa_t
     for it in range(max_iter):
         s_before, t_before = s, t
@@ -232,9 +235,8 @@ def fit_single_cell_on_movie(Y: Any, s0: Any, noise_std: float, size_limit: floa
             active = None
             break
         t_act = xp.take(t, frames)
-        B_act = xp.take(current.B, frames, axis=1)
-        active = (current, t_act, B_act)
-        s_sub = solve_single_source(t_act, xp.permute_dims(B_act, (1, 0)), noise_std, kappa_s, max_iter)
+        active = (current, t_act, frames)
+        s_sub = solve_single_source(t_act, xp.take(current.Bt, frames, axis=0), noise_std, kappa_s, max_iter)
         s = _on_support(s_sub, current, frame_shape)
         s = s / xp.clip(xp.max(s), min=1e-10)
         n_support = current.B.shape[0]
@@ -258,8 +260,8 @@ def _least_squares_image(active: tuple[_Support, Any, Any] | None, frame_shape: 
     active frames (spec §5.4)."""
     if active is None or active[1].shape[0] <= 1:
         return xp.zeros(frame_shape, dtype=xp.float32, device=device)
-    support, t_act, B_act = active
-    values = xp.clip(B_act @ (t_act / xp.sum(t_act * t_act)), min=0.0)
+    support, t_act, frames = active
+    values = xp.clip(xp.take(support.B, frames, axis=1) @ (t_act / xp.sum(t_act * t_act)), min=0.0)
     return _on_support(values, support, frame_shape)
 
 

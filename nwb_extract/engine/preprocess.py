@@ -437,13 +437,13 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     n, h, w = frames.shape
     nf = 1 << (max(h, w) - 1).bit_length()  # MATLAB 2^nextpow2(max(h, w))
     pad_h, pad_w = (nf - h) // 2, (nf - w) // 2
-    rows = _symmetric_indices(xp, device, h, pad_h)
-    cols = _symmetric_indices(xp, device, w, pad_w)
+    rows = _symmetric_indices(h, pad_h)
+    cols = _symmetric_indices(w, pad_w)
     response = _butterworth_response(nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio, xp=xp, device=device)
     out = xp.empty(frames.shape, dtype=xp.float32, device=device) if not overwrite else frames
     for start in range(0, n, max(1, chunk_frames)):
         stop = min(n, start + max(1, chunk_frames))
-        padded = xp.take(xp.take(frames[start:stop, ...], rows, axis=1), cols, axis=2)
+        padded = _take_runs(xp, _take_runs(xp, frames[start:stop, ...], rows, 1), cols, 2)
         spectrum = backend.fft(xp).rfftn(padded, s=(nf, nf), axes=(1, 2)) * response
         filtered = backend.fft(xp).irfftn(spectrum, s=(nf, nf), axes=(1, 2))
         out[start:stop, ...] = filtered[:, pad_h:pad_h + h, pad_w:pad_w + w]
@@ -472,12 +472,29 @@ def _butterworth_response(nf: int, radius: float, f_lower_scale: float, f_upper_
     return xp.astype(response, xp.float32)
 
 
-def _symmetric_indices(xp: Any, device: Any, size: int, pad: int) -> Any:
+def _symmetric_indices(size: int, pad: int) -> list[int]:
     """Indices ``-pad .. size + pad - 1`` folded into ``0 .. size - 1`` by symmetric reflection (the edge sample
     repeated, repeated periodically when ``pad > size``: MATLAB ``padarray(..., 'symmetric')``)."""
     period = 2 * size
-    folded = [(i % period) if (i % period) < size else period - 1 - (i % period) for i in range(-pad, size + pad)]
-    return xp.asarray(folded, dtype=xp.int64, device=device)
+    return [(i % period) if (i % period) < size else period - 1 - (i % period) for i in range(-pad, size + pad)]
+
+
+def _take_runs(xp: Any, x: Any, indices: list[int], axis: int) -> Any:
+    """``take(x, indices, axis=axis)`` built from slices: ``indices`` (host ints) are split into runs of step +1 or
+    -1, each one slice (flipped for -1), then concatenated. The same values as the gather, copied a run at a time
+    instead of an element at a time; a single increasing run is a view of ``x``."""
+    pieces, start = [], 0
+    while start < len(indices):
+        step = indices[start + 1] - indices[start] if start + 1 < len(indices) else 1
+        step = step if step in (1, -1) else 1
+        stop = start + 1
+        while stop < len(indices) and indices[stop] - indices[stop - 1] == step:
+            stop += 1
+        low, high = min(indices[start], indices[stop - 1]), max(indices[start], indices[stop - 1]) + 1
+        piece = x[(slice(None),) * axis + (slice(low, high), ...)]
+        pieces.append(xp.flip(piece, axis=axis) if step == -1 and stop - start > 1 else piece)
+        start = stop
+    return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=axis)
 
 
 def cellfind_filter(movie: Any, filter_type: str, radius: float, *, spatial_lowpass_cutoff: float = 2.0,

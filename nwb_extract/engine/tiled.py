@@ -190,10 +190,11 @@ def _t_step(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, solve: Callable,
     union = xp.sum(S, axis=1) > 0
     accumulated = xp.zeros((K, n), dtype=dtype, device=device)
     floor = xp.full((K,), -math.inf, dtype=dtype, device=device)
+    S_rows = solver_kernels.row_major(S)  # the tiles gather rows (pixels): contiguous rows make that a copy per row
 
     def fit_tile(pix: Any) -> tuple[Any, list] | None:
         """The tile's cells (bool (K,)) and its power-weighted fits ``(t0, t1, (k, t1 - t0))`` per time chunk."""
-        S_tile = xp.take(S, pix, axis=0)
+        S_tile = xp.take(S_rows, pix, axis=0)
         is_cell = xp.sum(S_tile, axis=0) > 0
         cells = xp.nonzero(is_cell)[0]
         if cells.shape[0] == 0:
@@ -359,16 +360,17 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     corr_in = xp.zeros((K, n), dtype=dtype, device=device)
     corr_out = xp.zeros((K, n), dtype=dtype, device=device)
     image_blocks, surround_blocks, pixel_blocks = [], [], []
+    S_rows, mask_rows = solver_kernels.row_major(S), solver_kernels.row_major(mask)  # tiles gather their rows
 
     def fit_tile(pix: Any) -> tuple[Any, Any, Any, Any, Any]:
         """The tile's cells (bool (K,)), images and surround images (p, k), and the movie projected on each (k, n)."""
-        mask_tile = xp.take(mask, pix, axis=0)
+        mask_tile = xp.take(mask_rows, pix, axis=0)
         is_cell = xp.any(mask_tile, axis=0)
         cells = xp.nonzero(is_cell)[0]
         mask_sub = xp.take(mask_tile, cells, axis=1)
         A = xp.take(T_thr, cells, axis=0)
         M_tile = xp.take(Mt, pix, axis=1)  # (n, p); the solver gets it transposed (a view)
-        X0 = xp.take(xp.take(S, pix, axis=0), cells, axis=1)
+        X0 = xp.take(xp.take(S_rows, pix, axis=0), cells, axis=1)
         A_fit, M_fit = (A, M_tile) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, M_tile, xp)
         image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub, **solver_kwargs)
         del M_fit
