@@ -401,3 +401,15 @@ def test_seed_ties_break_in_column_major_order():
     image = np.zeros((3, 4), np.float32)
     image[0, 2] = image[1, 0] = 5.0
     assert divmod(seeds.column_major_argmax(image), 4) == (1, 0)
+
+
+def test_box_columns_gathers_what_the_box_copy_gives(namespace):
+    # cell finding reads a support's pixels straight from the frames instead of copying its box first
+    xp, device = namespace
+    movie = np.random.default_rng(5).standard_normal((6, 9, 11)).astype(np.float32)
+    box = (2, 7, 3, 10)  # rows 2..6, cols 3..9
+    columns = np.array([0, 1, 8, 13, 20, 34], dtype=np.int64)  # row-major positions inside the 5 x 7 box
+    Y = to_xp(movie, xp, device)
+    got = backend.to_numpy(seeds.box_columns(Y, box, to_xp(columns, xp, device)))
+    expected = movie[:, 2:7, 3:10].reshape(6, -1)[:, columns]
+    np.testing.assert_array_equal(got, expected)

@@ -22,7 +22,7 @@ from typing import Any
 
 from nwb_extract.engine import backend, morphology, noise, solver_kernels
 from nwb_extract.engine.robust import solve_single_source
-from nwb_extract.engine.seeds import as_movie, bounding_box, box_pixels
+from nwb_extract.engine.seeds import as_movie, bounding_box, box_columns
 from nwb_extract.errors import InputError
 
 #: Support radii of :func:`fit_single_cell`: the core that must stay inside the cached support, and the support.
@@ -126,7 +126,7 @@ def _load_support(Y: Any, mask: Any) -> _Support:
     r0, r1, c0, c1 = box
     mask_flat = xp.reshape(mask[r0:r1, c0:c1], (-1,))
     columns = xp.nonzero(mask_flat)[0]
-    Bt = xp.take(box_pixels(Y, box), columns, axis=1)
+    Bt = box_columns(Y, box, columns)
     return _Support(box=box, mask_flat=mask_flat, mask=mask, B=solver_kernels.row_major(xp.permute_dims(Bt, (1, 0))),
                     Bt=solver_kernels.row_major(Bt))
 
@@ -277,4 +277,4 @@ def _least_squares_trace(Y: Any, s: Any) -> Any:
     weights_box = xp.reshape(weights[r0:r1, c0:c1], (-1,))
     mask_flat = xp.reshape(positive[r0:r1, c0:c1], (-1,))
     columns = xp.nonzero(mask_flat)[0]
-    return xp.clip(xp.take(box_pixels(Y, box), columns, axis=1) @ weights_box[mask_flat], min=0.0)
+    return xp.clip(box_columns(Y, box, columns) @ weights_box[mask_flat], min=0.0)

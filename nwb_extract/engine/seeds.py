@@ -5,7 +5,7 @@ The summary image marks bright, spatially coherent spots of the cell-finding mov
 incrementally around each subtracted cell; :func:`seed_map` picks the candidate seeds from it (§5.3,
 ``modify_summary_image``); a seed becomes a first image either as a correlation image (§5.3.1) or as a Gaussian
 template (§5.1, ``init_with_gaussian``). The movie-window helpers (:func:`bounding_box`, :func:`box_pixels`,
-:func:`as_movie`) are shared with the single-cell fit (:mod:`cellfit`) and the search loop (:mod:`cellfind`).
+:func:`box_columns`, :func:`as_movie`) are shared with the single-cell fit (:mod:`cellfit`) and the search loop (:mod:`cellfind`).
 
 Public API
 ----------
@@ -80,6 +80,17 @@ def box_pixels(Y: Any, box: tuple[int, int, int, int]) -> Any:
     xp = backend.get_namespace(Y)
     r0, r1, c0, c1 = box
     return xp.reshape(Y[:, r0:r1, c0:c1], (Y.shape[0], (r1 - r0) * (c1 - c0)))
+
+
+def box_columns(Y: Any, box: tuple[int, int, int, int], columns: Any) -> Any:
+    """``take(box_pixels(Y, box), columns, axis=1)`` without the copy of the box: the movie on the box pixels
+    ``columns`` (int (p,), row-major positions inside ``box``) as ``(n, p)``, gathered straight from the frames."""
+    xp = backend.get_namespace(Y)
+    n, h, w = Y.shape
+    r0, _, c0, c1 = box
+    width = c1 - c0
+    pixels = (columns // width + r0) * w + (columns % width + c0)
+    return xp.take(xp.reshape(Y, (n, h * w)), pixels, axis=1)
 
 
 def column_major_argmax(image: Any) -> int:
