@@ -276,3 +276,18 @@ def test_result_repr_is_one_short_line(small_result):
     assert text.startswith(f"ExtractResult({k} cells, 400 frames of 40 x 56 px; "), text
     assert "traces baseline_adjusted*, nonneg, raw (* primary)" in text, text
     assert "array(" not in text
+
+
+@pytest.mark.parametrize("chunk", [7, 30, 1000])
+def test_block_reads_in_chunks_equal_the_stored_frames(tmp_path, namespace, chunk):
+    # a lazy source is read chunk by chunk straight into the block (any chunk size gives the same block)
+    from nwb_extract.engine import backend, partition, pipeline
+
+    xp, device = namespace
+    frames = np.random.default_rng(7).integers(0, 4000, size=(30, 12, 10)).astype(np.uint16)
+    with h5py.File(tmp_path / "movie.h5", "w") as f:
+        f["movie"] = frames
+    [block] = partition.partition_blocks((12, 10), 1, 1, 0)
+    with h5py.File(tmp_path / "movie.h5", "r") as f:
+        Y = pipeline._read_block(f["movie"], 25, block, xp=xp, device=device, chunk=chunk)
+    np.testing.assert_array_equal(backend.to_numpy(Y), frames[:25].astype(np.float32))

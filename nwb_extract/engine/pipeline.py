@@ -128,12 +128,18 @@ def _read_block(movie: Any, n_frames: int, block: partition.Block, *, xp: Any, d
         Y = xp.astype(movie[:n_frames, rows, cols], xp.float32)
         progress("read", n_frames, n_frames, unit="frames")
         return Y
-    parts = []
+    Y = None
     for t0 in range(0, n_frames, chunk):
         t1 = min(t0 + chunk, n_frames)
-        parts.append(backend.read_float32(movie, (slice(t0, t1), rows, cols), xp, device))
+        part = backend.read_float32(movie, (slice(t0, t1), rows, cols), xp, device)
+        if t1 - t0 == n_frames:  # read in one go
+            Y = part
+        else:  # chunks go straight into the block: no list of chunks and no concatenated second copy
+            if Y is None:
+                Y = xp.empty((n_frames, *part.shape[1:]), dtype=xp.float32, device=device)
+            Y[t0:t1, ...] = part
         progress("read", t1, n_frames, unit="frames")
-    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+    return Y
 
 
 def _masked_median(values: Any, keep: Any, floor: float | None) -> float:
