@@ -77,14 +77,17 @@ def _check_length(n: int, plan: _Plan) -> None:
                       "events, so cell finding may miss most cells (or find none)", stacklevel=3)
 
 
-def _check_magnitude(Y: Any) -> None:
-    """An :class:`InputError` for values beyond :data:`MAX_ABS_VALUE` in the float32 block ``Y``."""
+def _check_values(Y: Any) -> bool:
+    """Whether the float32 block ``Y`` (n, h, w) is constant in time; an :class:`InputError` for values beyond
+    :data:`MAX_ABS_VALUE`. One pass for each pixel's maximum and minimum over frames serves both checks."""
     xp = backend.get_namespace(Y)
-    peak = max(float(xp.max(Y)), -float(xp.min(Y)))  # sync point: two scalars per partition
+    highest, lowest = xp.max(Y, axis=0), xp.min(Y, axis=0)
+    peak = max(float(xp.max(highest)), -float(xp.min(lowest)))  # sync point: two scalars per partition
     if peak > MAX_ABS_VALUE:
         raise InputError(f"the movie holds values up to {peak:.3g} in magnitude; EXTRACT computes in float32, whose "
                          f"sums of squares over a movie overflow beyond about {MAX_ABS_VALUE:g}: rescale the movie "
                          "(its units do not matter: traces are ΔF/F)")
+    return bool(xp.all(highest == lowest))
 
 
 def _check_config_arrays(cfg: ExtractConfig, n: int, h: int, w: int) -> None:
@@ -687,8 +690,7 @@ def _run_job(movie: Any, job: PartitionJob, plan: _Plan, xp: Any, device: Any) -
             Y = _read_block(movie, job.n_read, block, xp=xp, device=device, chunk=int(cfg.python.chunk_frames),
                             progress=part_plan.progress)
         Y, checks.n_values, no_data = preprocess.fill_nonfinite(Y)
-        _check_magnitude(Y)
-        if bool(xp.all(xp.max(Y, axis=0) == xp.min(Y, axis=0))):
+        if _check_values(Y):
             checks.n_constant = 1
             log.warning("partition %d/%d is constant in time: no cell can be found there", block.index + 1,
                         job.n_blocks)
