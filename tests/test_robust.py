@@ -14,7 +14,7 @@ import pytest
 from conftest import to_xp
 from scipy.optimize import minimize
 
-from nwb_extract.engine import backend, robust
+from nwb_extract.engine import backend, robust, solver_kernels
 from nwb_extract.engine.robust import (SOLVERS, SolveInfo, eps_func, fp_solve_admm, kappa_of_epsilon, l1_lambda,
                                        one_sided_huber, solve_single_source)
 
@@ -308,3 +308,48 @@ def test_adaptive_estimation_schedule_rounds_half_up():
     assert robust._estimation_iterations(100, (0.5, 0.7, 0.9)) == [50, 70, 90]
     assert robust._estimation_iterations(5, (0.5, 0.7, 0.9)) == [3, 4, 5]
     assert robust._estimation_iterations(100, ()) == [50, 70, 90]
+
+
+@pytest.mark.parametrize("name, check_every_step", [("fp_solve_admm", False), ("fp_solve_admm_baseline", False),
+                                                    ("fp_solve_admm_baseline", True)])
+@pytest.mark.parametrize("n_iter", [1, 20, 100])
+def test_fixed_kappa_row_blocks_give_the_unblocked_iterates(namespace, name, check_every_step, n_iter, monkeypatch):
+    """The fixed-kappa solvers run their iterations up to the first convergence test block of rows by block of rows
+    (in cache). With blocks of 7 rows (4 blocks of 25 rows, the last partial) every namespace gives the iterates and
+    the stopping iteration of the plain loop over all rows (the record_loss path, which never blocks): bitwise in
+    NumPy, within float32 rounding elsewhere. n_iter 1 (no test), 20 (cold start: not yet converged at the first
+    test, the loop goes on over all rows) and 100 (converged at iteration 51)."""
+    xp, device = namespace
+    X, A, B, mask = _small_problem()
+    kwargs = dict(mask=mask if name == "fp_solve_admm" else None, check_every_step=check_every_step)
+    ref, ref_info = SOLVERS[name](X, A, B, 0.3, n_iter, record_loss=True, **kwargs)
+    calls = []
+    real_row_block = solver_kernels.row_block
+
+    def seven_rows(xp_, rows, columns, itemsize=4):
+        calls.append(rows)
+        assert real_row_block(xp_, rows, columns) >= min(rows, solver_kernels.MIN_ROW_BLOCK)
+        return 7
+
+    monkeypatch.setattr(solver_kernels, "row_block", seven_rows)
+    kwargs["mask"] = None if kwargs["mask"] is None else to_xp(mask, xp, device)
+    out, info = SOLVERS[name](to_xp(X, xp, device), to_xp(A, xp, device), to_xp(B, xp, device), 0.3, n_iter, **kwargs)
+    assert info.iterations == ref_info.iterations
+    assert calls == ([] if check_every_step else [25])  # the dynamic lower bound couples rows: no blocks
+    if backend.is_numpy(xp):
+        np.testing.assert_array_equal(backend.to_numpy(out), ref)
+    _check_like(out, xp, device, ref)
+
+
+def test_row_block_sizes():
+    """NumPy: equal blocks of ROW_BLOCK_BYTES of data or a little more, never fewer than MIN_ROW_BLOCK rows (or
+    all rows); other namespaces: one block."""
+    import array_api_strict
+
+    target = solver_kernels.ROW_BLOCK_BYTES // (1000 * 4)
+    step = solver_kernels.row_block(np, 5 * target + 7, 1000)
+    assert step == target + 2  # 5 blocks, the last 3 rows shorter
+    assert solver_kernels.row_block(np, 2 * target - 1, 1000) == 2 * target - 1
+    assert solver_kernels.row_block(np, 100, 1000) == 100
+    assert solver_kernels.MIN_ROW_BLOCK <= solver_kernels.row_block(np, 10_000, 10**7) < 2 * solver_kernels.MIN_ROW_BLOCK
+    assert solver_kernels.row_block(array_api_strict, 10_000, 1000) == 10_000

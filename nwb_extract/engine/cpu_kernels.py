@@ -18,14 +18,14 @@ _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 
 
 @_jit
-def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row, out_t, row_chunk):  # pragma: no cover
+def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row, out_t, row_start, row_chunk):  # pragma: no cover
     """``out_t = (min(X A - B + kappa, 0) A^T)^T`` with A sparse, visiting only A's non-zeros.
 
     indptr (m + 1,) int64, cells (nnz,) int64, values (nnz,) float32: A (k, m) by columns (CSC): the cells of
-    column j are ``cells[indptr[j]:indptr[j + 1]]``. x_t (k, r) = X^T, data_t (m, r) = B^T, both C-contiguous
-    float32. kappa_t (m, r) per-entry kappa^T, or shape (0, r) to use kappa_row (r,) for every column. out_t (k, r)
-    is overwritten. Rows are processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in
-    cache while B streams past). Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then
+    column j are ``cells[indptr[j]:indptr[j + 1]]``. x_t (k, n) = X^T for the n rows ``row_start`` to
+    ``row_start + n`` of the problem; data_t (m, r) = B^T, all rows, both C-contiguous float32. kappa_t (m, r)
+    per-entry kappa^T, or shape (0, r) to use kappa_row (r,) for every column. out_t (k, n) is overwritten. Rows are
+    processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in cache while B streams past). Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then
     ``out[c] += a_c s``. Work is proportional to nnz(A) x r instead of k x m x r.
     """
     k, r = x_t.shape
@@ -36,13 +36,15 @@ def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row
     for i0 in range(0, r, row_chunk):
         i1 = min(r, i0 + row_chunk)
         n = i1 - i0
+        d0 = row_start + i0
+        d1 = row_start + i1
         for c in range(k):
             out_t[c, i0:i1] = 0.0
         for j in range(m):
             e0 = indptr[j]
             e1 = indptr[j + 1]
-            data = data_t[j, i0:i1]
-            kappa = kappa_t[j, i0:i1] if per_entry else kappa_row[i0:i1]
+            data = data_t[j, d0:d1]
+            kappa = kappa_t[j, d0:d1] if per_entry else kappa_row[d0:d1]
             if e1 - e0 == 1:  # most columns: one pass, no buffer (the same float operations as below)
                 a = values[e0]
                 x = x_t[cells[e0], i0:i1]

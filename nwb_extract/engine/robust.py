@@ -329,7 +329,7 @@ def _estimation_iterations(n_iter: int, fractions: tuple[float, ...] | None) -> 
 def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: Any,
           make_project: Callable[[Any], Callable[[Any, Any], Any]], adaptive: str | None, use_decay: bool,
           check_after: int | None, kappa_iter_nums: tuple[float, ...] | None,
-          record_loss: bool) -> tuple[Any, SolveInfo]:
+          record_loss: bool, rows_independent: bool = False) -> tuple[Any, SolveInfo]:
     """Inexact ADMM with one fixed-point step per iteration (spec §6.2–6.4); the engine of every ADMM solver.
 
     ``make_project(X_ls)`` returns the constraint step ``project(V, xp)`` (the mask is applied afterwards); it
@@ -337,7 +337,8 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
     (fixed ``kappa``), ``"traces"`` (kappa from the cells' images ``A_hat``, §6.4) or ``"images"`` (the S-step
     filter variant, kappa from the current images ``Z``). With fixed kappa, convergence is tested once
     ``it > check_after`` and stops the solve; with adaptive kappa it is tested from iteration 2 on and jumps to the
-    next estimation iteration.
+    next estimation iteration. ``rows_independent``: the projection acts on each row alone, so with fixed kappa
+    the iterations up to the first convergence test run block of rows by block of rows (:func:`_row_blocks`).
     """
     xp, device = backend.get_namespace_and_device(X, A, B)
     if X.shape[0] != B.shape[0] or X.shape[1] != A.shape[0] or A.shape[1] != B.shape[1]:
@@ -367,6 +368,12 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
     stops = sorted(set(estimate_at) | {n_iter})
     loss: list[float] | None = [] if record_loss else None
     it = executed = 0
+    if adaptive is None and rows_independent and loss is None and n_iter > 0:
+        # no row meets another before the first convergence test: run up to it block by block, in cache
+        it = executed = min(check_after + 1, n_iter)
+        X, Z, Z_prev, U = _row_blocks(X, Z, U, system, offset, project, mask, kappa_now, it, xp)
+        if it > check_after and _converged(X, Z, Z_prev, U, system.rho, xp):
+            return Z / system.scale[None, :], SolveInfo(iterations=executed, loss=loss)
     while it < n_iter:
         it += 1
         executed += 1
@@ -391,6 +398,37 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
             if it >= n_iter - 1:
                 break
     return Z / system.scale[None, :], SolveInfo(iterations=executed, loss=loss)
+
+
+def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: Callable[[Any, Any], Any],
+                mask: Any, kappa: float, n: int, xp: Any) -> tuple[Any, Any, Any, Any]:
+    """``n`` fixed-kappa ADMM iterations (the update of :func:`_admm`), run on blocks of rows in turn.
+
+    Rows of X, Z, U (r, k) are independent until a convergence test, so each block of
+    :func:`solver_kernels.row_block` rows runs all ``n`` iterations while its rows of the data stay in cache
+    (NumPy); the arithmetic per row is the same as iterating on all rows at once. Returns ``(X, Z, Z_prev, U)``
+    after the n-th iteration, ``Z_prev`` the constrained iterate before it.
+    """
+    r = X.shape[0]
+    step = solver_kernels.row_block(xp, r, system.A_hat.shape[1])
+    blocks = []
+    for start in range(0, r, step):
+        rows = (start, min(r, start + step))
+        x, z, u = X[rows[0]:rows[1], :], Z[rows[0]:rows[1], :], U[rows[0]:rows[1], :]
+        offset_rows = offset[rows[0]:rows[1], :]
+        mask_rows = None if mask is None else mask[rows[0]:rows[1], :]
+        for i in range(n):
+            x = system.residual.apply(x, kappa, rows, cached=i > 0) @ system.Q + offset_rows + (z - u) @ system.rho_Q
+            z_prev = z
+            z = _masked(project(x + u, xp), mask_rows)
+            u = u + x - z
+        blocks.append((x, z, z_prev, u))
+    if len(blocks) == 1:
+        return blocks[0]
+    if not blocks:  # no rows
+        return X, Z, Z, U
+    x, z, z_prev, u = (xp.concat([block[i] for block in blocks], axis=0) for i in range(4))
+    return x, z, z_prev, u
 
 
 def _nonneg(V: Any, xp: Any) -> Any:
@@ -476,7 +514,7 @@ def fp_solve_admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any
     """
     return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_nonneg), adaptive=None,
                  use_decay=True, check_after=0 if check_from_start else matlab_round(n_iter / 2),
-                 kappa_iter_nums=None, record_loss=record_loss)
+                 kappa_iter_nums=None, record_loss=record_loss, rows_independent=True)
 
 
 @_with_parameters
@@ -488,8 +526,8 @@ def fp_solve_admm_baseline(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *,
     FRR without adaptive kappa. Convergence is tested from iteration 51 on.
     """
     return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_lower_bound(quantile, check_every_step),
-                 adaptive=None, use_decay=True,
-                 check_after=BASELINE_CHECK_AFTER, kappa_iter_nums=None, record_loss=record_loss)
+                 adaptive=None, use_decay=True, check_after=BASELINE_CHECK_AFTER, kappa_iter_nums=None,
+                 record_loss=record_loss, rows_independent=not check_every_step)
 
 
 @_with_parameters

@@ -7,6 +7,7 @@ function or class:
 * :class:`ResidualOperator`: ``min(X A - B + kappa, 0) A^T`` over the non-zeros of a sparse factor (spec §6.2);
 * :func:`quadratic_region_sums`: the single-source fit's sums over its quadratic region (spec §5.5);
 * :func:`gather_pixels_transposed`: a movie tile gathered pixel-major, as the T-step's kernel reads it;
+* :func:`row_block`: rows per cache-sized block for solvers that iterate on independent rows;
 * :func:`map_in_threads`: independent tiles side by side on the host's cores (NumPy only);
 * :class:`WorkCount` / :func:`counting_work` / :func:`work_stage`: FLOPs and bytes of these kernels per pipeline
   stage, counted from their shapes, for the benchmark's roofline.
@@ -79,6 +80,28 @@ def count_work(flops: float, nbytes: float) -> None:
 RESIDUAL_ROW_CHUNK = 16384
 
 
+#: Data bytes of one row block of the fixed-kappa solvers (:func:`row_block`): small enough that a block of B stays
+#: in the L3 cache share of one core of the 2-core CI machine (32 MiB shared) while the solver iterates on it.
+#: Measured there on S-step tiles (about 6000 pixels x 1300 frames, 2.2-2.5 cells per frame) in 2026-12 (session
+#: 5): 0.35-0.48 ns per element with 512-1024-row blocks (2.7-5.3 MiB), against 0.61-0.91 streaming the whole tile
+#: each iteration, and 0.6-0.77 with 64-128-row blocks (per-column overhead).
+ROW_BLOCK_BYTES = 4 * 2**20
+#: Fewest rows in a row block (below this the kernel's per-column overhead dominates).
+MIN_ROW_BLOCK = 256
+
+
+def row_block(xp: Any, rows: int, columns: int, itemsize: int = 4) -> int:
+    """Rows per block for solvers that iterate on independent rows of a (rows, columns) data matrix: NumPy gets
+    equal blocks of :data:`ROW_BLOCK_BYTES` of data or a little more (at least :data:`MIN_ROW_BLOCK` rows, or all
+    rows); other namespaces one block of all rows (a GPU gains nothing from cache blocking and would launch more,
+    smaller kernels)."""
+    rows = max(int(rows), 1)
+    if not is_numpy(xp):
+        return rows
+    target = max(MIN_ROW_BLOCK, ROW_BLOCK_BYTES // max(itemsize * int(columns), 1))
+    return -(-rows // max(1, rows // target))
+
+
 class ResidualOperator:
     """``min(X A - B + kappa, 0) A^T`` for a fixed factor A (k, m) and data B (r, m): the one movie-sized step of
     the robust fixed-point iteration (spec §6.2, §12), prepared once per solve and applied every iteration.
@@ -106,17 +129,16 @@ class ResidualOperator:
             self._buffer = cupy.empty(B.shape, dtype=B.dtype)
             self._A_t = cupy.ascontiguousarray(A.T)
 
-    def _count(self, kappa: Any) -> None:
-        """Work of one application on the non-zeros of A (the NumPy kernel's; the dense paths do more): two
-        products over the non-zeros and three operations per used column and row; B (and a per-entry kappa) read
-        once."""
+    def _count(self, kappa: Any, r: int, cached: bool) -> None:
+        """Work of one application to r rows on the non-zeros of A (the NumPy kernel's; the dense paths do more):
+        two products over the non-zeros and three operations per used column and row; B's rows (and a per-entry
+        kappa) read once from memory unless ``cached``."""
         if self._nonzeros is None:
             A = to_numpy(self.A)
             self._nonzeros = int(np.count_nonzero(A)), int(np.count_nonzero(np.any(A != 0, axis=0)))
         nnz, used = self._nonzeros
-        r = self.shape[0]
         per_entry = getattr(kappa, "ndim", 0) > 0
-        count_work((4 * nnz + 3 * used) * r, 4 * used * r * (2 if per_entry else 1))
+        count_work((4 * nnz + 3 * used) * r, 0 if cached else 4 * used * r * (2 if per_entry else 1))
 
     def _prepare_numpy(self, A: np.ndarray, B: np.ndarray) -> None:
         A_t = np.asarray(A.T, dtype=B.dtype)
@@ -137,11 +159,15 @@ class ResidualOperator:
             self._kappa_source = kappa
         return self._kappa_t, np.empty((r,), dtype=dtype)
 
-    def apply(self, X: Any, kappa: Any) -> Any:
-        """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k)."""
+    def apply(self, X: Any, kappa: Any, rows: tuple[int, int] | None = None, cached: bool = False) -> Any:
+        """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k). With ``rows = (start, stop)``, X holds only those
+        rows of the problem (``stop - start``, k) and the result is theirs (kappa is a scalar, or per-entry for all
+        r rows). ``cached``: the caller applied the operator to these rows just before, so their data come from
+        cache (counted as FLOPs without memory traffic)."""
         xp = self.xp
+        start, stop = (0, self.shape[0]) if rows is None else rows
         if _work is not None:
-            self._count(kappa)
+            self._count(kappa, stop - start, cached)
         if is_numpy(xp):
             from nwb_extract.engine import cpu_kernels
 
@@ -149,17 +175,20 @@ class ResidualOperator:
             x_t = np.ascontiguousarray(X.T, dtype=self.B.dtype)
             out_t = np.empty_like(x_t)
             cpu_kernels.clipped_residual_gram(self._indptr, self._cells, self._values, x_t, self._data_t, kappa_t,
-                                              kappa_row, out_t, RESIDUAL_ROW_CHUNK)
+                                              kappa_row, out_t, start, RESIDUAL_ROW_CHUNK)
             return out_t.T
+        B = self.B if rows is None else self.B[start:stop, :]
+        if getattr(kappa, "ndim", 0) > 0 and rows is not None:
+            kappa = kappa[start:stop, ...] if kappa.shape[0] == self.shape[0] else kappa
         if is_cupy(xp):
             cupy = __import__("cupy")
-            residual = self._buffer
+            residual = self._buffer[:stop - start, :]
             cupy.matmul(X, self.A, out=residual)
-            residual -= self.B
+            residual -= B
             residual += kappa
             cupy.minimum(residual, 0.0, out=residual)
             return residual @ self._A_t
-        return xp.clip(X @ self.A - self.B + kappa, max=0.0) @ xp.matrix_transpose(self.A)
+        return xp.clip(X @ self.A - B + kappa, max=0.0) @ xp.matrix_transpose(self.A)
 
 
 def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
