@@ -87,6 +87,42 @@ def test_make_mask_equals_dilating_the_whole_image(namespace):
     assert not got[:, 3].any() and got[:, 0].any()
 
 
+def test_spatial_corruption_box_means_equal_the_whole_frame_filter(namespace):
+    """spatial_corruption filters each image on a crop around its non-zero pixels: on every non-zero pixel the 4 x 4
+    box means (offsets -1..+2, replicate padding) are those of filtering the whole frame, for cells at the four
+    edges, an interior one, an empty image and a scattered one; S_corruption follows from them by its definition
+    (the metric golden checks it against the reference)."""
+    import scipy.ndimage as ndi
+
+    from nwb_extract.engine import quality
+
+    xp, device = namespace
+    h, w = 21, 26
+    rng = np.random.default_rng(3)
+    images = np.zeros((6, h, w), np.float32)
+    images[0, 0:3, 0:4] = rng.random((3, 4))          # top-left corner
+    images[1, 18:21, 23:26] = rng.random((3, 3))      # bottom-right corner
+    images[2, 8:12, 10:14] = rng.random((4, 4))       # interior
+    images[3, 0:21, 5] = rng.random(21)               # a full column: top and bottom edges
+    images[5] = rng.random((h, w)) * (rng.random((h, w)) > 0.95)  # scattered pixels; image 4 stays empty
+    S = np.ascontiguousarray(images.reshape(6, -1).T)
+    full = np.stack([ndi.correlate(img, np.full((4, 4), 1 / 16, np.float32), mode="nearest", origin=(-1, -1))
+                     for img in images]).reshape(6, -1).T
+    got = backend.to_numpy(quality._box_means_near_support(to_xp(S, xp, device), (h, w)))
+    support = S != 0
+    np.testing.assert_array_equal(got[support], full[support])
+    corruption = backend.to_numpy(quality.spatial_corruption(to_xp(S, xp, device), (h, w)))
+    inside = S > 1e-3
+    count = inside.sum(axis=0)
+    for k in (0, 1, 2, 3, 5):
+        values = S[inside[:, k], k]
+        mean = values.mean(dtype=np.float64)
+        local = full[inside[:, k], k]
+        v_local = np.sum((values - local) ** 2 / np.maximum(local, 0.01)) / count[k]
+        v_global = np.sum((values - mean) ** 2 / max(mean, 0.01)) / count[k]
+        np.testing.assert_allclose(corruption[k], v_local / v_global, rtol=1e-4)
+
+
 def test_mask_smoothing_radius_golden(functions):
     g = functions["solve_S_admm"]
     shape = (30, 40)
