@@ -76,6 +76,20 @@ def test_gather_pixels_transposed(namespace):
         assert solver_kernels.gather_pixels_transposed(movie, pixels).flags.c_contiguous
 
 
+@pytest.mark.parametrize("frames", [1, 8, 13])
+def test_gather_pixels(namespace, frames):
+    """(n, P) movie and pixel indices -> (n, p) frames x pixels, C-contiguous in NumPy: fewer frames than, as many
+    as and more than the NumPy kernel reads side by side (not a multiple of them)."""
+    xp, device = namespace
+    rng = np.random.default_rng(frames)
+    movie = rng.standard_normal((frames, 300)).astype(np.float32)
+    pixels = np.sort(rng.choice(300, size=130, replace=False)).astype(np.int64)
+    got = solver_kernels.gather_pixels(to_xp(movie, xp, device), to_xp(pixels, xp, device))
+    np.testing.assert_array_equal(backend.to_numpy(got), movie[:, pixels])
+    if backend.is_numpy(xp):
+        assert got.flags.c_contiguous
+
+
 def test_map_in_threads_keeps_order_and_runs_side_by_side(monkeypatch):
     """Results come back in the order of the items, whatever the thread count; NumPy uses several threads."""
     import threading

@@ -100,6 +100,27 @@ def gather_transposed(movie, pixels, out):  # pragma: no cover
     return out
 
 
+#: Frames a :func:`gather_columns` pass reads side by side (several independent reads in flight: measured on the
+#: 2-core CI machine, 4-8 frames at a time gathered tile pixels in half the time of one frame at a time or of
+#: ``numpy.take``).
+GATHER_FRAMES = 8
+
+
+@_jit
+def gather_columns(movie, pixels, out):  # pragma: no cover
+    """``out[t, q] = movie[t, pixels[q]]``: columns of a C-contiguous (n, P) movie gathered into a C-contiguous
+    (n, p) array, :data:`GATHER_FRAMES` frames at a time."""
+    n = movie.shape[0]
+    p = pixels.shape[0]
+    for t0 in range(0, n, GATHER_FRAMES):
+        t1 = min(n, t0 + GATHER_FRAMES)
+        for q in range(p):
+            column = pixels[q]
+            for t in range(t0, t1):
+                out[t, q] = movie[t, column]
+    return out
+
+
 @_jit
 def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
     """Sums over the quadratic region of the single-source fit, every column at once.

@@ -6,7 +6,8 @@ function or class:
 
 * :class:`ResidualOperator`: ``min(X A - B + kappa, 0) A^T`` over the non-zeros of a sparse factor (spec §6.2);
 * :func:`quadratic_region_sums`: the single-source fit's sums over its quadratic region (spec §5.5);
-* :func:`gather_pixels_transposed`: a movie tile gathered pixel-major, as the T-step's kernel reads it;
+* :func:`gather_pixels_transposed` / :func:`gather_pixels`: a movie tile gathered pixel-major (as the T-step's
+  kernel reads it) or frame-major (the S-step's);
 * :func:`row_block`: rows per cache-sized block for solvers that iterate on independent rows;
 * :func:`map_in_threads`: independent tiles side by side on the host's cores (NumPy only);
 * :class:`WorkCount` / :func:`counting_work` / :func:`work_stage`: FLOPs and bytes of these kernels per pipeline
@@ -207,6 +208,20 @@ def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
         return cpu_kernels.gather_transposed(movie, np.asarray(pixels, dtype=np.int64), out)
     gathered = xp.matrix_transpose(xp.take(movie, pixels, axis=1))
     return __import__("cupy").ascontiguousarray(gathered) if is_cupy(xp) else gathered
+
+
+def gather_pixels(movie: Any, pixels: Any) -> Any:
+    """``movie[:, pixels]``: (n, P) frames x pixels and (p,) int indices -> (n, p). NumPy gathers a C-contiguous
+    movie in a compiled kernel that reads several frames side by side (:func:`cpu_kernels.gather_columns`); other
+    namespaces use ``take``."""
+    xp = get_namespace(movie, pixels)
+    count_work(0, 8 * pixels.shape[0] * movie.shape[0])
+    if is_numpy(xp) and movie.flags.c_contiguous:
+        from nwb_extract.engine import cpu_kernels
+
+        out = np.empty((movie.shape[0], pixels.shape[0]), dtype=movie.dtype)
+        return cpu_kernels.gather_columns(movie, np.asarray(pixels, dtype=np.int64), out)
+    return xp.take(movie, pixels, axis=1)
 
 
 def row_major(x: Any) -> Any:

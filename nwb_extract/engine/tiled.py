@@ -369,7 +369,7 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
         cells = xp.nonzero(is_cell)[0]
         mask_sub = xp.take(mask_tile, cells, axis=1)
         A = xp.take(T_thr, cells, axis=0)
-        M_tile = xp.take(Mt, pix, axis=1)  # (n, p); the solver gets it transposed (a view)
+        M_tile = solver_kernels.gather_pixels(Mt, pix)  # (n, p); the solver gets it transposed (a view)
         X0 = xp.take(xp.take(S_rows, pix, axis=0), cells, axis=1)
         A_fit, M_fit = (A, M_tile) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, M_tile, xp)
         image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub, **solver_kwargs)
