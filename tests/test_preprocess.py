@@ -348,6 +348,18 @@ def test_remove_zero_edge_pixels_golden(functions_h5):
     np.testing.assert_array_equal(cropped, movie[:, kept].reshape(movie.shape[0], rows, cols))
 
 
+def test_remove_zero_edge_pixels_sees_every_frame_chunk():
+    """The profiles are taken chunk by chunk of frames: a zero column in one late frame only (past the first chunk)
+    and a zero row in the last frame are trimmed, as the per-frame minimum over the whole movie says."""
+    n = 2 * pp.DEFAULT_CHUNK_FRAMES + 5
+    movie = np.random.default_rng(0).uniform(1.0, 2.0, (n, 150, 160)).astype(np.float32)  # enough lines that one
+    movie[pp.DEFAULT_CHUNK_FRAMES + 7, :, 0] = 0.0                                   # is > 10 std off
+    movie[n - 1, 149, :] = 0.0
+    cropped, trims = pp.remove_zero_edge_pixels(movie)
+    assert trims == (0, 2, 1, 0)
+    assert cropped.shape == (n, 148, 159)
+
+
 def test_remove_zero_edge_pixels_keeps_a_clean_movie():
     movie = _movie(shape=(3, 20, 30))
     cropped, trims = pp.remove_zero_edge_pixels(movie)

@@ -130,11 +130,14 @@ def remove_zero_edge_pixels(movie: Any) -> tuple[Any, tuple[int, int, int, int]]
         ``(top, bottom, left, right)``: rows/columns removed on each side.
     """
     xp, _ = backend.get_namespace_and_device(movie)
-    _, h, w = movie.shape
-    magnitude = xp.abs(movie)
-    col_mins = xp.min(xp.mean(magnitude, axis=1), axis=0)  # (w,)
-    row_mins = xp.min(xp.mean(magnitude, axis=2), axis=0)  # (h,)
-    del magnitude
+    n, h, w = movie.shape
+    col_mins, row_mins = None, None
+    for start in range(0, n, DEFAULT_CHUNK_FRAMES):  # frame chunks: no movie-sized |movie|; the same sums per frame
+        magnitude = xp.abs(movie[start:min(n, start + DEFAULT_CHUNK_FRAMES), ...])
+        cols = xp.min(xp.mean(magnitude, axis=1), axis=0)  # (w,)
+        rows = xp.min(xp.mean(magnitude, axis=2), axis=0)  # (h,)
+        col_mins = cols if col_mins is None else xp.minimum(col_mins, cols)
+        row_mins = rows if row_mins is None else xp.minimum(row_mins, rows)
     left, right = _problem_edges(xp, col_mins, w)
     top, bottom = _problem_edges(xp, row_mins, h)
     return movie[:, top:h - bottom, left:w - right], (top, bottom, left, right)
