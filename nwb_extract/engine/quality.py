@@ -160,22 +160,31 @@ def _max_off_diagonal(C: Any) -> Any:
     return xp.max(xp.where(eye, xp.zeros_like(C), C), axis=0)
 
 
-def trace_mixing(T: Any, S_smooth: Any) -> Any | None:
+def trace_mixing(T: Any, S_smooth: Any, smooth_corr: Any = None) -> Any | None:
     """``X = T^T corr(S_smooth)`` (n, K): each trace mixed with its spatially correlated neighbours (spec §7.4).
 
-    Returns None when a smoothed image is constant (e.g. all zero): MATLAB's ``corr`` is then NaN in that row and
-    column, the product is NaN everywhere, and the reference's trace-duplicate detection and ``T_dup_val`` are
-    silently off for every cell of that iteration (reference quirk §5 item 3; reproduced).
+    ``smooth_corr`` is :func:`smooth_correlation` of ``S_smooth`` when the caller has it. Returns None when a
+    smoothed image is constant (e.g. all zero): MATLAB's ``corr`` is then NaN in that row and column, the product
+    is NaN everywhere, and the reference's trace-duplicate detection and ``T_dup_val`` are silently off for every
+    cell of that iteration (reference quirk §5 item 3; reproduced).
     """
     xp = backend.get_namespace(T, S_smooth)
     if bool(xp.any(xp.max(S_smooth, axis=0) == xp.min(S_smooth, axis=0))):
         return None
-    corr = pearson_columns(xp.astype(S_smooth, xp.float64), xp=xp)
+    corr = smooth_correlation(S_smooth) if smooth_corr is None else smooth_corr
     return xp.astype(xp.matrix_transpose(T), xp.float64) @ corr
 
 
+def smooth_correlation(S_smooth: Any) -> Any:
+    """Pearson correlation of the smoothed images, float64 (K, K). Its float32 cast is ``pearson_columns`` of a
+    float32 ``S_smooth`` value for value (both are computed in float64 from the same values)."""
+    xp = backend.get_namespace(S_smooth)
+    return pearson_columns(xp.astype(S_smooth, xp.float64), xp=xp)
+
+
 def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int], *,
-                    mixing: Any | None = None, st: spatiotemporal.SpatioTemporalInputs | None = None) -> Any:
+                    mixing: Any | None = None, smooth_corr: Any | None = None,
+                    st: spatiotemporal.SpatioTemporalInputs | None = None) -> Any:
     """The 30 metrics of §7.2 for every cell, rows in :data:`METRIC_NAMES` order; NaN set to 0.
 
     Parameters
@@ -183,6 +192,7 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
     S : array (P, K) float32 — images; S_smooth : array (P, K) — smoothed images (normalised);
     T : array (K, n) float32 — traces; frame_shape : (h, w).
     mixing : array (n, K), optional — :func:`trace_mixing` when the caller has it (None: computed here).
+    smooth_corr : array (K, K), optional — :func:`smooth_correlation` when the caller has it (None: computed here).
     st : :class:`~nwb_extract.engine.spatiotemporal.SpatioTemporalInputs`, optional — when given, the 18 ST rows
         are computed (:func:`~nwb_extract.engine.spatiotemporal.spatiotemporal_metrics`); else they are 1 (the
         disabled value).
@@ -193,8 +203,10 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
     """
     xp, device = backend.get_namespace_and_device(S, S_smooth, T)
     K = S.shape[1]
+    if smooth_corr is None:
+        smooth_corr = smooth_correlation(S_smooth)
     if mixing is None:
-        mixing = trace_mixing(T, S_smooth)
+        mixing = trace_mixing(T, S_smooth, smooth_corr)
     eccent, circularity = shape_metrics(S, frame_shape)
     median3 = backend.median_filter(T, (1, 3), mode="constant")
     rows = {
@@ -205,7 +217,7 @@ def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int],
         "S_smooth_area_1": cell_area(S_smooth, 0.2),
         "S_area_2": cell_area(S),
         "S_smooth_area_2": cell_area(S_smooth),
-        "S_max_corr": _max_off_diagonal(pearson_columns(S_smooth, xp=xp)),
+        "S_max_corr": _max_off_diagonal(xp.astype(smooth_corr, S_smooth.dtype)),
         "S_corruption": spatial_corruption(S, frame_shape),
         "S_eccent": eccent,
         "S_circularity": circularity,
@@ -325,8 +337,10 @@ def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int]
                          "low_ST_index_thresh to -1")
     xp, device = backend.get_namespace_and_device(S, S_smooth, T)
     K = S.shape[1]
-    mixing = trace_mixing(T, S_smooth)
-    metrics = quality_metrics(S, S_smooth, T, frame_shape, mixing=mixing, st=st if check_st else None)
+    smooth_corr = smooth_correlation(S_smooth)
+    mixing = trace_mixing(T, S_smooth, smooth_corr)
+    metrics = quality_metrics(S, S_smooth, T, frame_shape, mixing=mixing, smooth_corr=smooth_corr,
+                              st=st if check_st else None)
     row = {name: metrics[i, :] for i, name in enumerate(METRIC_NAMES)}
     t_groups: list[tuple[int, ...]] = []
     if mixing is not None:
