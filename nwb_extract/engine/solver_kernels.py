@@ -16,6 +16,7 @@ function or class:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -149,12 +150,18 @@ class ResidualOperator:
         self._values = np.ascontiguousarray(A_t[columns, cells])
         self._data_t = np.ascontiguousarray(B.T)  # a view when B is F-contiguous
         self._kappa_source: Any = None  # the per-entry kappa whose transposed copy _kappa_t holds
+        self._kappa_value = math.nan  # the scalar kappa _kappa_row holds
+        self._no_kappa_t = np.empty((0, B.shape[0]), dtype=B.dtype)
 
     def _numpy_kappa(self, kappa: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array."""
+        """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array, a
+        scalar one filled into a row once per new value."""
         dtype, r = self.B.dtype, self.B.shape[0]
         if getattr(kappa, "ndim", 0) == 0:
-            return np.empty((0, r), dtype=dtype), np.full((r,), float(kappa), dtype=dtype)
+            if float(kappa) != self._kappa_value:
+                self._kappa_value = float(kappa)
+                self._kappa_row = np.full((r,), self._kappa_value, dtype=dtype)
+            return self._no_kappa_t, self._kappa_row
         if kappa is not self._kappa_source:
             self._kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=dtype)
             self._kappa_source = kappa
