@@ -84,12 +84,13 @@ RESIDUAL_ROW_CHUNK = 16384
 
 #: Data bytes of one row block of the fixed-kappa solvers (:func:`row_block`): small enough that a block of B stays
 #: in the L3 cache share of one core of the 2-core CI machine (32 MiB shared) while the solver iterates on it.
-#: Measured there on S-step tiles (about 6000 pixels x 1300 frames, 2.2-2.5 cells per frame) in 2026-12 (session
-#: 5): 0.35-0.48 ns per element with 512-1024-row blocks (2.7-5.3 MiB), against 0.61-0.91 streaming the whole tile
-#: each iteration, and 0.6-0.77 with 64-128-row blocks (per-column overhead).
 ROW_BLOCK_BYTES = 4 * 2**20
-#: Fewest rows in a row block (below this the kernel's per-column overhead dominates).
-MIN_ROW_BLOCK = 256
+#: Fewest rows in a row block: the kernel has a fixed cost per column and block, which short blocks of wide data
+#: (a T-step tile of 1500 frames x 3100 pixels) pay more often than the cache saves them.
+#: Measured on the 2-core CI machine (session 5, shared with other jobs), one solve of 51 iterations each, against
+#: one block of all rows: S-step tiles of 2800-6000 pixels x 1400-2600 frames 1.2-1.5x faster with blocks of
+#: 4 MiB and at least 768 rows, a 3000 x 1100 T-step tile 1.1x, the 1500 x 3100 one 1.15x (0.85x with 256 rows).
+MIN_ROW_BLOCK = 768
 
 
 def row_block(xp: Any, rows: int, columns: int, itemsize: int = 4) -> int:
