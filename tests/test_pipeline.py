@@ -279,15 +279,24 @@ def test_result_repr_is_one_short_line(small_result):
 
 
 @pytest.mark.parametrize("chunk", [7, 30, 1000])
-def test_block_reads_in_chunks_equal_the_stored_frames(tmp_path, namespace, chunk):
-    # a lazy source is read chunk by chunk straight into the block (any chunk size gives the same block)
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "float64"])
+def test_block_reads_in_chunks_equal_the_stored_frames(tmp_path, namespace, chunk, dtype):
+    """A lazy source is read chunk by chunk straight into the block (any chunk size gives the same block): HDF5
+    converts uint16 and float32 while reading into it (h5py read_direct), float64 goes through NumPy; the whole
+    field of view, one partition of a 2 x 2 grid, and a frame range of an NWB-style (FrameBlockReader) source."""
     from nwb_extract.engine import backend, partition, pipeline
+    from nwb_extract.io.movie import FrameBlockReader
 
     xp, device = namespace
-    frames = np.random.default_rng(7).integers(0, 4000, size=(30, 12, 10)).astype(np.uint16)
+    frames = (np.random.default_rng(7).integers(0, 4000, size=(30, 12, 10)) * 1.25).astype(dtype)
     with h5py.File(tmp_path / "movie.h5", "w") as f:
         f["movie"] = frames
-    [block] = partition.partition_blocks((12, 10), 1, 1, 0)
+    [whole] = partition.partition_blocks((12, 10), 1, 1, 0)
+    corner = partition.partition_blocks((12, 10), 2, 2, 1)[3]
     with h5py.File(tmp_path / "movie.h5", "r") as f:
-        Y = pipeline._read_block(f["movie"], 25, block, xp=xp, device=device, chunk=chunk)
-    np.testing.assert_array_equal(backend.to_numpy(Y), frames[:25].astype(np.float32))
+        for block, source, expected in ((whole, f["movie"], frames[:25]),
+                                        (corner, f["movie"], frames[:25][(slice(None), *corner.slices)]),
+                                        (corner, FrameBlockReader(f["movie"], 3, 30),
+                                         frames[3:28][(slice(None), *corner.slices)])):
+            Y = pipeline._read_block(source, 25, block, xp=xp, device=device, chunk=chunk)
+            np.testing.assert_array_equal(backend.to_numpy(Y), expected.astype(np.float32))

@@ -503,6 +503,21 @@ def read_float32(source: Any, index: tuple[slice, ...], xp: Any, device: Any = N
     return from_numpy(np.asarray(source[index], dtype=np.float32), xp, device)
 
 
+#: Stored dtypes that HDF5 converts to float32 exactly while reading (:func:`read_float32_into`).
+_EXACT_IN_FLOAT32 = frozenset(np.dtype(t) for t in ("float32", "uint8", "int8", "uint16", "int16"))
+
+
+def read_float32_into(source: Any, index: tuple[slice, ...], out: Any) -> bool:
+    """Read ``source[index]`` straight into ``out`` (a C-contiguous float32 NumPy array of that shape) when the
+    source reads directly into memory (h5py's ``read_direct``: HDF5 converts while reading, no intermediate array)
+    and its dtype converts to float32 exactly. Returns False, having read nothing, otherwise."""
+    if not (isinstance(out, np.ndarray) and hasattr(source, "read_direct")
+            and np.dtype(getattr(source, "dtype", None)) in _EXACT_IN_FLOAT32):
+        return False
+    source.read_direct(out, source_sel=index)
+    return True
+
+
 def synchronize(xp: Any, device: Any = None) -> None:
     """Wait until the work queued on ``device`` has finished (CuPy: the current device when None), so that a clock
     read afterwards counts it. NumPy and other host namespaces compute eagerly: a no-op."""

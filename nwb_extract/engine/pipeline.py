@@ -131,16 +131,13 @@ def _read_block(movie: Any, n_frames: int, block: partition.Block, *, xp: Any, d
         Y = xp.astype(movie[:n_frames, rows, cols], xp.float32)
         progress("read", n_frames, n_frames, unit="frames")
         return Y
-    Y = None
+    # chunks go straight into the block (HDF5 reads into it without an intermediate array where it can)
+    Y = xp.empty((n_frames, *block.shape), dtype=xp.float32, device=device)
     for t0 in range(0, n_frames, chunk):
         t1 = min(t0 + chunk, n_frames)
-        part = backend.read_float32(movie, (slice(t0, t1), rows, cols), xp, device)
-        if t1 - t0 == n_frames:  # read in one go
-            Y = part
-        else:  # chunks go straight into the block: no list of chunks and no concatenated second copy
-            if Y is None:
-                Y = xp.empty((n_frames, *part.shape[1:]), dtype=xp.float32, device=device)
-            Y[t0:t1, ...] = part
+        index = (slice(t0, t1), rows, cols)
+        if not backend.read_float32_into(movie, index, Y[t0:t1, ...]):
+            Y[t0:t1, ...] = backend.read_float32(movie, index, xp, device)
         progress("read", t1, n_frames, unit="frames")
     return Y
 

@@ -77,6 +77,17 @@ class FrameBlockReader:
             stored = self._start + index % n_frames
         return np.asarray(self._dataset[stored, rows, cols])
 
+    def read_direct(self, dest: np.ndarray, source_sel: Any) -> None:
+        """``dest[...] = self[source_sel]``, read by HDF5 straight into ``dest`` (converted to its dtype) when the
+        series is an h5py dataset; frames must be a slice."""
+        frames, rows, cols = _expand_key(source_sel)
+        first, last, step = frames.indices(self.shape[0])
+        stored = (slice(self._start + first, self._start + max(last, first), step), rows, cols)
+        if hasattr(self._dataset, "read_direct"):
+            self._dataset.read_direct(dest, source_sel=stored)
+        else:
+            dest[...] = np.asarray(self._dataset[stored], dtype=dest.dtype)
+
     def __repr__(self) -> str:
         return f"FrameBlockReader(frames {self._start}:{self._stop}, shape={self.shape}, dtype={self.dtype})"
 
