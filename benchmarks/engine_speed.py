@@ -11,7 +11,8 @@ Usage::
 Every run of a simulated movie also prints a roofline per stage: the floating-point operations and the least memory
 traffic of the movie-sized kernels (counted from their shapes by ``solver_kernels.counting_work``: the residual step of the
 robust solvers, the single-source fits' region sums, the tile gathers), the achieved GFLOP/s and GB/s, and their
-fractions of this machine's peaks, measured in the same run (float32 matrix product; a large array copy).
+fractions of this machine's peaks, measured in the same run (float32 matrix product; a large array copy; a
+cache-sized copy for the data the fixed-kappa solvers' row blocks read again from cache).
 
 Peak memory is the peak resident set size of a fresh process that runs EXTRACT on the movie stored as HDF5 (read
 lazily), reported against the float32 size of the movie. It is read from ``VmHWM`` in ``/proc/self/status``: on
@@ -46,8 +47,10 @@ PEAK_RSS_SOURCE = (
 
 
 def measure_peaks(repeats: int = 5) -> dict:
-    """This machine's float32 matrix-product throughput (GFLOP/s, 2048^3 NumPy matmul with its default BLAS threads)
-    and memory bandwidth (GB/s, read + write of a 256 MB copy), best of ``repeats``."""
+    """This machine's float32 matrix-product throughput (GFLOP/s, 2048^3 NumPy matmul with its default BLAS threads),
+    memory bandwidth (GB/s, read + write of a 256 MB copy) and cache bandwidth (GB/s, read + write of a 2 MiB copy
+    repeated in place: the size of the fixed-kappa solvers' row blocks, which they read from cache), best of
+    ``repeats``."""
     n = 2048
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     out = np.empty_like(a)
@@ -55,7 +58,11 @@ def measure_peaks(repeats: int = 5) -> dict:
     src = np.ones(64 * 1024 * 1024, dtype=np.float32)
     dst = np.empty_like(src)
     best_copy = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
-    return {"sgemm_gflops": round(2 * n ** 3 / best_mm / 1e9, 1), "memory_gbs": round(2 * src.nbytes / best_copy / 1e9, 1)}
+    small, small_out = np.ones(512 * 1024, dtype=np.float32), np.empty(512 * 1024, dtype=np.float32)
+    passes = 200
+    best_cache = min(_timed(lambda: [np.copyto(small_out, small) for _ in range(passes)]) for _ in range(repeats))
+    return {"sgemm_gflops": round(2 * n ** 3 / best_mm / 1e9, 1), "memory_gbs": round(2 * src.nbytes / best_copy / 1e9, 1),
+            "cache_gbs": round(2 * small.nbytes * passes / best_cache / 1e9, 1)}
 
 
 def _timed(func) -> float:
@@ -65,17 +72,21 @@ def _timed(func) -> float:
 
 
 def roofline(stage_seconds: dict, work: dict, peaks: dict) -> list[dict]:
-    """Per stage: counted GFLOP and GB, achieved GFLOP/s and GB/s, and the fractions of the machine's peaks."""
+    """Per stage: counted GFLOP, GB from memory and GB from cache, achieved GFLOP/s and GB/s of each, and their
+    fractions of the machine's peaks."""
     rows = []
     for stage, seconds in stage_seconds.items():
         if stage == "total" or seconds <= 0:
             continue
-        flops, nbytes = work.get(stage, (0.0, 0.0))
-        gflops, gbs = flops / seconds / 1e9, nbytes / seconds / 1e9
+        flops, nbytes, cache_bytes = (list(work.get(stage, ())) + [0.0, 0.0, 0.0])[:3]
+        gflops, gbs, cache_gbs = flops / seconds / 1e9, nbytes / seconds / 1e9, cache_bytes / seconds / 1e9
         rows.append({"stage": stage, "seconds": round(seconds, 2), "gflop": round(flops / 1e9, 2),
-                     "gb": round(nbytes / 1e9, 2), "gflop_per_s": round(gflops, 2), "gb_per_s": round(gbs, 2),
+                     "gb": round(nbytes / 1e9, 2), "cache_gb": round(cache_bytes / 1e9, 2),
+                     "gflop_per_s": round(gflops, 2), "gb_per_s": round(gbs, 2),
+                     "cache_gb_per_s": round(cache_gbs, 2),
                      "of_sgemm_peak": round(gflops / peaks["sgemm_gflops"], 3),
-                     "of_bandwidth_peak": round(gbs / peaks["memory_gbs"], 3)})
+                     "of_bandwidth_peak": round(gbs / peaks["memory_gbs"], 3),
+                     "of_cache_peak": round(cache_gbs / peaks["cache_gbs"], 3)})
     return rows
 
 

@@ -32,9 +32,10 @@ class WorkCount:
     """Arithmetic and memory traffic of the movie-sized kernels, counted from their shapes while
     :func:`counting_work` is active (for the benchmark's roofline; costs nothing otherwise).
 
-    ``stages`` maps a stage name (set by the pipeline through :func:`work_stage`) to ``[flops, bytes]``: floating-point
-    operations (a multiply-add counts 2) and the least memory traffic the kernels need (each movie element read once
-    per call, plus a per-entry kappa), in bytes.
+    ``stages`` maps a stage name (set by the pipeline through :func:`work_stage`) to ``[flops, bytes, cache_bytes]``:
+    floating-point operations (a multiply-add counts 2), the least memory traffic the kernels need (each movie
+    element read once per call, plus a per-entry kappa), in bytes, and the data the kernels read again from cache
+    (the row blocks of the fixed-kappa solvers after their first iteration), in bytes.
     """
 
     def __init__(self) -> None:
@@ -42,11 +43,12 @@ class WorkCount:
         self.stage = "other"
         self._lock = threading.Lock()
 
-    def add(self, flops: float, nbytes: float) -> None:
+    def add(self, flops: float, nbytes: float, cache_bytes: float = 0.0) -> None:
         with self._lock:
-            totals = self.stages.setdefault(self.stage, [0.0, 0.0])
+            totals = self.stages.setdefault(self.stage, [0.0, 0.0, 0.0])
             totals[0] += flops
             totals[1] += nbytes
+            totals[2] += cache_bytes
 
 
 _work: WorkCount | None = None
@@ -69,10 +71,10 @@ def work_stage(name: str) -> None:
         _work.stage = name
 
 
-def count_work(flops: float, nbytes: float) -> None:
+def count_work(flops: float, nbytes: float, cache_bytes: float = 0.0) -> None:
     """Add one kernel call's work to the active :class:`WorkCount` (nothing when counting is off)."""
     if _work is not None:
-        _work.add(flops, nbytes)
+        _work.add(flops, nbytes, cache_bytes)
 
 
 #: Rows of the data the NumPy residual kernel takes at a time. Long contiguous runs of the data matter more than
@@ -135,13 +137,14 @@ class ResidualOperator:
     def _count(self, kappa: Any, r: int, cached: bool) -> None:
         """Work of one application to r rows on the non-zeros of A (the NumPy kernel's; the dense paths do more):
         two products over the non-zeros and three operations per used column and row; B's rows (and a per-entry
-        kappa) read once from memory unless ``cached``."""
+        kappa) read once, from memory, or from cache when ``cached``."""
         if self._nonzeros is None:
             A = to_numpy(self.A)
             self._nonzeros = int(np.count_nonzero(A)), int(np.count_nonzero(np.any(A != 0, axis=0)))
         nnz, used = self._nonzeros
         per_entry = getattr(kappa, "ndim", 0) > 0
-        count_work((4 * nnz + 3 * used) * r, 0 if cached else 4 * used * r * (2 if per_entry else 1))
+        data = 4 * used * r * (2 if per_entry else 1)
+        count_work((4 * nnz + 3 * used) * r, 0 if cached else data, data if cached else 0)
 
     def _prepare_numpy(self, A: np.ndarray, B: np.ndarray) -> None:
         A_t = np.asarray(A.T, dtype=B.dtype)
