@@ -341,7 +341,7 @@ def largest_component_shape(masks: Any) -> tuple[Any, Any, Any, Any]:
     import scipy.ndimage as ndi
 
     xp, device = get_namespace_and_device(masks)
-    host = np.asarray(to_numpy(masks), dtype=bool)
+    host = np.ascontiguousarray(to_numpy(masks), dtype=bool)  # each image contiguous (a stack may be a transposed view)
     out = np.full((4, host.shape[0]), np.nan)
     for k, full in enumerate(host):
         rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
