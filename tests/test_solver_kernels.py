@@ -109,6 +109,32 @@ def test_map_in_threads_keeps_order_and_runs_side_by_side(monkeypatch):
         assert len(seen) <= threads
 
 
+def test_map_in_threads_starts_the_largest_items_first(monkeypatch):
+    """With sizes, the items start largest first (one thread: in order, as before) and the results come back in the
+    order of the items."""
+    import threading
+    import time
+
+    xp = array_api_compat.array_namespace(np.empty(0))
+    started, lock = [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.05)  # both threads busy before either takes a third item
+        return i * 10
+
+    sizes = [3, 9, 1, 7, 5]
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    assert solver_kernels.map_in_threads(work, list(range(5)), xp, sizes) == [0, 10, 20, 30, 40]
+    assert sorted(started[:2]) == [1, 3]  # the two largest start first
+    assert sorted(started) == [0, 1, 2, 3, 4]
+    started.clear()
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 1)
+    assert solver_kernels.map_in_threads(work, list(range(5)), xp, sizes) == [0, 10, 20, 30, 40]
+    assert started == [0, 1, 2, 3, 4]
+
+
 def test_single_threaded_blas_limits_and_restores():
     """Inside the block NumPy's BLAS runs one thread; after it, the machine's setting is back."""
     from threadpoolctl import threadpool_info

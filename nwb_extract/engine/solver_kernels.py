@@ -294,14 +294,17 @@ def single_threaded_blas(xp: Any) -> Iterator[None]:
         yield
 
 
-def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any) -> list:
+def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any, sizes: list[float] | None = None) -> list:
     """``[func(item) for item in items]``, results in order. NumPy runs the items on :func:`host_threads` threads
     with single-threaded BLAS (the compiled kernels and large NumPy operations release the GIL; each item's
-    arithmetic is the same as in turn, so results do not depend on the thread count); other namespaces run them in
-    turn."""
+    arithmetic is the same as in turn, so results do not depend on the thread count), the largest of ``sizes``
+    (work per item, any unit) first, so that no big item is left to run alone at the end; other namespaces run
+    them in turn."""
     workers = min(host_threads(), len(items)) if is_numpy(xp) else 1
     with single_threaded_blas(xp):
         if workers <= 1:
             return [func(item) for item in items]
+        order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else range(len(items))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(func, items))
+            futures = {i: pool.submit(func, items[i]) for i in order}
+            return [futures[i].result() for i in range(len(items))]

@@ -213,7 +213,9 @@ def _t_step(T: Any, S: Any, Mt: Any, kappa: float, n_iter: int, solve: Callable,
         return is_cell, fits
 
     # tiles are fitted independently (side by side on the host's cores) and accumulated in the reference's order
-    for tile in solver_kernels.map_in_threads(fit_tile, list(_tile_pixel_sets(union, frame_shape, tiles, xp)), xp):
+    pixel_sets = list(_tile_pixel_sets(union, frame_shape, tiles, xp))
+    sizes = [pix.shape[0] for pix in pixel_sets]  # a tile's work grows with its pixels
+    for tile in solver_kernels.map_in_threads(fit_tile, pixel_sets, xp, sizes):
         if tile is None:
             continue
         is_cell, fits = tile
@@ -382,7 +384,7 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     # tiles are fitted independently (side by side on the host's cores) and collected in the reference's order
     pixel_sets = list(_tile_pixel_sets(union, frame_shape, tiles, xp))
     for pix, (is_cell, image, surround, on_image, on_surround) in zip(
-            pixel_sets, solver_kernels.map_in_threads(fit_tile, pixel_sets, xp)):
+            pixel_sets, solver_kernels.map_in_threads(fit_tile, pixel_sets, xp, [pix.shape[0] for pix in pixel_sets])):
         slots = _slots(is_cell, xp)
         corr_in = corr_in + _spread(on_image, slots, 0, xp, device)
         corr_out = corr_out + _spread(on_surround, slots, 0, xp, device)
