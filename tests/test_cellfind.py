@@ -403,13 +403,16 @@ def test_seed_ties_break_in_column_major_order():
     assert divmod(seeds.column_major_argmax(image), 4) == (1, 0)
 
 
-def test_box_columns_gathers_what_the_box_copy_gives(namespace):
-    # cell finding reads a support's pixels straight from the frames instead of copying its box first
+def test_pixel_major_windows_give_what_the_frame_major_box_gives(namespace):
+    # cell finding keeps its movie pixel-major (h, w, n); a support's traces and a box's frames read from it must be
+    # the values the frame-major (n, h, w) movie holds
     xp, device = namespace
     movie = np.random.default_rng(5).standard_normal((6, 9, 11)).astype(np.float32)
     box = (2, 7, 3, 10)  # rows 2..6, cols 3..9
     columns = np.array([0, 1, 8, 13, 20, 34], dtype=np.int64)  # row-major positions inside the 5 x 7 box
-    Y = to_xp(movie, xp, device)
-    got = backend.to_numpy(seeds.box_columns(Y, box, to_xp(columns, xp, device)))
-    expected = movie[:, 2:7, 3:10].reshape(6, -1)[:, columns]
-    np.testing.assert_array_equal(got, expected)
+    Yt = seeds.pixel_major(to_xp(movie.reshape(6, -1), xp, device), (9, 11))
+    np.testing.assert_array_equal(backend.to_numpy(Yt), movie.transpose(1, 2, 0))
+    rows = backend.to_numpy(seeds.support_rows(Yt, box, to_xp(columns, xp, device)))
+    np.testing.assert_array_equal(rows, movie[:, 2:7, 3:10].reshape(6, -1)[:, columns].T)
+    frames = backend.to_numpy(seeds.box_frames(Yt, box))
+    np.testing.assert_array_equal(frames, movie[:, 2:7, 3:10].reshape(6, -1))
