@@ -153,7 +153,7 @@ def summary_stack_on_movie(Yt: Any, spread: int = SUMMARY_SPREAD) -> SummaryStac
     """:func:`summary_stack` of the pixel-major movie ``Yt`` (h, w, n)."""
     h, w, _ = Yt.shape
     peak = _peak_frames(Yt)
-    return SummaryStack(image=_window_means(Yt, peak, (0, h, 0, w), spread), peak_frame=peak)
+    return SummaryStack(image=solver_kernels.summary_window_means(Yt, peak, (0, h, 0, w), spread), peak_frame=peak)
 
 
 def update_summary_stack(Mt: Any, frame_shape: tuple[int, int], stack: SummaryStack, changed: Any,
@@ -200,38 +200,8 @@ def refresh_summary(Yt: Any, image: Any, peak: Any, changed: Any, spread: int) -
     a0, a1, b0, b1 = bounding_box(changed, margin=spread)
     window = xp.ones((2 * spread + 1, 2 * spread + 1), dtype=xp.bool, device=changed.device)
     affected = morphology.dilate(changed[a0:a1, b0:b1], window)
-    values = _window_means(Yt, peak, (a0, a1, b0, b1), spread)
+    values = solver_kernels.summary_window_means(Yt, peak, (a0, a1, b0, b1), spread)
     image[a0:a1, b0:b1] = xp.where(affected, values, image[a0:a1, b0:b1])
-
-
-def _window_means(Yt: Any, peak: Any, box: tuple[int, int, int, int], spread: int) -> Any:
-    """Summary values (float32 (r1-r0, c1-c0)) of the pixels of ``box``: for each pixel p, the mean over the other
-    pixels q of its clipped window of ``Yt[q, peak[p]]``. One gather per window offset from the flat movie."""
-    xp = backend.get_namespace(Yt)
-    device = Yt.device
-    h, w, n = Yt.shape
-    r0, r1, c0, c1 = box
-    flat = xp.reshape(Yt, (-1,))
-    frame = peak[r0:r1, c0:c1]
-    rows = xp.arange(r0, r1, dtype=xp.int64, device=device)[:, None]
-    cols = xp.arange(c0, c1, dtype=xp.int64, device=device)[None, :]
-    total = xp.zeros((r1 - r0, c1 - c0), dtype=xp.float32, device=device)
-    count = xp.zeros((r1 - r0, c1 - c0), dtype=xp.float32, device=device)
-    zero = xp.zeros((), dtype=xp.float32, device=device)
-    for dy in range(-spread, spread + 1):
-        r = rows + dy
-        row_ok = (r >= 0) & (r < h)
-        row_base = xp.clip(r, min=0, max=h - 1) * w
-        for dx in range(-spread, spread + 1):
-            if dy == 0 and dx == 0:
-                continue
-            c = cols + dx
-            ok = row_ok & (c >= 0) & (c < w)
-            index = (row_base + xp.clip(c, min=0, max=w - 1)) * n + frame
-            values = xp.reshape(xp.take(flat, xp.reshape(index, (-1,))), index.shape)
-            total = total + xp.where(ok, values, zero)
-            count = count + xp.astype(ok, xp.float32)
-    return total / count
 
 
 # ----------------------------------------------------------------------------------------------------------------

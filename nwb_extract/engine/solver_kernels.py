@@ -7,6 +7,8 @@ function or class:
 * :class:`ResidualOperator`: ``min(X A - B + kappa, 0) A^T`` over the non-zeros of a sparse factor (spec §6.2);
 * :func:`quadratic_region_sums`: the single-source fit's sums over its quadratic region (spec §5.5);
 * :func:`gather_pixels_transposed`: a movie tile gathered pixel-major, as the T-step's kernel reads it;
+* :func:`summary_window_means`: cell finding's summary values of a box of pixels (spec §5.2), on its pixel-major
+  movie;
 * :func:`map_in_threads`: independent tiles side by side on the host's cores (NumPy only);
 * :class:`WorkCount` / :func:`counting_work` / :func:`work_stage`: FLOPs and bytes of these kernels per pipeline
   stage, counted from their shapes, for the benchmark's roofline.
@@ -209,6 +211,47 @@ def quadratic_region_sums(a: Any, B: Any, x: Any, threshold: Any) -> tuple[Any, 
     profiles = xp.stack([a, a * a], axis=0)
     on_quadratic = profiles @ quadratic
     return (a[None, :] @ (B * quadratic))[0, :], on_quadratic[0, :], on_quadratic[1, :]
+
+
+def summary_window_means(Yt: Any, peak: Any, box: tuple[int, int, int, int], spread: int) -> Any:
+    """Summary values of the pixels of ``box`` (spec §5.2): for each pixel p, the mean over the other pixels q of its
+    ``(2 spread + 1)^2`` window, clipped at the frame, of the movie at q in p's peak frame, ``Yt[q, peak[p]]``.
+
+    Yt (h, w, n) float32, pixel-major; peak (h, w) int64; box ``(r0, r1, c0, c1)`` (stop exclusive). Returns float32
+    (r1 - r0, c1 - c0). NumPy runs a compiled loop over the box (Yt C-contiguous); other namespaces one gather per
+    window offset from the flat movie. Both add in float32 in the same order, so the values are identical.
+    """
+    xp = get_namespace(Yt, peak)
+    h, w, n = Yt.shape
+    r0, r1, c0, c1 = box
+    if is_numpy(xp) and Yt.flags.c_contiguous:
+        from nwb_extract.engine import cpu_kernels
+
+        out = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
+        return cpu_kernels.summary_window_means(Yt.reshape(h * w, n), np.ascontiguousarray(peak, dtype=np.int64), w,
+                                                r0, r1, c0, c1, spread, out)
+    device = Yt.device
+    flat = xp.reshape(Yt, (-1,))
+    frame = peak[r0:r1, c0:c1]
+    rows = xp.arange(r0, r1, dtype=xp.int64, device=device)[:, None]
+    cols = xp.arange(c0, c1, dtype=xp.int64, device=device)[None, :]
+    total = xp.zeros((r1 - r0, c1 - c0), dtype=xp.float32, device=device)
+    count = xp.zeros((r1 - r0, c1 - c0), dtype=xp.float32, device=device)
+    zero = xp.zeros((), dtype=xp.float32, device=device)
+    for dy in range(-spread, spread + 1):
+        r = rows + dy
+        row_ok = (r >= 0) & (r < h)
+        row_base = xp.clip(r, min=0, max=h - 1) * w
+        for dx in range(-spread, spread + 1):
+            if dy == 0 and dx == 0:
+                continue
+            c = cols + dx
+            ok = row_ok & (c >= 0) & (c < w)
+            index = (row_base + xp.clip(c, min=0, max=w - 1)) * n + frame
+            values = xp.reshape(xp.take(flat, xp.reshape(index, (-1,))), index.shape)
+            total = total + xp.where(ok, values, zero)
+            count = count + xp.astype(ok, xp.float32)
+    return total / count
 
 
 def host_threads() -> int:
