@@ -346,6 +346,26 @@ def test_find_cells_gaussian_init_and_no_filter_keep_input():
     assert res.n_cells == 2
 
 
+@pytest.mark.parametrize("filter_type", preprocess.FILTER_TYPES)
+def test_cellfind_copy_is_the_filtered_movie_pixel_major(filter_type):
+    # the copy is filtered a block of frames at a time (frame-by-frame filters) or as a whole: either way exactly the
+    # values of the whole movie filtered at once, transposed; the input is left as it was
+    movie = np.random.default_rng(3).standard_normal((70, 21, 18)).astype(np.float32)  # 3 blocks of frames
+    before = movie.copy()
+    cfg = ExtractConfig(avg_cell_radius=4, cellfind_filter_type=filter_type).resolved()
+    settings = CellFindSettings.from_config(cfg)
+    copy = cellfind._cellfind_copy(movie, settings, 4.0)
+    whole = preprocess.cellfind_filter(
+        before, filter_type, 4.0, spatial_lowpass_cutoff=settings.filter_lowpass_cutoff,
+        cellfind_spatial_highpass_cutoff=settings.filter_highpass_cutoff,
+        smoothing_ratio_x2y=settings.filter_smoothing_ratio,
+        moving_radius_spatial=settings.filter_moving_radius_spatial,
+        moving_radius_temporal=settings.filter_moving_radius_temporal, filter_sigma=settings.filter_sigma)
+    assert copy.shape == (21, 18, 70) and copy.flags.c_contiguous
+    np.testing.assert_array_equal(copy, np.asarray(whole).transpose(1, 2, 0))
+    np.testing.assert_array_equal(movie, before)
+
+
 def test_find_cells_max_steps_stop():
     movie, _ = _synthetic_movie([(9, 10), (22, 26)])
     settings = CellFindSettings.from_config(ExtractConfig(avg_cell_radius=4, cellfind_max_steps=1).resolved())

@@ -76,6 +76,17 @@ def test_gather_pixels_transposed(namespace):
         assert solver_kernels.gather_pixels_transposed(movie, pixels).flags.c_contiguous
 
 
+def test_write_pixel_major_transposes_a_block_of_frames_in_place(namespace):
+    """Blocks of frames written at their frame offsets fill the pixel-major movie; pixel blocks of the NumPy kernel
+    crossed (more pixels than one block) and a last block shorter than the others."""
+    xp, device = namespace
+    movie = np.random.default_rng(4).standard_normal((11, 9, 13)).astype(np.float32)  # 117 pixels
+    Yt = xp.zeros((9, 13, 11), dtype=xp.float32, device=device)
+    for start in (0, 4, 8):
+        solver_kernels.write_pixel_major(Yt, to_xp(movie[start:start + 4], xp, device), start)
+    np.testing.assert_array_equal(backend.to_numpy(Yt), movie.transpose(1, 2, 0))
+
+
 @pytest.mark.parametrize("box", [(0, 9, 0, 11), (3, 7, 2, 6), (0, 1, 10, 11)])
 def test_summary_window_means_are_the_window_mean_at_each_peak_frame(namespace, box):
     """Cell finding's summary values of a box (whole frame, inside, a corner pixel): every namespace gives exactly

@@ -348,7 +348,7 @@ def _cellfind_copy(Y: Any, settings: CellFindSettings, radius: float) -> Any:
     for start in range(0, n, COPY_CHUNK_FRAMES):
         stop = min(n, start + COPY_CHUNK_FRAMES)
         block = filtered(Y[start:stop, ...]) if by_frame else whole[start:stop, ...]
-        work[:, :, start:stop] = xp.permute_dims(block, (1, 2, 0))
+        solver_kernels.write_pixel_major(work, block, start)
     return work
 
 

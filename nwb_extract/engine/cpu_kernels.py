@@ -99,6 +99,21 @@ def gather_transposed(movie, pixels, out):  # pragma: no cover
 
 
 @_jit
+def frames_into_pixel_major(frames, out, start):  # pragma: no cover
+    """``out[p, start + t] = frames[t, p]``: a block of c frames (c, P) C-contiguous written transposed into frames
+    ``start .. start + c`` of the pixel-major movie out (P, n), C-contiguous. Blocks of :data:`TRANSPOSE_BLOCK` pixels:
+    each frame's slice of the block is read contiguously while the block's rows of ``out`` stay in cache."""
+    c, n_pixels = frames.shape
+    for p0 in range(0, n_pixels, TRANSPOSE_BLOCK):
+        p1 = min(n_pixels, p0 + TRANSPOSE_BLOCK)
+        for t in range(c):
+            row = frames[t]
+            for p in range(p0, p1):
+                out[p, start + t] = row[p]
+    return out
+
+
+@_jit
 def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
     """Sums over the quadratic region of the single-source fit, every column at once.
 
