@@ -16,6 +16,7 @@ alternation (spec §12), as contiguous traces; the per-alternation changes are s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -85,23 +86,27 @@ def _scatter_to_mask(values: Any, mask_flat: Any) -> Any:
 
 @dataclass(frozen=True)
 class _Support:
-    """A support: its box, its mask inside the box (flat, row-major) and the movie on it, ``B`` ``(p, n)`` and
-    ``Bt`` ``(n, p)``, each with contiguous rows (the trace fit reads pixels, the image fit gathers frames)."""
+    """A support: its box, its mask inside the box (flat, row-major) and the movie on it, ``B`` ``(p, n)`` with
+    contiguous rows (pixels' traces)."""
 
     box: tuple[int, int, int, int]
     mask_flat: Any
     mask: Any
     B: Any
-    Bt: Any
 
 
 def _support_footprints(support: str, xp: Any, device: Any) -> tuple[Any, Any]:
+    """The core and support neighbourhoods (bool) in namespace ``xp`` on ``device``."""
+    return tuple(backend.from_numpy(footprint, xp, device) for footprint in _host_footprints(support))
+
+
+@functools.lru_cache(maxsize=None)
+def _host_footprints(support: str) -> tuple[Any, Any]:
+    """The core and support neighbourhoods as NumPy arrays, built once per kind (read only)."""
     if support == "strel":
-        return (morphology.strel_disk(SUPPORT_CORE_RADIUS, xp=xp, device=device),
-                morphology.strel_disk(SUPPORT_RADIUS, xp=xp, device=device))
+        return morphology.strel_disk(SUPPORT_CORE_RADIUS), morphology.strel_disk(SUPPORT_RADIUS)
     if support == "disk":
-        return (morphology.disk_footprint(SUPPORT_CORE_RADIUS, xp=xp, device=device),
-                morphology.disk_footprint(SUPPORT_RADIUS, xp=xp, device=device))
+        return morphology.disk_footprint(SUPPORT_CORE_RADIUS), morphology.disk_footprint(SUPPORT_RADIUS)
     raise InputError(f"support must be 'strel' (MATLAB's approximated disk, the reference CPU path) or 'disk' "
                      f"(exact disk); got {support!r}")
 
@@ -126,9 +131,7 @@ def _load_support(Yt: Any, mask: Any) -> _Support:
     r0, r1, c0, c1 = box
     mask_flat = xp.reshape(mask[r0:r1, c0:c1], (-1,))
     columns = xp.nonzero(mask_flat)[0]
-    B = support_rows(Yt, box, columns)
-    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=B,
-                    Bt=solver_kernels.row_major(xp.permute_dims(B, (1, 0))))
+    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=support_rows(Yt, box, columns))
 
 
 def _on_support(values: Any, support: _Support, frame_shape: tuple[int, int]) -> Any:
@@ -236,7 +239,9 @@ def fit_single_cell_on_movie(Yt: Any, s0: Any, noise_std: float, size_limit: flo
             break
         t_act = xp.take(t, frames)
         active = (current, t_act, frames)
-        s_sub = solve_single_source(t_act, xp.take(current.Bt, frames, axis=0), noise_std, kappa_s, max_iter)
+        # the active frames' rows (frames x pixels), gathered before the transpose: a fraction of the frames
+        B_act = solver_kernels.row_major(xp.permute_dims(xp.take(current.B, frames, axis=1), (1, 0)))
+        s_sub = solve_single_source(t_act, B_act, noise_std, kappa_s, max_iter)
         s = _on_support(s_sub, current, frame_shape)
         s = s / xp.clip(xp.max(s), min=1e-10)
         n_support = current.B.shape[0]
