@@ -46,9 +46,11 @@ DUPLICATE_CORRELATION = 0.7
 VALID_PIXEL_LEVEL = 1e-6
 #: Stop reasons of :func:`find_cells`.
 STOP_REASONS = ("min_magnitude", "yield", "max_iter")
-#: Cell-finding filters that treat every frame on its own: the pixel-major copy is filtered this many frames at a
-#: time (the same values as the whole movie at once; small blocks keep the band-pass's spectra in reused memory).
+#: Cell-finding filters that treat every frame on its own: the pixel-major copy is filtered a block of frames at a
+#: time (the same values as the whole movie at once).
 FRAME_BY_FRAME_FILTERS = ("butter", "gauss", "none")
+#: Frames per block of the copy: small blocks keep the band-pass's spectra in reused memory (a 128-frame spectrum of
+#: 256 x 256 frames exceeds glibc's 32 MB mmap threshold, so each block paid fresh page faults).
 COPY_CHUNK_FRAMES = 32
 
 
@@ -308,7 +310,8 @@ def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask:
     stop_reason = "max_iter" if has_valid else "min_magnitude"  # nothing valid: stop as on a dim seed
     if has_valid:
         # the loop's products are small (a support's pixels x frames): one BLAS thread runs them several times
-        # faster than two that wait for each other, the more so on a busy machine; same arithmetic (tested)
+        # faster than two that wait for each other, and the results no longer depend on the machine's BLAS
+        # threads (docs/decisions.md, "Cell finding's BLAS runs on one thread")
         with solver_kernels.single_threaded_blas(backend.get_namespace(Y)):
             stop_reason = _run_search(search, settings)
     else:

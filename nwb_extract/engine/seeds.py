@@ -13,7 +13,7 @@ Public API
 * :func:`summary_stack`, :func:`update_summary_stack` (and :func:`summary_stack_on_movie`, the in-place
   :func:`refresh_summary`) — the summary image and its incremental update (§5.2), as a :class:`SummaryStack`;
 * :func:`seed_map`, :func:`column_major_argmax` — the seeds above threshold and the brightest of them (§5.3);
-* :func:`init_image` (:func:`init_image_on_movie` on an ``(n, h, w)`` movie), :func:`gaussian_template` — the two
+* :func:`init_image` (:func:`init_image_on_movie` on the pixel-major ``(h, w, n)`` movie), :func:`gaussian_template` — the two
   seed images (§5.3.1, §5.1).
 
 Layout: the public functions take the movie matrix ``Mt (n, P)`` (pixels flattened row-major, ``p = row * w + col``);
@@ -123,7 +123,8 @@ def pixel_major(Mt: Any, frame_shape: tuple[int, int]) -> Any:
 
 def _peak_frames(Yt: Any) -> Any:
     """First frame of each pixel's maximum, ``argmax`` over the last axis of ``Yt`` (h, w, n) -> int64 (h, w)
-    (a pass along each pixel's contiguous trace; no temporary)."""
+    (a pass along each pixel's contiguous trace; no temporary). The movie is finite here (the pipeline replaces
+    non-finite values first), so the first maximum is well defined."""
     xp = backend.get_namespace(Yt)
     return xp.astype(xp.argmax(Yt, axis=-1), xp.int64)
 
