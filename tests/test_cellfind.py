@@ -346,6 +346,26 @@ def test_find_cells_gaussian_init_and_no_filter_keep_input():
     assert res.n_cells == 2
 
 
+@pytest.mark.parametrize("filter_type", preprocess.FILTER_TYPES)
+def test_cellfind_copy_is_the_filtered_movie_pixel_major(filter_type):
+    # the copy is filtered a block of frames at a time (frame-by-frame filters) or as a whole: either way exactly the
+    # values of the whole movie filtered at once, transposed; the input is left as it was
+    movie = np.random.default_rng(3).standard_normal((70, 21, 18)).astype(np.float32)  # 3 blocks of frames
+    before = movie.copy()
+    cfg = ExtractConfig(avg_cell_radius=4, cellfind_filter_type=filter_type).resolved()
+    settings = CellFindSettings.from_config(cfg)
+    copy = cellfind._cellfind_copy(movie, settings, 4.0)
+    whole = preprocess.cellfind_filter(
+        before, filter_type, 4.0, spatial_lowpass_cutoff=settings.filter_lowpass_cutoff,
+        cellfind_spatial_highpass_cutoff=settings.filter_highpass_cutoff,
+        smoothing_ratio_x2y=settings.filter_smoothing_ratio,
+        moving_radius_spatial=settings.filter_moving_radius_spatial,
+        moving_radius_temporal=settings.filter_moving_radius_temporal, filter_sigma=settings.filter_sigma)
+    assert copy.shape == (21, 18, 70) and copy.flags.c_contiguous
+    np.testing.assert_array_equal(copy, np.asarray(whole).transpose(1, 2, 0))
+    np.testing.assert_array_equal(movie, before)
+
+
 def test_find_cells_max_steps_stop():
     movie, _ = _synthetic_movie([(9, 10), (22, 26)])
     settings = CellFindSettings.from_config(ExtractConfig(avg_cell_radius=4, cellfind_max_steps=1).resolved())
@@ -403,13 +423,16 @@ def test_seed_ties_break_in_column_major_order():
     assert divmod(seeds.column_major_argmax(image), 4) == (1, 0)
 
 
-def test_box_columns_gathers_what_the_box_copy_gives(namespace):
-    # cell finding reads a support's pixels straight from the frames instead of copying its box first
+def test_pixel_major_windows_give_what_the_frame_major_box_gives(namespace):
+    # cell finding keeps its movie pixel-major (h, w, n); a support's traces and a box's frames read from it must be
+    # the values the frame-major (n, h, w) movie holds
     xp, device = namespace
     movie = np.random.default_rng(5).standard_normal((6, 9, 11)).astype(np.float32)
     box = (2, 7, 3, 10)  # rows 2..6, cols 3..9
     columns = np.array([0, 1, 8, 13, 20, 34], dtype=np.int64)  # row-major positions inside the 5 x 7 box
-    Y = to_xp(movie, xp, device)
-    got = backend.to_numpy(seeds.box_columns(Y, box, to_xp(columns, xp, device)))
-    expected = movie[:, 2:7, 3:10].reshape(6, -1)[:, columns]
-    np.testing.assert_array_equal(got, expected)
+    Yt = seeds.pixel_major(to_xp(movie.reshape(6, -1), xp, device), (9, 11))
+    np.testing.assert_array_equal(backend.to_numpy(Yt), movie.transpose(1, 2, 0))
+    rows = backend.to_numpy(seeds.support_rows(Yt, box, to_xp(columns, xp, device)))
+    np.testing.assert_array_equal(rows, movie[:, 2:7, 3:10].reshape(6, -1)[:, columns].T)
+    frames = backend.to_numpy(seeds.box_frames(Yt, box))
+    np.testing.assert_array_equal(frames, movie[:, 2:7, 3:10].reshape(6, -1))

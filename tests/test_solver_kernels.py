@@ -90,6 +90,40 @@ def test_gather_pixels(namespace, frames):
         assert got.flags.c_contiguous
 
 
+def test_write_pixel_major_transposes_a_block_of_frames_in_place(namespace):
+    """Blocks of frames written at their frame offsets fill the pixel-major movie; pixel blocks of the NumPy kernel
+    crossed (more pixels than one block) and a last block shorter than the others."""
+    xp, device = namespace
+    movie = np.random.default_rng(4).standard_normal((11, 9, 13)).astype(np.float32)  # 117 pixels
+    Yt = xp.zeros((9, 13, 11), dtype=xp.float32, device=device)
+    for start in (0, 4, 8):
+        solver_kernels.write_pixel_major(Yt, to_xp(movie[start:start + 4], xp, device), start)
+    np.testing.assert_array_equal(backend.to_numpy(Yt), movie.transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize("box", [(0, 9, 0, 11), (3, 7, 2, 6), (0, 1, 10, 11)])
+def test_summary_window_means_are_the_window_mean_at_each_peak_frame(namespace, box):
+    """Cell finding's summary values of a box (whole frame, inside, a corner pixel): every namespace gives exactly
+    the float32 mean over the clipped window, the pixel itself left out, at the pixel's own peak frame."""
+    xp, device = namespace
+    rng = np.random.default_rng(8)
+    h, w, n, spread = 9, 11, 13, 2
+    Yt = rng.standard_normal((h, w, n)).astype(np.float32)
+    peak = rng.integers(0, n, (h, w)).astype(np.int64)
+    r0, r1, c0, c1 = box
+    expected = np.empty((r1 - r0, c1 - c0), np.float32)
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            window = [Yt[q, p, peak[r, c]] for q in range(max(r - spread, 0), min(r + spread + 1, h))
+                      for p in range(max(c - spread, 0), min(c + spread + 1, w)) if (q, p) != (r, c)]
+            total = np.float32(0.0)
+            for value in window:
+                total = np.float32(total + value)
+            expected[r - r0, c - c0] = total / np.float32(len(window))
+    got = solver_kernels.summary_window_means(to_xp(Yt, xp, device), to_xp(peak, xp, device), box, spread)
+    np.testing.assert_array_equal(backend.to_numpy(got), expected)
+
+
 def test_map_in_threads_keeps_order_and_runs_side_by_side(monkeypatch):
     """Results come back in the order of the items, whatever the thread count; NumPy uses several threads."""
     import threading

@@ -14,9 +14,11 @@ Public API
 * :data:`STOP_REASONS` — the reasons the loop stops.
 
 Layout: the movie is ``(n, h, w)`` float32, pixels flattened row-major (``p = row * w + col``); images
-``S (P, K)``, traces ``T (K, n)``. Per step only the bounding box of the candidate's support moves (gathers by
-standard slicing; the movie copy is updated by slice assignment), as spec §12 asks; the bookkeeping (per-step
-metrics, flags, seeds) is small and lives on the host as NumPy arrays.
+``S (P, K)``, traces ``T (K, n)``. The filtered copy that the search modifies is pixel-major, ``(h, w, n)``
+(:func:`~nwb_extract.engine.seeds.pixel_major`): every step reads and writes the whole traces of a few hundred pixels,
+which are then contiguous. Per step only the bounding box of the candidate's support moves (gathers by standard
+slicing; the movie copy is updated by slice assignment), as spec §12 asks; the bookkeeping (per-step metrics, flags,
+seeds) is small and lives on the host as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nwb_extract.engine import backend, noise, preprocess
+from nwb_extract.engine import backend, noise, preprocess, solver_kernels
 from nwb_extract.engine.cellfit import SingleCellFit, fit_single_cell_on_movie
 from nwb_extract.engine.footprints import cell_area
 from nwb_extract.engine.matlab import matlab_round
 from nwb_extract.engine.seeds import (SUMMARY_SPREAD, bounding_box, column_major_argmax, gaussian_template,
-                                      init_image_on_movie, refresh_summary, seed_map, summary_stack)
+                                      init_image_on_movie, refresh_summary, seed_map, summary_stack_on_movie)
 from nwb_extract.errors import InputError
 from nwb_extract.progress import SILENT, Reporter
 
@@ -44,6 +46,12 @@ DUPLICATE_CORRELATION = 0.7
 VALID_PIXEL_LEVEL = 1e-6
 #: Stop reasons of :func:`find_cells`.
 STOP_REASONS = ("min_magnitude", "yield", "max_iter")
+#: Cell-finding filters that treat every frame on its own: the pixel-major copy is filtered a block of frames at a
+#: time (the same values as the whole movie at once).
+FRAME_BY_FRAME_FILTERS = ("butter", "gauss", "none")
+#: Frames per block of the copy: small blocks keep the band-pass's spectra in reused memory (a 128-frame spectrum of
+#: 256 x 256 frames exceeds glibc's 32 MB mmap threshold, so each block paid fresh page faults).
+COPY_CHUNK_FRAMES = 32
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,7 +250,7 @@ class _Search:
     """State of the cell-finding loop (spec §5.3): the filtered movie copy with its summary stack, the limits,
     and the per-step records (device rows for images and traces, host lists for the rest)."""
 
-    work: Any                   # (n, h, w) filtered copy, modified in place
+    work: Any                   # (h, w, n) filtered copy, pixel-major, modified in place
     summary: Any                # (h, w) summary image, updated around each subtracted cell
     peak: Any                   # (h, w) peak frame of every pixel
     summary_image: Any          # (h, w) summary image before any subtraction
@@ -301,7 +309,11 @@ def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask:
     search, has_valid = _start_search(Y, settings, radius, movie_mask)
     stop_reason = "max_iter" if has_valid else "min_magnitude"  # nothing valid: stop as on a dim seed
     if has_valid:
-        stop_reason = _run_search(search, settings)
+        # the loop's products are small (a support's pixels x frames): one BLAS thread runs them several times
+        # faster than two that wait for each other, and the results no longer depend on the machine's BLAS
+        # threads (docs/decisions.md, "Cell finding's BLAS runs on one thread")
+        with solver_kernels.single_threaded_blas(backend.get_namespace(Y)):
+            stop_reason = _run_search(search, settings)
     else:
         logger.warning("cell finding: every pixel is (near) zero; no cell can be found")
     if stop_reason == "min_magnitude":  # the stopping step keeps a row of zeros, as in the reference
@@ -317,16 +329,29 @@ def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask:
 
 
 def _cellfind_copy(Y: Any, settings: CellFindSettings, radius: float) -> Any:
-    """The filtered cell-finding copy of ``Y`` (n, h, w) (spec §3.5); never ``Y`` itself."""
-    xp = backend.get_namespace(Y)
-    work = preprocess.cellfind_filter(
-        Y, settings.filter_type, radius, spatial_lowpass_cutoff=settings.filter_lowpass_cutoff,
-        cellfind_spatial_highpass_cutoff=settings.filter_highpass_cutoff,
-        smoothing_ratio_x2y=settings.filter_smoothing_ratio,
-        moving_radius_spatial=settings.filter_moving_radius_spatial,
-        moving_radius_temporal=settings.filter_moving_radius_temporal, filter_sigma=settings.filter_sigma)
-    if work is Y:  # 'none' filter: the copy is modified by the search, the caller's movie must not be
-        work = xp.asarray(Y, copy=True)
+    """The filtered cell-finding copy of ``Y`` (n, h, w) (spec §3.5), pixel-major: float32 (h, w, n), a new array.
+
+    Filters of :data:`FRAME_BY_FRAME_FILTERS` run on :data:`COPY_CHUNK_FRAMES` frames at a time, each block written
+    transposed into the copy, so that the copy is the only movie-sized array made; the others filter the whole
+    movie first (one more movie-sized array while it is transposed)."""
+    xp, device = backend.get_namespace_and_device(Y)
+    n, h, w = Y.shape
+
+    def filtered(frames: Any) -> Any:
+        return preprocess.cellfind_filter(
+            frames, settings.filter_type, radius, spatial_lowpass_cutoff=settings.filter_lowpass_cutoff,
+            cellfind_spatial_highpass_cutoff=settings.filter_highpass_cutoff,
+            smoothing_ratio_x2y=settings.filter_smoothing_ratio,
+            moving_radius_spatial=settings.filter_moving_radius_spatial,
+            moving_radius_temporal=settings.filter_moving_radius_temporal, filter_sigma=settings.filter_sigma)
+
+    by_frame = settings.filter_type in FRAME_BY_FRAME_FILTERS
+    whole = None if by_frame else filtered(Y)
+    work = xp.empty((h, w, n), dtype=xp.float32, device=device)
+    for start in range(0, n, COPY_CHUNK_FRAMES):
+        stop = min(n, start + COPY_CHUNK_FRAMES)
+        block = filtered(Y[start:stop, ...]) if by_frame else whole[start:stop, ...]
+        solver_kernels.write_pixel_major(work, block, start)
     return work
 
 
@@ -340,10 +365,8 @@ def _start_search(Y: Any, settings: CellFindSettings, radius: float, movie_mask:
     if movie_mask is not None:
         valid = valid & xp.reshape(xp.astype(movie_mask, xp.bool), (-1,))
     work = _cellfind_copy(Y, settings, radius)
-    # the loop works on the (n, h, w) copy itself; the (n, P) matrix is only read here, before any change
-    Mt = xp.reshape(work, (n, P))
-    noise_per_pixel = noise.estimate_noise_std(Mt, axis=0)
-    stack = summary_stack(Mt, (h, w))
+    noise_per_pixel = xp.reshape(noise.estimate_noise_std(work, axis=-1), (-1,))
+    stack = summary_stack_on_movie(work)
     has_valid = bool(xp.any(valid))
     noise_std = float(backend.median(noise_per_pixel[valid])) if has_valid else 0.0
     min_magnitude = _min_magnitude(noise_std, stack.image, settings)
@@ -389,7 +412,7 @@ def _run_search(search: _Search, settings: CellFindSettings) -> str:
 def _search_step(search: _Search, settings: CellFindSettings, seed: tuple[int, int], value: float) -> None:
     """One step of spec §5.3 at ``seed`` (summary ``value``): fit, check, subtract, accept or reject."""
     xp, device = backend.get_namespace_and_device(search.work)
-    _, h, w = search.work.shape
+    h, w, _ = search.work.shape
     row, col = seed
     search.seeds.append(seed)
     if settings.init_with_gaussian:
@@ -417,7 +440,7 @@ def _search_step(search: _Search, settings: CellFindSettings, seed: tuple[int, i
     if is_bad:
         r0, r1, c0, c1 = (max(row - SUMMARY_SPREAD, 0), min(row + SUMMARY_SPREAD + 1, h),
                           max(col - SUMMARY_SPREAD, 0), min(col + SUMMARY_SPREAD + 1, w))
-        search.work[:, r0:r1, c0:c1] = 0.0
+        search.work[r0:r1, c0:c1, :] = 0.0
         search.summary[r0:r1, c0:c1] = 0.0
         rows = search.rejected
     else:
@@ -459,16 +482,16 @@ def _search_result(search: _Search, stop_reason: str, max_iter: int) -> CellFind
 
 
 def _subtract(work: Any, summary: Any, peak: Any, fit: SingleCellFit) -> None:
-    """Subtract ``t_corr s_corr^T`` from the movie copy ``work`` (n, h, w) on the pixels where ``s_corr > 0`` and
-    refresh the summary stack there (spec §5.3). Frames with ``t_corr == 0`` and pixels with ``s_corr == 0`` are
-    left exactly unchanged, as in the reference's index-set update."""
+    """Subtract ``t_corr s_corr^T`` from the pixel-major movie copy ``work`` (h, w, n) on the pixels where
+    ``s_corr > 0`` and refresh the summary stack there (spec §5.3). Frames with ``t_corr == 0`` and pixels with
+    ``s_corr == 0`` are left exactly unchanged, as in the reference's index-set update."""
     xp = backend.get_namespace(work)
-    _, h, w = work.shape
+    h, w, _ = work.shape
     s_corr = xp.reshape(fit.s_corr, (h, w))
     changed = s_corr > 0
     box = bounding_box(changed)
     if box is None:
         return
     r0, r1, c0, c1 = box
-    work[:, r0:r1, c0:c1] = work[:, r0:r1, c0:c1] - fit.t_corr[:, None, None] * s_corr[None, r0:r1, c0:c1]
+    work[r0:r1, c0:c1, :] = work[r0:r1, c0:c1, :] - s_corr[r0:r1, c0:c1, None] * fit.t_corr[None, None, :]
     refresh_summary(work, summary, peak, changed, SUMMARY_SPREAD)

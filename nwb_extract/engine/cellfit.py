@@ -6,23 +6,24 @@ less than 10 %; the least-squares companions that cell finding subtracts from it
 
 Public API
 ----------
-* :func:`fit_single_cell` (:func:`fit_single_cell_on_movie` on an ``(n, h, w)`` movie) — returns a
-  :class:`SingleCellFit`.
+* :func:`fit_single_cell` (:func:`fit_single_cell_on_movie` on the pixel-major movie ``(h, w, n)`` of cell
+  finding) — returns a :class:`SingleCellFit`.
 
-Layout: the movie is ``(n, h, w)`` float32 (or the matrix ``Mt (n, P)``), pixels flattened row-major
-(``p = row * w + col``). Only the bounding box of the support is gathered per alternation (spec §12); the
-per-alternation changes are small host NumPy arrays.
+Layout: the movie is the matrix ``Mt (n, P)``, pixels flattened row-major (``p = row * w + col``), or the pixel-major
+``Yt (h, w, n)`` float32 (:func:`~nwb_extract.engine.seeds.pixel_major`). Only the support's pixels are gathered per
+alternation (spec §12), as contiguous traces; the per-alternation changes are small host NumPy arrays.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from nwb_extract.engine import backend, morphology, noise, solver_kernels
 from nwb_extract.engine.robust import solve_single_source
-from nwb_extract.engine.seeds import as_movie, bounding_box, box_columns
+from nwb_extract.engine.seeds import bounding_box, pixel_major, support_rows
 from nwb_extract.errors import InputError
 
 #: Support radii of :func:`fit_single_cell`: the core that must stay inside the cached support, and the support.
@@ -85,23 +86,27 @@ def _scatter_to_mask(values: Any, mask_flat: Any) -> Any:
 
 @dataclass(frozen=True)
 class _Support:
-    """A support: its box, its mask inside the box (flat, row-major) and the movie on it, ``B`` ``(p, n)`` and
-    ``Bt`` ``(n, p)``, each with contiguous rows (the trace fit reads pixels, the image fit gathers frames)."""
+    """A support: its box, its mask inside the box (flat, row-major) and the movie on it, ``B`` ``(p, n)`` with
+    contiguous rows (pixels' traces)."""
 
     box: tuple[int, int, int, int]
     mask_flat: Any
     mask: Any
     B: Any
-    Bt: Any
 
 
 def _support_footprints(support: str, xp: Any, device: Any) -> tuple[Any, Any]:
+    """The core and support neighbourhoods (bool) in namespace ``xp`` on ``device``."""
+    return tuple(backend.from_numpy(footprint, xp, device) for footprint in _host_footprints(support))
+
+
+@functools.lru_cache(maxsize=None)
+def _host_footprints(support: str) -> tuple[Any, Any]:
+    """The core and support neighbourhoods as NumPy arrays, built once per kind (read only)."""
     if support == "strel":
-        return (morphology.strel_disk(SUPPORT_CORE_RADIUS, xp=xp, device=device),
-                morphology.strel_disk(SUPPORT_RADIUS, xp=xp, device=device))
+        return morphology.strel_disk(SUPPORT_CORE_RADIUS), morphology.strel_disk(SUPPORT_RADIUS)
     if support == "disk":
-        return (morphology.disk_footprint(SUPPORT_CORE_RADIUS, xp=xp, device=device),
-                morphology.disk_footprint(SUPPORT_RADIUS, xp=xp, device=device))
+        return morphology.disk_footprint(SUPPORT_CORE_RADIUS), morphology.disk_footprint(SUPPORT_RADIUS)
     raise InputError(f"support must be 'strel' (MATLAB's approximated disk, the reference CPU path) or 'disk' "
                      f"(exact disk); got {support!r}")
 
@@ -119,16 +124,14 @@ def _dilated_core(s: Any, footprint: Any) -> Any:
     return out
 
 
-def _load_support(Y: Any, mask: Any) -> _Support:
-    """The movie on the pixels of ``mask`` (bool (h, w), non-empty) as ``B (p, n)``."""
-    xp = backend.get_namespace(Y)
+def _load_support(Yt: Any, mask: Any) -> _Support:
+    """The pixel-major movie ``Yt`` (h, w, n) on the pixels of ``mask`` (bool (h, w), non-empty) as ``B (p, n)``."""
+    xp = backend.get_namespace(Yt)
     box = bounding_box(mask)
     r0, r1, c0, c1 = box
     mask_flat = xp.reshape(mask[r0:r1, c0:c1], (-1,))
     columns = xp.nonzero(mask_flat)[0]
-    Bt = box_columns(Y, box, columns)
-    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=solver_kernels.row_major(xp.permute_dims(Bt, (1, 0))),
-                    Bt=solver_kernels.row_major(Bt))
+    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=support_rows(Yt, box, columns))
 
 
 def _on_support(values: Any, support: _Support, frame_shape: tuple[int, int]) -> Any:
@@ -194,17 +197,17 @@ def fit_single_cell(Mt: Any, frame_shape: tuple[int, int], s0: Any, noise_std: f
     -------
     SingleCellFit
     """
-    return fit_single_cell_on_movie(as_movie(Mt, frame_shape), s0, noise_std, size_limit, kappa_t=kappa_t,
+    return fit_single_cell_on_movie(pixel_major(Mt, frame_shape), s0, noise_std, size_limit, kappa_t=kappa_t,
                                     kappa_s=kappa_s, max_iter=max_iter, adaptive_kappa=adaptive_kappa,
                                     support=support)
 
 
-def fit_single_cell_on_movie(Y: Any, s0: Any, noise_std: float, size_limit: float, *, kappa_t: float,
+def fit_single_cell_on_movie(Yt: Any, s0: Any, noise_std: float, size_limit: float, *, kappa_t: float,
                              kappa_s: float, max_iter: int, adaptive_kappa: bool, support: str) -> SingleCellFit:
-    """:func:`fit_single_cell` on the movie ``Y`` (n, h, w)."""
-    xp = backend.get_namespace(Y)
-    device = Y.device
-    frame_shape = (Y.shape[1], Y.shape[2])
+    """:func:`fit_single_cell` on the pixel-major movie ``Yt`` (h, w, n)."""
+    xp = backend.get_namespace(Yt)
+    device = Yt.device
+    frame_shape = (Yt.shape[0], Yt.shape[1])
     core_fp, support_fp = _support_footprints(support, xp, device)
     s = xp.astype(s0, xp.float32)
     if tuple(s.shape) != frame_shape:
@@ -222,7 +225,7 @@ def fit_single_cell_on_movie(Y: Any, s0: Any, noise_std: float, size_limit: floa
         s_before, t_before = s, t
         core = _dilated_core(s, core_fp)
         if current is None or bool(xp.any(core & ~current.mask)):
-            current = _load_support(Y, _dilated_core(s, support_fp))
+            current = _load_support(Yt, _dilated_core(s, support_fp))
         t = solve_single_source(_support_values(s, current), current.B, noise_std, kappa_trace, max_iter,
                                 adaptive=adaptive_kappa)
         if float(xp.sum(t)) == 0:
@@ -236,7 +239,9 @@ def fit_single_cell_on_movie(Y: Any, s0: Any, noise_std: float, size_limit: floa
             break
         t_act = xp.take(t, frames)
         active = (current, t_act, frames)
-        s_sub = solve_single_source(t_act, xp.take(current.Bt, frames, axis=0), noise_std, kappa_s, max_iter)
+        # the active frames' rows (frames x pixels), gathered before the transpose: a fraction of the frames
+        B_act = solver_kernels.row_major(xp.permute_dims(xp.take(current.B, frames, axis=1), (1, 0)))
+        s_sub = solve_single_source(t_act, B_act, noise_std, kappa_s, max_iter)
         s = _on_support(s_sub, current, frame_shape)
         s = s / xp.clip(xp.max(s), min=1e-10)
         n_support = current.B.shape[0]
@@ -248,8 +253,8 @@ def fit_single_cell_on_movie(Y: Any, s0: Any, noise_std: float, size_limit: floa
         if s_change[it] < ALTERNATION_TOL and t_change[it] < ALTERNATION_TOL:
             break
     if t is None:  # max_iter == 0
-        t = xp.zeros((Y.shape[0],), dtype=xp.float32, device=device)
-    return SingleCellFit(s=xp.reshape(s, (-1,)), t=t, t_corr=_least_squares_trace(Y, s),
+        t = xp.zeros((Yt.shape[2],), dtype=xp.float32, device=device)
+    return SingleCellFit(s=xp.reshape(s, (-1,)), t=t, t_corr=_least_squares_trace(Yt, s),
                          s_corr=xp.reshape(_least_squares_image(active, frame_shape, xp, device), (-1,)),
                          s_change=s_change, t_change=t_change)
 
@@ -265,16 +270,19 @@ def _least_squares_image(active: tuple[_Support, Any, Any] | None, frame_shape: 
     return _on_support(values, support, frame_shape)
 
 
-def _least_squares_trace(Y: Any, s: Any) -> Any:
-    """``t_corr`` (n,): ``max(0, (s / sum s^2)[s > 0]^T Mt[:, s > 0]^T)`` (spec §5.4)."""
-    xp = backend.get_namespace(Y)
+def _least_squares_trace(Yt: Any, s: Any) -> Any:
+    """``t_corr`` (n,): ``max(0, (s / sum s^2)[s > 0]^T Mt[:, s > 0]^T)`` (spec §5.4), from the pixel-major movie
+    ``Yt`` (h, w, n)."""
+    xp = backend.get_namespace(Yt)
     positive = s > 0
     box = bounding_box(positive)
     if box is None:
-        return xp.zeros((Y.shape[0],), dtype=xp.float32, device=Y.device)
+        return xp.zeros((Yt.shape[2],), dtype=xp.float32, device=Yt.device)
     r0, r1, c0, c1 = box
     weights = xp.where(positive, s, xp.zeros_like(s)) / xp.sum(s * s)
     weights_box = xp.reshape(weights[r0:r1, c0:c1], (-1,))
     mask_flat = xp.reshape(positive[r0:r1, c0:c1], (-1,))
     columns = xp.nonzero(mask_flat)[0]
-    return xp.clip(box_columns(Y, box, columns) @ weights_box[mask_flat], min=0.0)
+    # frames x pixels in row-major order: the same matrix-vector product (and BLAS summation order) as ever
+    frames = solver_kernels.row_major(xp.permute_dims(support_rows(Yt, box, columns), (1, 0)))
+    return xp.clip(frames @ weights_box[mask_flat], min=0.0)

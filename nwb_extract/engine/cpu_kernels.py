@@ -122,6 +122,21 @@ def gather_columns(movie, pixels, out):  # pragma: no cover
 
 
 @_jit
+def frames_into_pixel_major(frames, out, start):  # pragma: no cover
+    """``out[p, start + t] = frames[t, p]``: a block of c frames (c, P) C-contiguous written transposed into frames
+    ``start .. start + c`` of the pixel-major movie out (P, n), C-contiguous. Blocks of :data:`TRANSPOSE_BLOCK` pixels:
+    each frame's slice of the block is read contiguously while the block's rows of ``out`` stay in cache."""
+    c, n_pixels = frames.shape
+    for p0 in range(0, n_pixels, TRANSPOSE_BLOCK):
+        p1 = min(n_pixels, p0 + TRANSPOSE_BLOCK)
+        for t in range(c):
+            row = frames[t]
+            for p in range(p0, p1):
+                out[p, start + t] = row[p]
+    return out
+
+
+@_jit
 def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
     """Sums over the quadratic region of the single-source fit, every column at once.
 
@@ -144,4 +159,28 @@ def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
             weighted[j] += ai * b if quadratic else 0.0
             total[j] += ai if quadratic else 0.0
             squares[j] += ai * ai if quadratic else 0.0
+    return out
+
+
+@_jit
+def summary_window_means(movie, peak, width, r0, r1, c0, c1, spread, out):  # pragma: no cover
+    """Summary values of the pixels of a box (spec §5.2): ``out[r - r0, c - c0]`` = mean over the other pixels q of
+    the ``(2 spread + 1)^2`` window around (r, c), clipped at the frame, of ``movie[q, peak[r, c]]``.
+
+    movie (P, n) pixel-major, C-contiguous float32 (P = h * width, row-major pixels); peak (h, width) int64; out
+    (r1 - r0, c1 - c0) float32, overwritten. Sum and count in float32, in row-major window order (dy, then dx), as
+    the Array API implementation adds them (its zeros for outside pixels change nothing).
+    """
+    h = movie.shape[0] // width
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            frame = peak[r, c]
+            total = np.float32(0.0)
+            count = np.float32(0.0)
+            for rr in range(max(r - spread, 0), min(r + spread + 1, h)):
+                for cc in range(max(c - spread, 0), min(c + spread + 1, width)):
+                    if rr != r or cc != c:
+                        total += movie[rr * width + cc, frame]
+                        count += np.float32(1.0)
+            out[r - r0, c - c0] = total / count
     return out

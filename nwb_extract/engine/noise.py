@@ -71,9 +71,10 @@ def _noise_std_columns(xp: Any, traces: Any) -> Any:
     n_half = math.ceil(n / 2)
     # MATLAB round(0.5 * Nh) (argument >= 0, so floor(v + 0.5) is round-half-away); 1-based -> 0-based.
     first_bin = max(math.floor(_CUTOFF_FRACTION * n_half + 0.5) - 1, 0)
-    spectrum = backend.fft(xp).rfft(traces, axis=0)[:n_half, :]  # the first ceil(n/2) bins of the full FFT
+    # the kept bins first_bin .. ceil(n/2) - 1 of the full FFT (the power of the others is never formed)
+    spectrum = backend.fft(xp).rfft(traces, axis=0)[first_bin:n_half, :]
     power = xp.real(spectrum) ** 2 + xp.imag(spectrum) ** 2
     if first_bin == 0:  # the halved zero-frequency bin is kept only for n <= 4
         power = xp.concat([power[:1, :] / 2, power[1:, :]], axis=0)
-    kept = power[first_bin:, :] / (2 * n_half)
+    kept = power / (2 * n_half)
     return xp.astype(xp.sqrt(xp.mean(kept, axis=0)), traces.dtype)

@@ -4,19 +4,22 @@
 The summary image marks bright, spatially coherent spots of the cell-finding movie (§5.2) and is updated
 incrementally around each subtracted cell; :func:`seed_map` picks the candidate seeds from it (§5.3,
 ``modify_summary_image``); a seed becomes a first image either as a correlation image (§5.3.1) or as a Gaussian
-template (§5.1, ``init_with_gaussian``). The movie-window helpers (:func:`bounding_box`, :func:`box_pixels`,
-:func:`box_columns`, :func:`as_movie`) are shared with the single-cell fit (:mod:`cellfit`) and the search loop (:mod:`cellfind`).
+template (§5.1, ``init_with_gaussian``). The movie-window helpers (:func:`bounding_box`, :func:`box_frames`,
+:func:`support_rows`, :func:`pixel_major`) are shared with the single-cell fit (:mod:`cellfit`) and the search loop
+(:mod:`cellfind`).
 
 Public API
 ----------
-* :func:`summary_stack`, :func:`update_summary_stack` (and the in-place :func:`refresh_summary`) — the summary
-  image and its incremental update (§5.2), as a :class:`SummaryStack`;
+* :func:`summary_stack`, :func:`update_summary_stack` (and :func:`summary_stack_on_movie`, the in-place
+  :func:`refresh_summary`) — the summary image and its incremental update (§5.2), as a :class:`SummaryStack`;
 * :func:`seed_map`, :func:`column_major_argmax` — the seeds above threshold and the brightest of them (§5.3);
-* :func:`init_image` (:func:`init_image_on_movie` on an ``(n, h, w)`` movie), :func:`gaussian_template` — the two
+* :func:`init_image` (:func:`init_image_on_movie` on the pixel-major ``(h, w, n)`` movie), :func:`gaussian_template` — the two
   seed images (§5.3.1, §5.1).
 
-Layout: the movie is ``(n, h, w)`` float32 (or the matrix ``Mt (n, P)``), pixels flattened row-major
-(``p = row * w + col``). Seed choice breaks ties in MATLAB's column-major order.
+Layout: the public functions take the movie matrix ``Mt (n, P)`` (pixels flattened row-major, ``p = row * w + col``);
+the ``*_on_movie`` functions and the search loop take the cell-finding movie pixel-major, ``Yt (h, w, n)`` float32
+(:func:`pixel_major`): every per-step operation reads a few hundred pixels' whole traces, which are then contiguous
+rows instead of one strided element per frame. Seed choice breaks ties in MATLAB's column-major order.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nwb_extract.engine import backend, morphology
+from nwb_extract.engine import backend, morphology, solver_kernels
 from nwb_extract.errors import InputError
 
 #: Half-width of the summary-image neighbourhood (EXTRACT ``max_spread``), also the half-width of the window that
@@ -75,22 +78,24 @@ def bounding_box(mask: Any, margin: int = 0) -> tuple[int, int, int, int] | None
             max(int(col_idx[0]) - margin, 0), min(int(col_idx[-1]) + 1 + margin, w))
 
 
-def box_pixels(Y: Any, box: tuple[int, int, int, int]) -> Any:
-    """The movie inside ``box`` as a ``(n, box pixels)`` matrix (row-major within the box)."""
-    xp = backend.get_namespace(Y)
+def box_frames(Yt: Any, box: tuple[int, int, int, int]) -> Any:
+    """The pixel-major movie ``Yt`` (h, w, n) inside ``box`` as a ``(n, box pixels)`` matrix (frames x pixels,
+    row-major within the box; NumPy: C-contiguous, as a frame-major movie's box copy was)."""
+    xp = backend.get_namespace(Yt)
     r0, r1, c0, c1 = box
-    return xp.reshape(Y[:, r0:r1, c0:c1], (Y.shape[0], (r1 - r0) * (c1 - c0)))
+    rows = xp.reshape(Yt[r0:r1, c0:c1, :], ((r1 - r0) * (c1 - c0), Yt.shape[2]))
+    return solver_kernels.row_major(xp.permute_dims(rows, (1, 0)))
 
 
-def box_columns(Y: Any, box: tuple[int, int, int, int], columns: Any) -> Any:
-    """``take(box_pixels(Y, box), columns, axis=1)`` without the copy of the box: the movie on the box pixels
-    ``columns`` (int (p,), row-major positions inside ``box``) as ``(n, p)``, gathered straight from the frames."""
-    xp = backend.get_namespace(Y)
-    n, h, w = Y.shape
+def support_rows(Yt: Any, box: tuple[int, int, int, int], columns: Any) -> Any:
+    """The traces of the box pixels ``columns`` (int (p,), row-major positions inside ``box``) of the pixel-major
+    movie ``Yt`` (h, w, n), as ``(p, n)`` (pixels x frames; contiguous rows gathered straight from the movie)."""
+    xp = backend.get_namespace(Yt)
+    h, w, n = Yt.shape
     r0, _, c0, c1 = box
     width = c1 - c0
     pixels = (columns // width + r0) * w + (columns % width + c0)
-    return xp.take(xp.reshape(Y, (n, h * w)), pixels, axis=1)
+    return xp.take(xp.reshape(Yt, (h * w, n)), pixels, axis=0)
 
 
 def column_major_argmax(image: Any) -> int:
@@ -102,35 +107,26 @@ def column_major_argmax(image: Any) -> int:
     return row * w + col
 
 
-def as_movie(Mt: Any, frame_shape: tuple[int, int]) -> Any:
-    """``Mt (n, P)`` as a ``(n, h, w)`` movie (a view where the namespace allows)."""
+def pixel_major(Mt: Any, frame_shape: tuple[int, int]) -> Any:
+    """``Mt (n, P)`` as the pixel-major movie ``Yt (h, w, n)`` of cell finding (a copy; NumPy: C-contiguous)."""
     xp = backend.get_namespace(Mt)
     h, w = (int(v) for v in frame_shape)
     if len(Mt.shape) != 2 or Mt.shape[1] != h * w:
         raise InputError(f"Mt must be (frames, pixels) with pixels = {h} x {w} = {h * w}; got shape {Mt.shape}")
-    return xp.reshape(Mt, (Mt.shape[0], h, w))
+    Yt = xp.reshape(xp.permute_dims(Mt, (1, 0)), (h, w, Mt.shape[0]))
+    return solver_kernels.row_major(xp.asarray(Yt, copy=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # summary image (§5.2)
 
 
-def _peak_frames(Y: Any, xp: Any, block: int = 64) -> Any:
-    """First frame of each pixel's maximum, ``argmax`` over axis 0 of ``Y`` (n, h, w) -> int64 (h, w), computed in
-    blocks of ``block`` frames: an argmax along the frame axis of the whole movie would make a movie-sized
-    temporary. A later block wins only with a strictly larger value, so ties keep the first frame."""
-    best_value = best_frame = None
-    for t0 in range(0, Y.shape[0], block):
-        chunk = Y[t0:min(t0 + block, Y.shape[0]), ...]
-        frame = xp.astype(xp.argmax(chunk, axis=0), xp.int64) + t0
-        value = xp.max(chunk, axis=0)
-        if best_value is None:
-            best_value, best_frame = value, frame
-        else:
-            better = value > best_value
-            best_value = xp.where(better, value, best_value)
-            best_frame = xp.where(better, frame, best_frame)
-    return best_frame
+def _peak_frames(Yt: Any) -> Any:
+    """First frame of each pixel's maximum, ``argmax`` over the last axis of ``Yt`` (h, w, n) -> int64 (h, w)
+    (a pass along each pixel's contiguous trace; no temporary). The movie is finite here (the pipeline replaces
+    non-finite values first), so the first maximum is well defined."""
+    xp = backend.get_namespace(Yt)
+    return xp.astype(xp.argmax(Yt, axis=-1), xp.int64)
 
 
 def summary_stack(Mt: Any, frame_shape: tuple[int, int], spread: int = SUMMARY_SPREAD) -> SummaryStack:
@@ -151,11 +147,14 @@ def summary_stack(Mt: Any, frame_shape: tuple[int, int], spread: int = SUMMARY_S
     SummaryStack
         ``image`` float32 (h, w) and ``peak_frame`` int64 (h, w), same namespace and device as ``Mt``.
     """
-    Y = as_movie(Mt, frame_shape)
-    xp = backend.get_namespace(Y)
-    _, h, w = Y.shape
-    peak = _peak_frames(Y, xp)
-    return SummaryStack(image=_window_means(Y, peak, (0, h, 0, w), spread), peak_frame=peak)
+    return summary_stack_on_movie(pixel_major(Mt, frame_shape), spread)
+
+
+def summary_stack_on_movie(Yt: Any, spread: int = SUMMARY_SPREAD) -> SummaryStack:
+    """:func:`summary_stack` of the pixel-major movie ``Yt`` (h, w, n)."""
+    h, w, _ = Yt.shape
+    peak = _peak_frames(Yt)
+    return SummaryStack(image=solver_kernels.summary_window_means(Yt, peak, (0, h, 0, w), spread), peak_frame=peak)
 
 
 def update_summary_stack(Mt: Any, frame_shape: tuple[int, int], stack: SummaryStack, changed: Any,
@@ -181,63 +180,29 @@ def update_summary_stack(Mt: Any, frame_shape: tuple[int, int], stack: SummarySt
     SummaryStack
         New arrays.
     """
-    Y = as_movie(Mt, frame_shape)
-    xp = backend.get_namespace(Y)
+    xp = backend.get_namespace(Mt)
     image = xp.asarray(stack.image, copy=True)
     peak = xp.asarray(stack.peak_frame, copy=True)
-    refresh_summary(Y, image, peak, changed, spread)
+    refresh_summary(pixel_major(Mt, frame_shape), image, peak, changed, spread)
     return SummaryStack(image=image, peak_frame=peak)
 
 
-def refresh_summary(Y: Any, image: Any, peak: Any, changed: Any, spread: int) -> None:
-    """In-place incremental update of ``image`` / ``peak`` (h, w) for the bool (h, w) ``changed`` pixels."""
-    xp = backend.get_namespace(Y)
+def refresh_summary(Yt: Any, image: Any, peak: Any, changed: Any, spread: int) -> None:
+    """In-place incremental update of ``image`` / ``peak`` (h, w) for the bool (h, w) ``changed`` pixels of the
+    pixel-major movie ``Yt`` (h, w, n)."""
+    xp = backend.get_namespace(Yt)
     box = bounding_box(changed)
     if box is None:
         return
     r0, r1, c0, c1 = box
     changed_box = changed[r0:r1, c0:c1]
-    new_peak = _peak_frames(Y[:, r0:r1, c0:c1], xp)
+    new_peak = _peak_frames(Yt[r0:r1, c0:c1, :])
     peak[r0:r1, c0:c1] = xp.where(changed_box, new_peak, peak[r0:r1, c0:c1])
     a0, a1, b0, b1 = bounding_box(changed, margin=spread)
     window = xp.ones((2 * spread + 1, 2 * spread + 1), dtype=xp.bool, device=changed.device)
     affected = morphology.dilate(changed[a0:a1, b0:b1], window)
-    values = _window_means(Y, peak, (a0, a1, b0, b1), spread)
+    values = solver_kernels.summary_window_means(Yt, peak, (a0, a1, b0, b1), spread)
     image[a0:a1, b0:b1] = xp.where(affected, values, image[a0:a1, b0:b1])
-
-
-def _window_means(Y: Any, peak: Any, box: tuple[int, int, int, int], spread: int) -> Any:
-    """Summary values (float32 (r1-r0, c1-c0)) of the pixels of ``box``: for each pixel p, the mean over the other
-    pixels q of its clipped window of ``Y[peak[p], q]``. One gather per window offset from the movie region that
-    the windows reach."""
-    xp = backend.get_namespace(Y)
-    device = Y.device
-    _, h, w = Y.shape
-    r0, r1, c0, c1 = box
-    g0, g1, f0, f1 = max(r0 - spread, 0), min(r1 + spread, h), max(c0 - spread, 0), min(c1 + spread, w)
-    region = xp.reshape(Y[:, g0:g1, f0:f1], (-1,))
-    region_h, region_w = g1 - g0, f1 - f0
-    frame_base = peak[r0:r1, c0:c1] * (region_h * region_w)
-    rows = xp.arange(r0, r1, dtype=xp.int64, device=device)[:, None]
-    cols = xp.arange(c0, c1, dtype=xp.int64, device=device)[None, :]
-    total = xp.zeros((r1 - r0, c1 - c0), dtype=xp.float32, device=device)
-    count = xp.zeros((r1 - r0, c1 - c0), dtype=xp.float32, device=device)
-    zero = xp.zeros((), dtype=xp.float32, device=device)
-    for dy in range(-spread, spread + 1):
-        r = rows + dy
-        row_ok = (r >= 0) & (r < h)
-        r_local = xp.clip(r, min=g0, max=g1 - 1) - g0
-        for dx in range(-spread, spread + 1):
-            if dy == 0 and dx == 0:
-                continue
-            c = cols + dx
-            ok = row_ok & (c >= 0) & (c < w)
-            c_local = xp.clip(c, min=f0, max=f1 - 1) - f0
-            index = frame_base + r_local * region_w + c_local
-            values = xp.reshape(xp.take(region, xp.reshape(index, (-1,))), index.shape)
-            total = total + xp.where(ok, values, zero)
-            count = count + xp.astype(ok, xp.float32)
-    return total / count
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,20 +233,20 @@ def init_image(Mt: Any, frame_shape: tuple[int, int], seed: tuple[int, int], hal
     -------
     float32 array (h, w), zero outside the window, max 1.
     """
-    return init_image_on_movie(as_movie(Mt, frame_shape), seed, half_width, threshold)
+    return init_image_on_movie(pixel_major(Mt, frame_shape), seed, half_width, threshold)
 
 
-def init_image_on_movie(Y: Any, seed: tuple[int, int], half_width: int,
+def init_image_on_movie(Yt: Any, seed: tuple[int, int], half_width: int,
                         threshold: float = INIT_THRESHOLD) -> Any:
-    """:func:`init_image` on the movie ``Y`` (n, h, w)."""
-    xp = backend.get_namespace(Y)
-    n, h, w = Y.shape
+    """:func:`init_image` on the pixel-major movie ``Yt`` (h, w, n)."""
+    xp = backend.get_namespace(Yt)
+    h, w, _ = Yt.shape
     row, col = (int(v) for v in seed)
     if not (0 <= row < h and 0 <= col < w):
         raise InputError(f"seed {seed} lies outside the {h} x {w} frame")
     r0, r1, c0, c1 = max(row - half_width, 0), min(row + half_width + 1, h), max(col - half_width, 0), \
         min(col + half_width + 1, w)
-    X = box_pixels(Y, (r0, r1, c0, c1))
+    X = box_frames(Yt, (r0, r1, c0, c1))
     X = X - xp.mean(X, axis=1, keepdims=True)
     X = X / xp.clip(xp.sqrt(xp.sum(X * X, axis=1, keepdims=True)), min=1e-6)
     seed_column = (row - r0) * (c1 - c0) + (col - c0)
@@ -289,7 +254,7 @@ def init_image_on_movie(Y: Any, seed: tuple[int, int], half_width: int,
     corr = corr / xp.max(corr)
     corr = xp.where(corr < threshold, xp.zeros_like(corr), corr)
     corr = _largest_component(corr)
-    image = xp.zeros((h, w), dtype=xp.float32, device=Y.device)
+    image = xp.zeros((h, w), dtype=xp.float32, device=Yt.device)
     image[r0:r1, c0:c1] = xp.astype(corr, xp.float32)
     return image / xp.max(image)
 
