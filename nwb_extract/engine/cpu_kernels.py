@@ -136,6 +136,12 @@ def frames_into_pixel_major(frames, out, start):  # pragma: no cover
     return out
 
 
+#: Columns of :func:`quadratic_region_sums` summed at a time (their three float64 sums, coefficients and thresholds:
+#: 16 KiB). Measured on the 2-core CI machine (session 5): 1.6x faster on a 300 x 3000 trace fit and 1.8x on 120 x
+#: 1500 than all columns at once, the same on 3000 x 300; the values do not depend on it.
+REGION_SUM_COLUMNS = 512
+
+
 @_jit
 def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
     """Sums over the quadratic region of the single-source fit, every column at once.
@@ -144,21 +150,26 @@ def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
     float64, overwritten, receives for every column j, over the rows i where ``b_ij < a_i x_j + threshold_j`` (the
     product and sum rounded to float32, as the array expression does): ``sum a_i b_ij``, ``sum a_i`` and
     ``sum a_i^2``, accumulated in float64 in row order (the inner loop runs over columns, so it vectorises).
+    Columns go :data:`REGION_SUM_COLUMNS` at a time, so that their sums stay in L1 while every row passes.
     """
     p, m = data.shape
     out[:] = 0.0
-    weighted = out[0]
-    total = out[1]
-    squares = out[2]
-    for i in range(p):
-        ai = a[i]
-        row = data[i]
-        for j in range(m):
-            b = row[j]
-            quadratic = b < ai * x[j] + threshold[j]
-            weighted[j] += ai * b if quadratic else 0.0
-            total[j] += ai if quadratic else 0.0
-            squares[j] += ai * ai if quadratic else 0.0
+    for j0 in range(0, m, REGION_SUM_COLUMNS):
+        j1 = min(m, j0 + REGION_SUM_COLUMNS)
+        weighted = out[0, j0:j1]
+        total = out[1, j0:j1]
+        squares = out[2, j0:j1]
+        xs = x[j0:j1]
+        thresholds = threshold[j0:j1]
+        for i in range(p):
+            ai = a[i]
+            row = data[i, j0:j1]
+            for j in range(j1 - j0):
+                b = row[j]
+                quadratic = b < ai * xs[j] + thresholds[j]
+                weighted[j] += ai * b if quadratic else 0.0
+                total[j] += ai if quadratic else 0.0
+                squares[j] += ai * ai if quadratic else 0.0
     return out
 
 
