@@ -51,6 +51,7 @@ from nwb_extract.errors import ConfigError, ConfigFileNotFoundError, UnknownConf
 from nwb_extract.parameters import (
     BACKENDS,
     PARAMETERS,
+    PRESETS,
     PYTHON_PARAMETERS,
     THRESHOLD_PARAMETERS,
     TILINGS,
@@ -65,6 +66,7 @@ from nwb_extract.parameters import (
 __all__ = [  # the names of nwb_extract.parameters are re-exported: config is where users look for them
     "BACKENDS",
     "PARAMETERS",
+    "PRESETS",
     "PYTHON_PARAMETERS",
     "THRESHOLD_PARAMETERS",
     "TILINGS",
