@@ -965,14 +965,15 @@ _ONE_PHOTON_BASE: dict[str, Any] = {
 #: Named settings of the benchmark movies: keyword arguments of :func:`simulate_1p` (``"1p-moderate"``,
 #: ``"1p-hard"``) or :func:`simulate_2p` (``"2p-neuropil"``); see :func:`simulate_level`.
 LEVELS: dict[str, dict[str, Any]] = {
-    "1p-moderate": {**_ONE_PHOTON_BASE, "n_out_of_focus": 4, "out_of_focus_snr": 3.0, "lowrank_rank": 2,
-                    "lowrank_amplitude": 0.1, "lowrank_scale": 12.0, "vignetting": 0.3, "n_vessels": 1},
+    "1p-moderate": {**_ONE_PHOTON_BASE, "background_n_cells": 5, "background_snr": 10.0, "n_out_of_focus": 4,
+                    "out_of_focus_snr": 3.0, "lowrank_rank": 2, "lowrank_amplitude": 0.1, "lowrank_scale": 12.0,
+                    "vignetting": 0.3, "n_vessels": 1},
     "1p-hard": {**_ONE_PHOTON_BASE, "n_out_of_focus": 8, "out_of_focus_snr": 3.0, "lowrank_rank": 4,
                 "lowrank_amplitude": 0.15, "lowrank_scale": 12.0, "vignetting": 0.5, "n_vessels": 3},
     "2p-neuropil": {"n_rows": 128, "n_cols": 128, "n_frames": 1000, "n_cells": 40, "cell_radius": (5.0, 7.0),
-                    "min_cell_dist": 10.0, "n_out_of_focus": 10, "out_of_focus_radius": (10.0, 16.0),
+                    "min_cell_dist": 10.0, "n_out_of_focus": 8, "out_of_focus_radius": (10.0, 16.0),
                     "out_of_focus_snr": 2.0, "lowrank_rank": 3, "lowrank_amplitude": 0.05,
-                    "lowrank_fluctuation": 0.5, "lowrank_tau": 10.0, "lowrank_scale": 6.0},
+                    "lowrank_fluctuation": 0.5, "lowrank_tau": 10.0, "lowrank_scale": 12.0},
 }
 
 
