@@ -13,7 +13,6 @@ import json
 import math
 
 import h5py
-import numpy as np
 import pytest
 
 import nwb_extract
