@@ -15,8 +15,8 @@ from typing import Any
 from nwb_extract.errors import ConfigError
 
 __all__ = [
-    "BACKENDS", "PARAMETERS", "PRESETS", "PRESET_VALUES", "PYTHON_PARAMETERS", "THRESHOLD_PARAMETERS", "TILINGS", "TRACE_KINDS",
-    "TRACE_KIND_TO_OPTION", "TRACE_OPTION_TO_KIND", "UNUSED_STATUSES", "Param", "primary_trace_kind",
+    "BACKENDS", "PARAMETERS", "PRESETS", "PRESET_VALUES", "PYTHON_PARAMETERS", "THRESHOLD_PARAMETERS", "TILINGS",
+    "TRACE_KINDS", "TRACE_KIND_TO_OPTION", "TRACE_OPTION_TO_KIND", "UNUSED_STATUSES", "Param", "primary_trace_kind",
 ]
 
 
