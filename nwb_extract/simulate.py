@@ -105,8 +105,8 @@ class SimulatedMovie:
     background_footprints, background_traces, background_spikes : numpy.ndarray or None
         ``(components, rows, cols)``, ``(frames, components)``, ``(frames, components)`` float32 ground truth of
         everything in the movie that is not a truth cell: the 1-p background blobs (traces after the burn-in), then
-        the opt-in out-of-focus cells and low-rank components (see :data:`STRUCTURE_PARAMETERS`; low-rank
-        components have no events, their spikes are 0). ``params["background_parts"]`` gives each kind's index
+        the opt-in out-of-focus cells and low-rank components (the "Opt-in structure" of :func:`simulate_1p`;
+        low-rank components have no events, their spikes are 0). ``params["background_parts"]`` gives each kind's index
         range when there is opt-in structure. None for a 2-p movie without opt-in structure.
     gain : numpy.ndarray or None
         ``(rows, cols)`` float32 multiplicative gain of the optics (vignetting times blood-vessel shadows), applied
@@ -152,7 +152,8 @@ class SimulatedMovie:
         """Write the ground truth (not the movie, not the noise) to a compressed ``.npz`` file.
 
         Keys: ``footprints``, ``traces``, ``spikes``, ``centres``, ``event_frames`` (all events concatenated) with
-        ``event_counts`` (events per cell), ``background_*`` and ``gain`` when simulated, and ``params_json`` (the settings as JSON).
+        ``event_counts`` (events per cell), ``background_*`` and ``gain`` when simulated, and ``params_json`` (the
+        settings as JSON).
         The movie belongs in the NWB file (:func:`nwb_extract.io.movie_write.write_simulated_nwb`); the noise is
         ``movie - clean_movie()``. Refuses to replace an existing file unless ``overwrite=True``.
         """
