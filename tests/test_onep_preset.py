@@ -114,3 +114,17 @@ def test_preset_beats_the_default_on_a_hard_1p_movie(sim, preset_run):
     assert p.precision > d.precision + 0.3, (p.summary(), d.summary())
     assert p.recall >= d.recall - RECALL_MARGIN, (p.summary(), d.summary())
     assert p.median_trace_corr >= d.median_trace_corr - 0.05, (p.summary(), d.summary())
+
+
+def test_preset_on_the_reference_packs_1p_movie(reference_dir):
+    """An independent 1-p movie (the reference pack's m2, made by another generator: vignetting, bleaching, flicker,
+    4 large blobs; 10 true cells), run with its recorded config: the reference keeps 19 components (9 background
+    pieces, test_engine_accuracy); the preset must keep every true cell and at most 2 pieces (measured: 11 found)."""
+    with h5py.File(reference_dir / "pipeline_m2_1p_background.h5", "r") as f:
+        movie = f["movie"][...]
+        radius = json.loads(f.attrs["config_json"])["avg_cell_radius"]
+        truth, truth_traces = f["ground_truth/footprints"][...], f["ground_truth/traces"][...]
+    result = nwb_extract.extract(movie, avg_cell_radius=radius, backend="numpy", progress=False, preset="1p")
+    ev = evaluate(truth, truth_traces, result.footprints, result.traces[result.primary_trace])
+    assert ev.n_matched == 10 and ev.n_est <= 12, ev.summary()
+    assert ev.median_trace_corr > 0.9, ev.summary()  # measured 0.946 (the default path: 0.962)
