@@ -149,13 +149,16 @@ def _set_changes(items: list[tuple[str, Any]] | None) -> dict[str, Any]:
     return changes
 
 
-def _config_arg(path: str | None, sets: list[tuple[str, Any]] | None, backend: str | None = None) -> ExtractConfig:
-    """The config of a ``--config`` / FILE argument (defaults when None) with the ``--set`` changes and
-    ``--backend`` applied (:meth:`ExtractConfig.coerce`)."""
+def _config_arg(path: str | None, sets: list[tuple[str, Any]] | None, backend: str | None = None,
+                preset: str | None = None) -> ExtractConfig:
+    """The config of a ``--config`` / FILE argument (defaults when None) with the ``--set`` changes,
+    ``--backend`` and ``--preset`` applied (:meth:`ExtractConfig.coerce`; a bad preset is a ConfigError)."""
     from nwb_extract.config import ExtractConfig
 
     cfg = ExtractConfig.coerce(path, **_set_changes(sets))
-    return cfg if backend is None else cfg.replace(backend=backend)
+    if backend is not None:
+        cfg = cfg.replace(backend=backend)
+    return cfg if preset is None else cfg.replace(preset=preset)
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -263,7 +266,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.path is None:
         _check_local_input(args.input)
-    cfg = _config_arg(args.config, args.set, args.backend)
+    cfg = _config_arg(args.config, args.set, args.backend, args.preset)
     if args.in_place and (is_dandi_input(args.input) or args.path is not None):
         raise OutputNotWritableError(f"--in-place appends to a local NWB HDF5 file; {args.input} is remote "
                                      "(read-only), so write a new file with -o instead")
@@ -323,7 +326,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     from nwb_extract.workflow import run_batch
 
-    cfg = _config_arg(args.config, args.set, args.backend)
+    cfg = _config_arg(args.config, args.set, args.backend, args.preset)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputNotWritableError(f"-o {out_dir} is a file; give a folder for the batch results")
@@ -609,6 +612,8 @@ def _add_run(sub: Any, verbosity: argparse.ArgumentParser) -> None:
     run.add_argument("--config", metavar="FILE", help="EXTRACT config file (.yaml, .json or MATLAB .mat)")
     _add_set(run)
     run.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: the config's)")
+    run.add_argument("--preset", metavar="NAME", help="python.preset: '1p' for 1-photon / miniscope movies (drops "
+                     "background pieces, README), 'none' for the reference EXTRACT (default: the config's)")
     run.add_argument("--footprints", metavar="FILE.npy",
                      help="known footprints (cells, rows, cols) in the series' stored axis order: run EXTRACT's "
                           "regression_only mode (traces for these cells)")
@@ -633,6 +638,8 @@ def _add_batch(sub: Any, verbosity: argparse.ArgumentParser) -> None:
     _add_set(batch)
     batch.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: the "
                                                                             "config's)")
+    batch.add_argument("--preset", metavar="NAME", help="python.preset: '1p' for 1-photon / miniscope movies, "
+                       "'none' for the reference EXTRACT (default: the config's)")
     batch.add_argument("--cache-dir", metavar="FOLDER", help="remfile disk cache for the streamed chunks")
     _add_execution(batch)
     batch.set_defaults(func=_cmd_batch)

@@ -51,6 +51,8 @@ from nwb_extract.errors import ConfigError, ConfigFileNotFoundError, UnknownConf
 from nwb_extract.parameters import (
     BACKENDS,
     PARAMETERS,
+    PRESET_VALUES,
+    PRESETS,
     PYTHON_PARAMETERS,
     THRESHOLD_PARAMETERS,
     TILINGS,
@@ -65,6 +67,8 @@ from nwb_extract.parameters import (
 __all__ = [  # the names of nwb_extract.parameters are re-exported: config is where users look for them
     "BACKENDS",
     "PARAMETERS",
+    "PRESETS",
+    "PRESET_VALUES",
     "PYTHON_PARAMETERS",
     "THRESHOLD_PARAMETERS",
     "TILINGS",
@@ -449,10 +453,14 @@ class ExtractConfig(_Group):
         - ``regression_only``: ``max_iter = 0``, ``remove_duplicate_cells = True``, ``downsample_time_by = 1``
           (a :class:`ConfigError` without ``S_init``);
         - ``parallel_cpu``: ``use_gpu = False``; then ``multi_gpu``: ``parallel_cpu = False`` (the reference's order);
-        - ours: ``python.backend = 'auto'`` with ``use_gpu`` false becomes ``'numpy'``.
+        - ours: ``python.backend = 'auto'`` with ``use_gpu`` false becomes ``'numpy'``;
+        - ours, first: ``python.preset`` sets the keys of :data:`PRESET_VALUES` that still hold their reference
+          default (``'1p'``: ``spatial_highpass_cutoff = 2``, ``spatial_corrupt_thresh = 0.7``,
+          ``size_upper_limit = 1.5``); the overrides above then apply on top.
         """
         changes: dict[str, Any] = {}
         thresholds: dict[str, Any] = {}
+        self = self._with_preset()
         if self.dendrite_aware:
             thresholds.update(eccent_thresh=math.inf, size_lower_limit=0.0, size_upper_limit=math.inf)
         if self.hyperparameter_tuning_flag:
@@ -474,6 +482,17 @@ class ExtractConfig(_Group):
         if self.python.backend == "auto" and not use_gpu:
             changes["backend"] = "numpy"
         return self.replace(thresholds=thresholds, **changes)
+
+    def _with_preset(self) -> ExtractConfig:
+        """A copy with ``python.preset``'s values (:data:`PRESET_VALUES`) set where the reference default is."""
+        preset = PRESET_VALUES[self.python.preset]
+        top = {p.name: p.default for p in PARAMETERS}
+        nested = {p.name: p.default for p in THRESHOLD_PARAMETERS}
+        changes = {key: value for key, value in preset.items()
+                   if key != "thresholds" and getattr(self, key) == top[key]}
+        thresholds = {key: value for key, value in preset.get("thresholds", {}).items()
+                      if getattr(self.thresholds, key) == nested[key]}
+        return self.replace(thresholds=thresholds, **changes) if changes or thresholds else self
 
     # -- plain data
 

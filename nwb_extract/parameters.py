@@ -15,8 +15,8 @@ from typing import Any
 from nwb_extract.errors import ConfigError
 
 __all__ = [
-    "BACKENDS", "PARAMETERS", "PYTHON_PARAMETERS", "THRESHOLD_PARAMETERS", "TILINGS", "TRACE_KINDS",
-    "TRACE_KIND_TO_OPTION", "TRACE_OPTION_TO_KIND", "UNUSED_STATUSES", "Param", "primary_trace_kind",
+    "BACKENDS", "PARAMETERS", "PRESETS", "PRESET_VALUES", "PYTHON_PARAMETERS", "THRESHOLD_PARAMETERS", "TILINGS",
+    "TRACE_KINDS", "TRACE_KIND_TO_OPTION", "TRACE_OPTION_TO_KIND", "UNUSED_STATUSES", "Param", "primary_trace_kind",
 ]
 
 
@@ -62,6 +62,21 @@ def primary_trace_kind(trace_output_option: str) -> str | None:
 
 #: ``python.backend`` values: ``auto`` picks CuPy when ``use_gpu`` and a GPU is found, else NumPy.
 BACKENDS = ("auto", "numpy", "cupy")
+
+#: ``python.preset`` values: ``none`` (the reference EXTRACT) or ``1p`` (1-photon / miniscope data, issue 16;
+#: docs/decisions.md, "The 1-photon preset").
+PRESETS = ("none", "1p")
+
+#: What each ``python.preset`` changes: keys (``thresholds.X`` as a nested dict) and their preset values.
+#: :meth:`ExtractConfig.resolved` applies a value only where the key still holds its reference default, so an
+#: explicit user value other than the default wins (docs/decisions.md, "The 1-photon preset").
+PRESET_VALUES = MappingProxyType({
+    "none": MappingProxyType({}),
+    "1p": MappingProxyType({
+        "spatial_highpass_cutoff": 2.0,
+        "thresholds": MappingProxyType({"spatial_corrupt_thresh": 0.7, "size_upper_limit": 1.5}),
+    }),
+})
 
 #: ``python.tiling`` values (the T/S-step tiling rule); only the deterministic §6.6 rule is implemented.
 TILINGS = ("deterministic",)
@@ -322,6 +337,9 @@ PYTHON_PARAMETERS: tuple[Param, ...] = (
     Param("early_convergence_check", "bool", False, "refinement's fixed-kappa ADMM T/S steps test convergence from "
           "the first iteration instead of after half of max_iter_T / max_iter_S (the reference): refinement about "
           "2.5x faster, individual traces differ by up to a few percent (docs/decisions.md)"),
+    Param("preset", "choice", "none", "'1p' for 1-photon / miniscope data: a stronger spatial high-pass and tighter "
+          "size and spatial-corruption checks, which drop pieces of the background (keys left at their reference "
+          "defaults get the preset's values; docs/decisions.md); 'none': the reference EXTRACT", choices=PRESETS),
     Param("seam_ownership", "bool", True, "with partitions, drop a cell found in a neighbouring partition's core "
           "where that partition found an overlapping cell (seam fragments); false: the reference's stitching only "
           "(docs/decisions.md)"),

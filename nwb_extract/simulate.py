@@ -37,7 +37,7 @@ from nwb_extract.engine.preprocess import spatial_bandpass
 from nwb_extract.errors import InputError
 from nwb_extract.progress import ProgressCallback, Reporter
 
-__all__ = ["SimulatedMovie", "simulate_1p", "simulate_2p"]
+__all__ = ["LEVELS", "SimulatedMovie", "simulate_1p", "simulate_2p", "simulate_level"]
 
 FOOTPRINT_FLOOR = 0.05
 """Footprint values below this fraction of the peak are set to 0 (spec §11.1 step 4)."""
@@ -103,8 +103,14 @@ class SimulatedMovie:
     baseline : float
         Constant added to every pixel (1.0).
     background_footprints, background_traces, background_spikes : numpy.ndarray or None
-        1-p only: ``(blobs, rows, cols)``, ``(frames, blobs)``, ``(frames, blobs)`` float32 ground truth of the
-        background movie (traces after the burn-in); None for 2-p movies.
+        ``(components, rows, cols)``, ``(frames, components)``, ``(frames, components)`` float32 ground truth of
+        everything in the movie that is not a truth cell: the 1-p background blobs (traces after the burn-in), then
+        the opt-in out-of-focus cells and low-rank components (the "Opt-in structure" of :func:`simulate_1p`;
+        low-rank components have no events, their spikes are 0). ``params["background_parts"]`` gives each kind's index
+        range when there is opt-in structure. None for a 2-p movie without opt-in structure.
+    gain : numpy.ndarray or None
+        ``(rows, cols)`` float32 multiplicative gain of the optics (vignetting times blood-vessel shadows), applied
+        to the whole clean movie, baseline included (not to the noise); None when neither is simulated.
     """
 
     movie: np.ndarray
@@ -120,6 +126,7 @@ class SimulatedMovie:
     background_footprints: np.ndarray | None = None
     background_traces: np.ndarray | None = None
     background_spikes: np.ndarray | None = None
+    gain: np.ndarray | None = None
 
     @property
     def modality(self) -> str:
@@ -132,19 +139,21 @@ class SimulatedMovie:
         return self.footprints.shape[0]
 
     def clean_movie(self) -> np.ndarray:
-        """Noise-free movie ``(frames, rows, cols)`` float32: cells (+ background) + baseline.
+        """Noise-free movie ``(frames, rows, cols)`` float32: (cells (+ background) + baseline) x gain.
 
         ``movie - clean_movie()`` equals :attr:`noise` exactly (the same float32 operations build both).
         """
         return _clean_movie(
-            self.footprints, self.traces, self.background_footprints, self.background_traces, self.baseline
+            self.footprints, self.traces, self.background_footprints, self.background_traces, self.baseline,
+            self.gain,
         )
 
     def save_truth(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the ground truth (not the movie, not the noise) to a compressed ``.npz`` file.
 
         Keys: ``footprints``, ``traces``, ``spikes``, ``centres``, ``event_frames`` (all events concatenated) with
-        ``event_counts`` (events per cell), ``background_*`` for 1-p, and ``params_json`` (the settings as JSON).
+        ``event_counts`` (events per cell), ``background_*`` and ``gain`` when simulated, and ``params_json`` (the
+        settings as JSON).
         The movie belongs in the NWB file (:func:`nwb_extract.io.movie_write.write_simulated_nwb`); the noise is
         ``movie - clean_movie()``. Refuses to replace an existing file unless ``overwrite=True``.
         """
@@ -166,6 +175,8 @@ class SimulatedMovie:
             arrays["background_footprints"] = self.background_footprints
             arrays["background_traces"] = self.background_traces
             arrays["background_spikes"] = self.background_spikes
+        if self.gain is not None:
+            arrays["gain"] = self.gain
         np.savez_compressed(path, **arrays)
         return path
 
@@ -189,6 +200,18 @@ def simulate_2p(
     sync_interval: tuple[int, int] = (200, 600),
     refractory_period: int = 1,
     donut: bool = False,
+    n_out_of_focus: int = 0,
+    out_of_focus_radius: tuple[float, float] = (14.0, 22.0),
+    out_of_focus_snr: float = 2.0,
+    lowrank_rank: int = 0,
+    lowrank_amplitude: float = 0.2,
+    lowrank_fluctuation: float = 0.5,
+    lowrank_tau: float = 3.0,
+    lowrank_scale: float = 16.0,
+    vignetting: float = 0.0,
+    n_vessels: int = 0,
+    vessel_width: float = 4.0,
+    vessel_depth: float = 0.4,
     frame_rate: float = 30.0,
     seed: int = 0,
     progress: ProgressCallback | None = None,
@@ -236,6 +259,10 @@ def simulate_2p(
         consecutive events of a cell are at least ``refractory_period + 2`` frames apart.
     donut : bool
         Ring-shaped footprints instead of filled ellipses.
+    n_out_of_focus, out_of_focus_radius, out_of_focus_snr, lowrank_rank, lowrank_amplitude, lowrank_fluctuation,
+    lowrank_tau, lowrank_scale, vignetting, n_vessels, vessel_width, vessel_depth
+        Opt-in structure, all off by default (see :func:`simulate_1p`): out-of-focus cells and low-rank components
+        (e.g. slow neuropil: ``lowrank_tau=10``) are stored in ``background_*``; vignetting and vessels in ``gain``.
     frame_rate : float
         Frame rate in Hz (metadata, e.g. for NWB).
     seed : int
@@ -246,21 +273,26 @@ def simulate_2p(
     Returns
     -------
     SimulatedMovie
-        Movie, ground truth and ``params``; ``background_*`` are None.
+        Movie, ground truth and ``params``; ``background_*`` and ``gain`` are None without opt-in structure.
     """
     cells = _Population(
         n_cells, _radius_pair(cell_radius, "cell_radius"), min_cell_dist, event_rate, event_tau, cell_snr,
         noise_std, ratio_corr_noise, exp_trace, spike_var_range, spike_sync_prob, refractory_period, donut,
         _interval(sync_interval),
     )
+    structure = _Structure(n_out_of_focus, out_of_focus_radius, out_of_focus_snr, lowrank_rank, lowrank_amplitude,
+                           lowrank_fluctuation, lowrank_tau, lowrank_scale, vignetting, n_vessels, vessel_width,
+                           vessel_depth)
     shape = _check_size(n_rows, n_cols, n_frames, frame_rate)
     _check_population(cells, "")
-    cell_rng, _ = np.random.default_rng(seed).spawn(2)
-    steps = _Steps(progress, 4)
+    structure.check()
+    cell_rng, _, structure_rng = np.random.default_rng(seed).spawn(3)  # the first two as without structure
+    steps = _Steps(progress, 4 + structure.active)
     truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0, steps=steps)
     params = {"modality": "2p", "n_rows": n_rows, "n_cols": n_cols, "n_frames": n_frames,
               **_population_params(cells, ""), "frame_rate": frame_rate, "seed": seed}
-    return _assemble(truth, None, params, frame_rate, steps)
+    return _assemble(truth, None, params, frame_rate, steps,
+                     _with_structure(structure_rng, shape, n_frames, cells, structure, params, steps))
 
 
 def simulate_1p(
@@ -295,6 +327,18 @@ def simulate_1p(
     background_spike_sync_prob: float = 0.0,
     background_refractory_period: int = 1,
     background_burn_in: int = 1000,
+    n_out_of_focus: int = 0,
+    out_of_focus_radius: tuple[float, float] = (14.0, 22.0),
+    out_of_focus_snr: float = 2.0,
+    lowrank_rank: int = 0,
+    lowrank_amplitude: float = 0.2,
+    lowrank_fluctuation: float = 0.5,
+    lowrank_tau: float = 3.0,
+    lowrank_scale: float = 16.0,
+    vignetting: float = 0.0,
+    n_vessels: int = 0,
+    vessel_width: float = 4.0,
+    vessel_depth: float = 0.4,
     frame_rate: float = 30.0,
     seed: int = 0,
     progress: ProgressCallback | None = None,
@@ -312,6 +356,44 @@ def simulate_1p(
     Blob centres keep ``r_max / 2`` from the border, so ``background_radius[1]`` must be below the FOV size.
     With the same ``seed`` and cell settings the cells equal those of :func:`simulate_2p`.
 
+    Opt-in structure (what makes 1-photon data hard; all off by default, and then the movie, the ground truth and
+    ``params`` are exactly those of the settings above; :func:`simulate_2p` takes the same arguments). It is drawn
+    from its own random stream, so switching it on leaves the cells and the blobs unchanged. Everything below except
+    the gain is stored after the blobs in ``background_*``; none of it is a truth cell.
+
+    n_out_of_focus : int
+        Cells outside the focal plane: same event model as the cells (rate, tau, amplitudes), but large, blurred
+        Gaussian footprints and dim. They are *not* counted as truth cells: their light is a blurred mixture that no
+        extraction can attribute to one in-focus soma, CNMF-E models them as background, and a method that reports
+        one reports a background piece (a false positive in :mod:`nwb_extract.metrics` scores).
+    out_of_focus_radius : (float, float)
+        Their ``(r_min, r_max)`` in pixels (same meaning as ``cell_radius``; default 14-22 px).
+    out_of_focus_snr : float
+        Their kernel peak in units of the cells' ``noise_std`` (default 2: dimmer than the cells).
+    lowrank_rank : int
+        Number of low-rank background components ``map_r(x) course_r(t)``: spatially smooth AND fast (the neuropil
+        and scattered light of 1-p imaging).
+    lowrank_amplitude : float
+        Mean level of each component's time course at its map's peak, in units of the baseline (dF/F).
+    lowrank_fluctuation : float
+        Standard deviation of each time course relative to its mean, before clipping at 0.
+    lowrank_tau : float
+        Correlation time of the time courses in frames (an AR(1) process; default 3: faster than a calcium event).
+    lowrank_scale : float
+        Gaussian sigma in pixels of the smoothing that makes each map from white noise (maps scaled to [0, 1]).
+    vignetting : float
+        Fraction in ``[0, 1)`` of light lost in the corners: the gain falls as ``1 - vignetting (d / d_corner)^2``
+        with the distance ``d`` from the image centre. It multiplies the whole clean movie (baseline included) but
+        not the noise, so the SNR falls towards the corners.
+    n_vessels : int
+        Blood-vessel-like dark curves (quadratic Bezier curves crossing the field of view) that multiply the gain.
+    vessel_width : float
+        Gaussian full width (2 sigma) of a vessel's shadow in pixels.
+    vessel_depth : float
+        Fraction in ``[0, 1)`` of the light a vessel absorbs at its centre line.
+
+    :data:`LEVELS` names the settings of the benchmark movies (``simulate_level("1p-hard", seed)``).
+
     Returns
     -------
     SimulatedMovie
@@ -323,6 +405,9 @@ def simulate_1p(
         noise_std, ratio_corr_noise, exp_trace, spike_var_range, spike_sync_prob, refractory_period, donut,
         _interval(sync_interval),
     )
+    structure = _Structure(n_out_of_focus, out_of_focus_radius, out_of_focus_snr, lowrank_rank, lowrank_amplitude,
+                           lowrank_fluctuation, lowrank_tau, lowrank_scale, vignetting, n_vessels, vessel_width,
+                           vessel_depth)
     background = _Population(
         background_n_cells, _radius_pair(background_radius, "background_radius"), background_min_dist,
         background_event_rate, background_event_tau, background_snr, background_noise_std,
@@ -333,15 +418,17 @@ def simulate_1p(
     _check_population(cells, "")
     _check_population(background, "background_")
     _check_int(background_burn_in, "background_burn_in", minimum=0)
-    cell_rng, background_rng = np.random.default_rng(seed).spawn(2)
-    steps = _Steps(progress, 7)
+    structure.check()
+    cell_rng, background_rng, structure_rng = np.random.default_rng(seed).spawn(3)  # the first two as before
+    steps = _Steps(progress, 7 + structure.active)
     truth = _simulate_population(cell_rng, shape, n_frames, cells, burn_in=0, steps=steps)
     back = _simulate_population(background_rng, shape, n_frames, background, burn_in=background_burn_in,
                                 steps=steps, name="background")
     params = {"modality": "1p", "n_rows": n_rows, "n_cols": n_cols, "n_frames": n_frames,
               **_population_params(cells, ""), **_population_params(background, "background_"),
               "background_burn_in": background_burn_in, "frame_rate": frame_rate, "seed": seed}
-    return _assemble(truth, back, params, frame_rate, steps)
+    return _assemble(truth, back, params, frame_rate, steps,
+                     _with_structure(structure_rng, shape, n_frames, cells, structure, params, steps))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,18 +448,35 @@ class _Steps:
 
 
 def _assemble(cells: _Truth, background: _Truth | None, params: dict, frame_rate: float,
-              steps: _Steps) -> SimulatedMovie:
-    """Build the movie from ground truth; the stored noise is recomputed as ``movie - clean`` (exact in float32)."""
+              steps: _Steps, extra: _Extra | None = None) -> SimulatedMovie:
+    """Build the movie from ground truth; the stored noise is recomputed as ``movie - clean`` (exact in float32).
+
+    ``extra`` (opt-in structure) appends its components after the background blobs and brings the gain."""
     back_footprints = None if background is None else background.footprints
     back_traces = None if background is None else background.traces
-    clean = _clean_movie(cells.footprints, cells.traces, back_footprints, back_traces, 1.0)
+    back_spikes = None if background is None else background.spikes
+    gain = None
+    if extra is not None:
+        gain = extra.gain
+        if extra.footprints.shape[0]:
+            parts = {"blobs": [0, 0 if background is None else int(background.footprints.shape[0])]}
+            start = parts["blobs"][1]
+            for kind, count in extra.parts:
+                parts[kind] = [start, start + count]
+                start += count
+            params["background_parts"] = parts
+            back_footprints, back_traces, back_spikes = (
+                extra_part if base is None else np.concatenate([base, extra_part], axis=axis)
+                for base, extra_part, axis in ((back_footprints, extra.footprints, 0),
+                                               (back_traces, extra.traces, 1), (back_spikes, extra.spikes, 1)))
+    clean = _clean_movie(cells.footprints, cells.traces, back_footprints, back_traces, 1.0, gain)
     movie = clean + (cells.noise if background is None else cells.noise + background.noise)
     steps("movie")
     return SimulatedMovie(
         movie=movie, footprints=cells.footprints, traces=cells.traces, spikes=cells.spikes,
         event_frames=cells.event_frames, centres=cells.centres, noise=movie - clean, frame_rate=float(frame_rate),
         params=params, baseline=1.0, background_footprints=back_footprints, background_traces=back_traces,
-        background_spikes=None if background is None else background.spikes,
+        background_spikes=back_spikes, gain=gain,
     )
 
 
@@ -382,12 +486,15 @@ def _clean_movie(
     background_footprints: np.ndarray | None,
     background_traces: np.ndarray | None,
     baseline: float,
+    gain: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``traces @ footprints`` (+ background) + baseline as a ``(frames, rows, cols)`` float32 movie."""
+    """(``traces @ footprints`` (+ background) + baseline) x gain as a ``(frames, rows, cols)`` float32 movie."""
     clean = _render(footprints, traces)
     if background_footprints is not None:
         clean += _render(background_footprints, background_traces)
     clean += np.float32(baseline)
+    if gain is not None:
+        clean *= gain
     return clean
 
 
@@ -686,3 +793,194 @@ def _check_population(pop: _Population, prefix: str) -> None:
             raise InputError(f"{name[key]} must be >= 0, got {getattr(pop, key)!r}")
     if not pop.event_tau > 0:
         raise InputError(f"{name['event_tau']} must be > 0 frames, got {pop.event_tau!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# opt-in structure: out-of-focus cells, low-rank background, vignetting, blood vessels
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """The opt-in structure settings shared by :func:`simulate_1p` and :func:`simulate_2p` (all off by default)."""
+
+    n_out_of_focus: int = 0
+    out_of_focus_radius: tuple[float, float] = (14.0, 22.0)
+    out_of_focus_snr: float = 2.0
+    lowrank_rank: int = 0
+    lowrank_amplitude: float = 0.2
+    lowrank_fluctuation: float = 0.5
+    lowrank_tau: float = 3.0
+    lowrank_scale: float = 16.0
+    vignetting: float = 0.0
+    n_vessels: int = 0
+    vessel_width: float = 4.0
+    vessel_depth: float = 0.4
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is simulated (the default settings add nothing and draw no random numbers)."""
+        return bool(self.n_out_of_focus or self.lowrank_rank or self.vignetting or self.n_vessels)
+
+    def check(self) -> None:
+        _check_int(self.n_out_of_focus, "n_out_of_focus", minimum=0)
+        _check_int(self.lowrank_rank, "lowrank_rank", minimum=0)
+        _check_int(self.n_vessels, "n_vessels", minimum=0)
+        _radius_pair(self.out_of_focus_radius, "out_of_focus_radius")
+        _check_range(self.vignetting, "vignetting", 0.0, 1.0, high_open=True)
+        _check_range(self.vessel_depth, "vessel_depth", 0.0, 1.0, high_open=True)
+        for key in ("out_of_focus_snr", "lowrank_amplitude", "lowrank_fluctuation"):
+            if not getattr(self, key) >= 0:
+                raise InputError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("lowrank_tau", "lowrank_scale", "vessel_width"):
+            if not getattr(self, key) > 0:
+                raise InputError(f"{key} must be > 0, got {getattr(self, key)!r}")
+
+    def params(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["out_of_focus_radius"] = [float(r) for r in self.out_of_focus_radius]
+        return values
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What the opt-in structure adds: components ``(C,H,W)`` / ``(T,C)`` / ``(T,C)``, their kinds and the gain."""
+
+    footprints: np.ndarray
+    traces: np.ndarray
+    spikes: np.ndarray
+    parts: tuple[tuple[str, int], ...]
+    gain: np.ndarray | None
+
+
+def _with_structure(rng: np.random.Generator, shape: tuple[int, int], n_frames: int, cells: _Population,
+                    settings: _Structure, params: dict, steps: _Steps) -> _Extra | None:
+    """The opt-in structure, its settings recorded in ``params`` (None, with no key added, when all are off)."""
+    if not settings.active:
+        return None
+    params.update(settings.params())
+    extra = _structure(rng, shape, n_frames, cells, settings)
+    steps("structure")
+    return extra
+
+
+def _structure(rng: np.random.Generator, shape: tuple[int, int], n_frames: int, cells: _Population,
+               settings: _Structure) -> _Extra:
+    """Simulate the opt-in structure (docstring of :func:`simulate_1p`, "Opt-in structure")."""
+    footprints, traces, spikes, parts = [], [], [], []
+    if settings.n_out_of_focus:
+        blurred = dataclasses.replace(cells, n_cells=settings.n_out_of_focus, spike_sync_prob=0.0,
+                                      cell_radius=_radius_pair(settings.out_of_focus_radius, "out_of_focus_radius"),
+                                      cell_snr=settings.out_of_focus_snr)
+        events = _event_trains(rng, n_frames, blurred)
+        amplitudes = _event_amplitudes(rng, events, blurred.spike_var_range)
+        kernel, offset = _calcium_kernel(blurred.event_tau, blurred.cell_snr * blurred.noise_std,
+                                         exp_trace=blurred.exp_trace)
+        centres = _place_centres(rng, shape, blurred.n_cells, 0.0, blurred.cell_radius[1])
+        footprints.append(np.stack([_footprint(rng, shape, c, blurred.cell_radius, False) for c in centres]))
+        traces.append(_convolve_events(amplitudes, kernel, offset).astype(np.float32))
+        spikes.append(amplitudes.astype(np.float32))
+        parts.append(("out_of_focus", blurred.n_cells))
+    if settings.lowrank_rank:
+        maps, courses = _lowrank(rng, shape, n_frames, settings)
+        footprints.append(maps)
+        traces.append(courses)
+        spikes.append(np.zeros_like(courses))
+        parts.append(("lowrank", settings.lowrank_rank))
+    gain = None
+    if settings.vignetting or settings.n_vessels:
+        gain = _vignette(shape, settings.vignetting) * _vessel_transmission(rng, shape, settings)
+    if not footprints:
+        empty = np.zeros((n_frames, 0), np.float32)
+        return _Extra(np.zeros((0, *shape), np.float32), empty, empty, (), gain)
+    return _Extra(np.concatenate(footprints), np.concatenate(traces, axis=1), np.concatenate(spikes, axis=1),
+                  tuple(parts), gain)
+
+
+def _lowrank(rng: np.random.Generator, shape: tuple[int, int], n_frames: int,
+             settings: _Structure) -> tuple[np.ndarray, np.ndarray]:
+    """``lowrank_rank`` smooth maps ``(R,H,W)`` in [0, 1] and their fast positive time courses ``(T,R)``.
+
+    A map is white noise smoothed by a Gaussian of sigma ``lowrank_scale`` px, rescaled to min 0 and max 1. A time
+    course is ``lowrank_amplitude * max(0, 1 + lowrank_fluctuation * x_t)`` with ``x`` a unit-variance AR(1)
+    process of correlation time ``lowrank_tau`` frames (``x_t = a x_{t-1} + sqrt(1 - a^2) e_t``, ``a = exp(-1/tau)``).
+    """
+    from scipy.ndimage import gaussian_filter  # only the opt-in structure needs SciPy here
+
+    maps = np.empty((settings.lowrank_rank, *shape), np.float32)
+    for r in range(settings.lowrank_rank):
+        smooth = gaussian_filter(rng.standard_normal(shape), settings.lowrank_scale, mode="reflect")
+        maps[r] = (smooth - smooth.min()) / max(float(np.ptp(smooth)), 1e-12)
+    a = math.exp(-1.0 / settings.lowrank_tau)
+    innovations = rng.standard_normal((n_frames, settings.lowrank_rank))
+    x = np.empty_like(innovations)
+    x[0] = innovations[0]
+    for t in range(1, n_frames):
+        x[t] = a * x[t - 1] + math.sqrt(1 - a * a) * innovations[t]
+    courses = settings.lowrank_amplitude * np.maximum(0.0, 1.0 + settings.lowrank_fluctuation * x)
+    return maps, courses.astype(np.float32)
+
+
+def _vignette(shape: tuple[int, int], strength: float) -> np.ndarray:
+    """``(H,W)`` float32 gain ``1 - strength * (d / d_corner)^2``, ``d`` the distance from the image centre."""
+    rows = np.arange(shape[0]) - (shape[0] - 1) / 2
+    cols = np.arange(shape[1]) - (shape[1] - 1) / 2
+    d2 = rows[:, None] ** 2 + cols[None, :] ** 2
+    return (1.0 - strength * d2 / max(float(d2.max()), 1e-12)).astype(np.float32)
+
+
+def _vessel_transmission(rng: np.random.Generator, shape: tuple[int, int], settings: _Structure) -> np.ndarray:
+    """``(H,W)`` float32 transmission of ``n_vessels`` dark curved vessels (1 away from every vessel).
+
+    Each vessel is a quadratic Bezier curve from a random point on the left or top edge to the opposite edge,
+    through a random interior control point; across it the transmission is
+    ``1 - vessel_depth * exp(-d^2 / (2 (vessel_width / 2)^2))``, ``d`` the distance to the curve in pixels.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    transmission = np.ones(shape, np.float64)
+    h, w = shape
+    s = np.linspace(0.0, 1.0, 4 * (h + w))[:, None]
+    for _ in range(settings.n_vessels):
+        if rng.random() < 0.5:  # left -> right
+            start, end = np.array([rng.uniform(0, h - 1), 0.0]), np.array([rng.uniform(0, h - 1), w - 1.0])
+        else:  # top -> bottom
+            start, end = np.array([0.0, rng.uniform(0, w - 1)]), np.array([h - 1.0, rng.uniform(0, w - 1)])
+        control = rng.uniform([0, 0], [h - 1, w - 1])
+        curve = (1 - s) ** 2 * start + 2 * s * (1 - s) * control + s**2 * end
+        on_curve = np.ones(shape, bool)
+        idx = np.clip(np.rint(curve).astype(np.int64), 0, [h - 1, w - 1])
+        on_curve[idx[:, 0], idx[:, 1]] = False
+        d = distance_transform_edt(on_curve)
+        transmission *= 1.0 - settings.vessel_depth * np.exp(-(d**2) / (2 * (settings.vessel_width / 2) ** 2))
+    return transmission.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# named difficulty levels (benchmarks/onep_quality.py, tests)
+
+_ONE_PHOTON_BASE: dict[str, Any] = {
+    "n_rows": 128, "n_cols": 128, "n_frames": 1000, "n_cells": 40, "cell_radius": (6.0, 10.0),
+    "min_cell_dist": 12.0, "cell_snr": 6.0, "background_radius": (20.0, 40.0),
+}
+
+#: Named settings of the benchmark movies: keyword arguments of :func:`simulate_1p` (``"1p-moderate"``,
+#: ``"1p-hard"``) or :func:`simulate_2p` (``"2p-neuropil"``); see :func:`simulate_level`.
+LEVELS: dict[str, dict[str, Any]] = {
+    "1p-moderate": {**_ONE_PHOTON_BASE, "background_n_cells": 5, "background_snr": 10.0, "n_out_of_focus": 4,
+                    "out_of_focus_snr": 3.0, "lowrank_rank": 2, "lowrank_amplitude": 0.1, "lowrank_scale": 12.0,
+                    "vignetting": 0.3, "n_vessels": 1},
+    "1p-hard": {**_ONE_PHOTON_BASE, "n_out_of_focus": 8, "out_of_focus_snr": 3.0, "lowrank_rank": 4,
+                "lowrank_amplitude": 0.15, "lowrank_scale": 12.0, "vignetting": 0.5, "n_vessels": 3},
+    "2p-neuropil": {"n_rows": 128, "n_cols": 128, "n_frames": 1000, "n_cells": 40, "cell_radius": (5.0, 7.0),
+                    "min_cell_dist": 10.0, "n_out_of_focus": 8, "out_of_focus_radius": (10.0, 16.0),
+                    "out_of_focus_snr": 2.0, "lowrank_rank": 3, "lowrank_amplitude": 0.05,
+                    "lowrank_fluctuation": 0.5, "lowrank_tau": 10.0, "lowrank_scale": 12.0},
+}
+
+
+def simulate_level(level: str, seed: int = 0, **overrides: Any) -> SimulatedMovie:
+    """Simulate the named movie of :data:`LEVELS` (``overrides`` replace single settings, e.g. ``n_frames``)."""
+    if level not in LEVELS:
+        raise InputError(f"unknown simulation level {level!r}; choose one of {', '.join(LEVELS)}")
+    settings = {**LEVELS[level], **overrides, "seed": seed}
+    return simulate_1p(**settings) if level.startswith("1p") else simulate_2p(**settings)

@@ -38,6 +38,7 @@ from nwb_extract.io.nwb_write import _config_fields
 SPEC_HASHES = {
     "0.2.0": "1a2e65afc14d229a25abe05d63c55680a2e180bf27fd534dab3bd8051301de52",
     "0.3.0": "484a7375ce84d9661395731168dc2552999233599a910e7870edc5c60a5cdbe0",
+    "0.4.0": "dffbad1bcbaee802edf26e78b82f6bb188c7b12d5a96c8ce6d12498e33e10730",
 }
 
 OLD_FILE = REPO_ROOT / "tests" / "data" / "result_ndx-nwb-extract-0.1.0.nwb"

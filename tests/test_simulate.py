@@ -284,3 +284,82 @@ def test_save_truth_round_trip(sim1p, tmp_path):
         assert json.loads(str(truth["params_json"])) == sim1p.params
     with pytest.raises(InputError, match="already exists"):
         sim1p.save_truth(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# opt-in 1-photon structure (issue 16)
+
+STRUCTURE = {"n_out_of_focus": 3, "lowrank_rank": 2, "lowrank_tau": 3.0, "lowrank_scale": 10.0, "vignetting": 0.5,
+             "n_vessels": 2, "vessel_depth": 0.4}
+
+
+@pytest.fixture(scope="module")
+def structured() -> SimulatedMovie:
+    return simulate_1p(n_frames=N_FRAMES, seed=3, **STRUCTURE)
+
+
+def test_structure_off_by_default_changes_nothing(sim1p, structured):
+    assert sim1p.gain is None and "background_parts" not in sim1p.params and "vignetting" not in sim1p.params
+    # the structure has its own random stream: cells and blobs are those of the plain simulation
+    np.testing.assert_array_equal(structured.footprints, sim1p.footprints)
+    np.testing.assert_array_equal(structured.traces, sim1p.traces)
+    np.testing.assert_array_equal(structured.background_footprints[:10], sim1p.background_footprints)
+    assert structured.params["background_parts"] == {"blobs": [0, 10], "out_of_focus": [10, 13], "lowrank": [13, 15]}
+    assert structured.params["vignetting"] == 0.5 and json.loads(json.dumps(structured.params))
+    np.testing.assert_array_equal(structured.movie - structured.clean_movie(), structured.noise)
+
+
+def test_vignetting_darkens_the_corners():
+    sim = simulate_2p(n_frames=50, n_cells=0, noise_std=0.0, vignetting=0.5, seed=1)
+    # a movie of baseline only: the corners get 1 - 0.5, the centre pixels (0.5 px from the centre) almost 1
+    assert sim.gain[0, 0] == pytest.approx(0.5) and sim.gain[-1, -1] == pytest.approx(0.5)
+    assert sim.gain[31:33, 39:41].min() > 0.999
+    np.testing.assert_allclose(sim.movie[7], sim.gain, rtol=1e-6)
+
+
+def test_lowrank_background_has_the_requested_rank_and_is_smooth_and_fast(structured):
+    start, stop = structured.params["background_parts"]["lowrank"]
+    maps = structured.background_footprints[start:stop]
+    courses = structured.background_traces[:, start:stop]
+    movie = courses @ maps.reshape(2, -1)
+    s = np.linalg.svd(movie.astype(np.float64), compute_uv=False)
+    assert s[2] < 1e-5 * s[0]  # rank 2 (float32 round-off only)
+    # smooth in space: neighbouring pixels of a map (sigma 10 px) differ by far less than the map's range [0, 1]
+    assert np.abs(np.diff(maps, axis=2)).max() < 0.1 and maps.min() == 0.0 and maps.max() == 1.0
+    # fast in time: lag-1 autocorrelation of an AR(1) with tau 3 is exp(-1/3) = 0.72 (clipping at 0 changes it a
+    # little; 400 frames give a standard error of ~0.05)
+    x = courses - courses.mean(axis=0)
+    lag1 = (x[1:] * x[:-1]).sum(axis=0) / (x * x).sum(axis=0)
+    np.testing.assert_allclose(lag1, np.exp(-1 / 3), atol=0.15)
+    assert np.all(structured.background_spikes[:, start:stop] == 0)
+
+
+def test_out_of_focus_cells_are_large_dim_background(structured):
+    start, stop = structured.params["background_parts"]["out_of_focus"]
+    blurred = structured.background_footprints[start:stop]
+    assert structured.n_cells == 30  # not truth cells
+    assert (blurred > 0).sum(axis=(1, 2)).min() > 2 * (structured.footprints > 0).sum(axis=(1, 2)).max()
+    # dim: kernel peak out_of_focus_snr (2) x noise_std (0.02) = 0.04 per unit event, against 0.08 for a cell
+    assert structured.background_traces[:, start:stop].max() < structured.traces.max()
+    assert np.all(structured.background_spikes[:, start:stop].sum(axis=0) > 0)  # they fire like cells
+
+
+def test_vessels_are_dark_curves(structured):
+    gain_without = simulate_1p(n_frames=5, seed=3, vignetting=0.5).gain
+    transmission = structured.gain / gain_without
+    # depth 0.4 on a centre line: 0.6 there, 0.6^2 where the two vessels cross
+    assert np.any(np.abs(transmission - 0.6) < 0.01) and transmission.min() >= 0.36 - 1e-6
+    assert 0.02 < np.mean(transmission < 0.9) < 0.3  # thin curves, not the whole field
+
+
+def test_levels_regenerate_and_bad_names_raise():
+    from nwb_extract.simulate import LEVELS, simulate_level
+
+    assert {"1p-moderate", "1p-hard", "2p-neuropil"} <= set(LEVELS)
+    a = simulate_level("1p-hard", 2, n_frames=30)
+    assert a.modality == "1p" and a.params["n_vessels"] == LEVELS["1p-hard"]["n_vessels"] and a.params["seed"] == 2
+    assert simulate_level("2p-neuropil", 2, n_frames=30).modality == "2p"
+    with pytest.raises(InputError, match="unknown simulation level"):
+        simulate_level("1p-impossible")
+    with pytest.raises(InputError, match="vignetting"):
+        simulate_1p(n_frames=10, vignetting=1.0)

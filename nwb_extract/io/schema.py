@@ -47,10 +47,11 @@ __all__ = [
 ]
 
 NAMESPACE = "ndx-nwb-extract"
-NAMESPACE_VERSION = "0.3.0"
+NAMESPACE_VERSION = "0.4.0"
 """Version of the namespace; every change of the spec needs a new one (tests/test_schema.py holds the hash of the
 spec of each version). 0.2.0: the first versioned spec (0.1.0 files, written with several specs, still read).
-0.3.0: ``curated_by`` and ``curated_at``, who reviewed the run's cells and when (``nwb-extract review``)."""
+0.3.0: ``curated_by`` and ``curated_at``, who reviewed the run's cells and when (``nwb-extract review``).
+0.4.0: ``python_preset`` (config ``python.preset``, issue 16)."""
 RUN_INFO_TYPE = "ExtractRunInfo"
 
 AXIS_ORDER = ("masks follow the source series' stored axis order: image_mask[k] indexes like the series' data[t] "
