@@ -41,7 +41,7 @@ def normalize_to_one(S: Any) -> Any:
 def cell_area(S: Any, threshold: float = AREA_THRESHOLD) -> Any:
     """Pixels per column with ``S > threshold`` (spec §0 ``cell_area``): (P, K) -> int64 (K,)."""
     xp = backend.get_namespace(S)
-    return xp.sum(xp.astype(S > threshold, xp.int64), axis=0)
+    return xp.astype(xp.count_nonzero(S > threshold, axis=0), xp.int64)
 
 
 def check_frame_shape(S: Any, frame_shape: tuple[int, int]) -> tuple[int, int]:

@@ -81,14 +81,17 @@ def spatial_corruption(S: Any, frame_shape: tuple[int, int]) -> Any:
     ``v_global = sum_I (S - mu)^2 / max(mu, 0.01) / |I|``; ``v_local`` the same with the 4 x 4 box mean
     (offsets -1..+2, replicate padding) in place of ``mu``.
     """
-    xp, device = backend.get_namespace_and_device(S)
+    xp = backend.get_namespace(S)
     frame_shape = check_frame_shape(S, frame_shape)
+    local_mean = _box_means_near_support(S, frame_shape)
+    # only the pixels inside some image add to the sums: the others add exact zeros to each column's running sum
+    rows = xp.nonzero(xp.any(S > 1e-3, axis=1))[0]
+    S, local_mean = xp.take(S, rows, axis=0), xp.take(local_mean, rows, axis=0)
     inside = S > 1e-3
-    count = xp.sum(xp.astype(inside, S.dtype), axis=0)
+    count = xp.astype(xp.count_nonzero(inside, axis=0), S.dtype)
     zero = xp.zeros_like(S)
     mean = matlab_divide(xp.sum(xp.where(inside, S, zero), axis=0), count, xp)
     global_dev = xp.where(inside, (S - mean[None, :]) ** 2, zero) / xp.clip(mean, min=0.01)[None, :]
-    local_mean = _box_means_near_support(S, frame_shape)
     local_dev = xp.where(inside, (S - local_mean) ** 2 / xp.clip(local_mean, min=0.01), zero)
     v_global = matlab_divide(xp.sum(global_dev, axis=0), count, xp)
     v_local = matlab_divide(xp.sum(local_dev, axis=0), count, xp)
