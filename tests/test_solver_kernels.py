@@ -15,22 +15,22 @@ from nwb_extract.engine import backend, solver_kernels
 @pytest.mark.parametrize("kappa_kind", ["float", "matrix", "row"])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_residual_operator_equals_the_direct_expression(namespace, rows, kappa_kind, transposed, monkeypatch):
-    """min(X A - B + kappa, 0) A^T for a sparse A (columns with 0, 1, 2 and 3 cells), a scalar or a per-entry
-    kappa, B in C order or as the transposed view the tiled steps hand over, with row chunks of the NumPy kernel
-    smaller than, equal to and larger than the data."""
+    """min(X A - B + kappa, 0) A^T for a sparse A (columns with 0, 1, 2, 3, 4 and 6 cells: every fused path of the
+    NumPy kernel and its general one), a scalar or a per-entry kappa, B in C order or as the transposed view the
+    tiled steps hand over, with row chunks of the NumPy kernel smaller than, equal to and larger than the data; and
+    applied to a block of rows only, the block's rows of the whole (bitwise in NumPy)."""
     xp, device = namespace
     monkeypatch.setattr(solver_kernels, "RESIDUAL_ROW_CHUNK", rows)
     rng = np.random.default_rng(rows)
-    X, A = rng.standard_normal((23, 5)), rng.standard_normal((5, 40))
+    X, A = rng.standard_normal((23, 6)), rng.standard_normal((6, 60))
     A[:, :10] = 0.0  # empty columns
-    A[1:, 10:20] = 0.0  # one cell
-    A[2:, 20:30] = 0.0  # two cells
-    A[3:, 30:] = 0.0  # three cells
-    B = rng.standard_normal((23, 40))
-    kappa = {"float": 0.3, "matrix": rng.uniform(0.1, 0.5, (23, 40)), "row": rng.uniform(0.1, 0.5, (1, 40))}[kappa_kind]
+    for cells, start in ((1, 10), (2, 20), (3, 30), (4, 40)):
+        A[cells:, start:start + 10] = 0.0  # columns 50-59 keep all six cells
+    B = rng.standard_normal((23, 60))
+    kappa = {"float": 0.3, "matrix": rng.uniform(0.1, 0.5, (23, 60)), "row": rng.uniform(0.1, 0.5, (1, 60))}[kappa_kind]
     expected = np.minimum(X @ A - B + kappa, 0.0) @ A.T
     X_, A_, B_ = (to_xp(a.astype(np.float32), xp, device) for a in (X, A, B))
-    if transposed:  # B as the transposed view of a (40, 23) array, as the tiled steps hand over their movie tile
+    if transposed:  # B as the transposed view of a (60, 23) array, as the tiled steps hand over their movie tile
         B_ = xp.matrix_transpose(to_xp(np.ascontiguousarray(B.T, dtype=np.float32), xp, device))
         if isinstance(B_, np.ndarray):
             assert B_.flags.f_contiguous and not B_.flags.c_contiguous
@@ -38,8 +38,12 @@ def test_residual_operator_equals_the_direct_expression(namespace, rows, kappa_k
     operator = solver_kernels.ResidualOperator(A_, B_)
     for _ in range(2):  # the operator is applied again with the same (cached) kappa
         got = backend.to_numpy(operator.apply(X_, k))
-        assert got.shape == (23, 5)
+        assert got.shape == (23, 6)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    block = backend.to_numpy(operator.apply(X_[5:17, :], k, rows=(5, 17), cached=True))
+    if backend.is_numpy(xp):
+        np.testing.assert_array_equal(block, got[5:17, :])
+    np.testing.assert_allclose(block, expected[5:17, :], rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("layout", ["C", "F"])

@@ -25,8 +25,10 @@ def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row
     column j are ``cells[indptr[j]:indptr[j + 1]]``. x_t (k, n) = X^T for the n rows ``row_start`` to
     ``row_start + n`` of the problem; data_t (m, r) = B^T, all rows, both C-contiguous float32. kappa_t (m, r)
     per-entry kappa^T, or shape (0, r) to use kappa_row (r,) for every column. out_t (k, n) is overwritten. Rows are
-    processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in cache while B streams past). Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then
-    ``out[c] += a_c s``. Work is proportional to nnz(A) x r instead of k x m x r.
+    processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in cache while B streams past).
+    Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then ``out[c] += a_c s``. Columns
+    of 1 to 4 cells run in one fused pass (no buffer; the same float operations, in the same order, as the general
+    path for more cells). Work is proportional to nnz(A) x r instead of k x m x r.
     """
     k, r = x_t.shape
     m = data_t.shape[0]
@@ -64,6 +66,30 @@ def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row
                     value = value if value < 0 else zero
                     out[i] += a * value
                     out_b[i] += b * value
+            elif e1 - e0 == 3:  # three cells (a frame of the S-step's traces), fused the same way
+                a, b, c = values[e0], values[e0 + 1], values[e0 + 2]
+                x, y, z = x_t[cells[e0], i0:i1], x_t[cells[e0 + 1], i0:i1], x_t[cells[e0 + 2], i0:i1]
+                out, out_b = out_t[cells[e0], i0:i1], out_t[cells[e0 + 1], i0:i1]
+                out_c = out_t[cells[e0 + 2], i0:i1]
+                for i in range(n):
+                    value = a * x[i] + b * y[i] + c * z[i] - data[i] + kappa[i]
+                    value = value if value < 0 else zero
+                    out[i] += a * value
+                    out_b[i] += b * value
+                    out_c[i] += c * value
+            elif e1 - e0 == 4:  # four cells, fused the same way
+                a, b, c, d = values[e0], values[e0 + 1], values[e0 + 2], values[e0 + 3]
+                x, y = x_t[cells[e0], i0:i1], x_t[cells[e0 + 1], i0:i1]
+                z, w = x_t[cells[e0 + 2], i0:i1], x_t[cells[e0 + 3], i0:i1]
+                out, out_b = out_t[cells[e0], i0:i1], out_t[cells[e0 + 1], i0:i1]
+                out_c, out_d = out_t[cells[e0 + 2], i0:i1], out_t[cells[e0 + 3], i0:i1]
+                for i in range(n):
+                    value = a * x[i] + b * y[i] + c * z[i] + d * w[i] - data[i] + kappa[i]
+                    value = value if value < 0 else zero
+                    out[i] += a * value
+                    out_b[i] += b * value
+                    out_c[i] += c * value
+                    out_d[i] += d * value
             elif e1 > e0:
                 for i in range(n):
                     residual[i] = 0.0
