@@ -98,6 +98,28 @@ def test_compute_df_skip_and_centred_leave_the_movie(functions_h5):
     assert np.all(F >= 1)
 
 
+def test_preprocessing_in_the_inputs_memory_gives_the_same_values(namespace):
+    """overwrite=True (the pipeline's own block): ΔF is subtracted and band-passed in the input's memory, with the
+    values of the copying path; a centred movie is returned unchanged either way; non-float32 input is never
+    overwritten."""
+    xp, device = namespace
+    rng = np.random.default_rng(5)
+    frames = (5.0 + rng.standard_normal((40, 16, 20))).astype(np.float32)
+    settings = pp.PreprocessSettings()
+    copied, F_copied = pp.preprocess_movie(to_xp(frames, xp, device), settings, radius=3.0)
+    own = to_xp(frames, xp, device)
+    in_place, F_in_place = pp.preprocess_movie(own, settings, radius=3.0, overwrite=True)
+    np.testing.assert_array_equal(to_numpy(in_place), to_numpy(copied))
+    np.testing.assert_array_equal(to_numpy(F_in_place), to_numpy(F_copied))
+    np.testing.assert_array_equal(to_numpy(own), to_numpy(copied))  # it was the input's memory
+    centred = to_xp(frames - frames.mean(axis=0), xp, device)
+    out, _ = pp.compute_df(centred, overwrite=True)
+    np.testing.assert_array_equal(to_numpy(out), frames - frames.mean(axis=0))
+    as_float64 = frames.astype(np.float64)
+    pp.compute_df(as_float64, overwrite=True)
+    np.testing.assert_array_equal(as_float64, frames.astype(np.float64))
+
+
 def test_compute_df_uses_matlab_rounding_for_the_centre_pixel():
     # 9 x 12 frames: MATLAB round(4.5) = 5 -> 0-based row 4 (banker's rounding would give row 3), column 5.
     # Only that pixel is very noisy (std 100 > 10 * level 2), so the movie counts as centred only if it is read.

@@ -331,8 +331,9 @@ def _baseline(Y: Any, inputs: partition.PartitionInputs, plan: _Plan, movie_mask
     """The movie (n, h, w) and its per-pixel baseline (h, w): preprocessed (spec §3), or as given with the
     config's ``F_per_pixel`` (downsampled as the movie), or with a baseline of 1."""
     xp, device = backend.get_namespace_and_device(Y)
-    if plan.cfg.preprocess:
-        return preprocess.preprocess_movie(Y, plan.preprocess, radius=plan.radius, movie_mask=movie_mask)
+    if plan.cfg.preprocess:  # Y is the partition's own copy (read, filled, trimmed), not needed afterwards
+        return preprocess.preprocess_movie(Y, plan.preprocess, radius=plan.radius, movie_mask=movie_mask,
+                                           overwrite=True)
     if inputs.F_per_pixel is None:
         return Y, xp.ones((Y.shape[1], Y.shape[2]), dtype=xp.float32, device=device)
     if plan.dss == 1:

@@ -203,7 +203,8 @@ def medfilt_outliers(movie: Any) -> tuple[Any, int]:
 # baseline (ΔF) and masks
 
 
-def compute_df(movie: Any, baseline_quantile: float | None = None, skip_dff: bool = False) -> tuple[Any, Any]:
+def compute_df(movie: Any, baseline_quantile: float | None = None, skip_dff: bool = False, *,
+               overwrite: bool = False) -> tuple[Any, Any]:
     """Subtract the per-pixel baseline: the movie becomes ΔF (not ΔF/F) (spec §3.1).
 
     The baseline ``m`` is the temporal mean (``baseline_quantile=None``), or the temporal Hazen quantile at
@@ -218,15 +219,19 @@ def compute_df(movie: Any, baseline_quantile: float | None = None, skip_dff: boo
         EXTRACT ``baseline_quantile``.
     skip_dff : bool
         EXTRACT ``skip_dff``: keep the movie, only report the baseline.
+    overwrite : bool, keyword-only
+        Subtract in the input's own memory (float32 input only; saves one movie-sized array).
 
     Returns
     -------
     movie_df : float32 array (n, h, w)
-        ``movie - m`` per pixel; the (float32) input itself when the movie is centred or ``skip_dff``.
+        ``movie - m`` per pixel (in the input's memory with ``overwrite``); the (float32) input itself, unchanged,
+        when the movie is centred or ``skip_dff``.
     F_per_pixel : float32 array (h, w)
         ``m``; ``max(m, 1)`` when the movie is centred or ``skip_dff`` (used at the end to divide traces, §8.4).
     """
     xp, _ = backend.get_namespace_and_device(movie)
+    overwrite = overwrite and movie.dtype == xp.float32
     movie = _as_float32(xp, movie)
     n, h, w = movie.shape
     if baseline_quantile is None:
@@ -240,6 +245,9 @@ def compute_df(movie: Any, baseline_quantile: float | None = None, skip_dff: boo
     level = float(level)  # sync point: one decision for the whole movie
     if level < centre_std / 10 or level < _CENTRED_ABS_LEVEL or skip_dff:
         return movie, xp.maximum(baseline, xp.ones_like(baseline))
+    if overwrite:
+        movie -= baseline
+        return movie, baseline
     return movie - baseline, baseline
 
 
@@ -708,7 +716,7 @@ class PreprocessSettings:
 
 
 def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
-                     movie_mask: Any = None) -> tuple[Any, Any]:
+                     movie_mask: Any = None, overwrite: bool = False) -> tuple[Any, Any]:
     """EXTRACT's preprocessing of one partition in the order of spec §3 (run only when ``preprocess`` is true).
 
     1. ``fix_zero_FOV_strips``: a logged no-op (decision, spec §13 item 5: the reference calls the *cropping*
@@ -728,6 +736,9 @@ def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
         ``avg_cell_radius`` after spatial downsampling, in pixels.
     movie_mask : bool array (h, w), optional
         EXTRACT's ``movie_mask``: pixels outside are zeroed.
+    overwrite : bool
+        The input is the caller's to give up: ΔF and the band-pass are computed in its memory (float32 input; saves
+        one movie-sized array). The values are the same.
 
     Returns
     -------
@@ -753,8 +764,8 @@ def preprocess_movie(movie: Any, settings: PreprocessSettings, *, radius: float,
     if settings.medfilt_outlier_pixels:
         movie, n_outliers = medfilt_outliers(movie)
         logger.info("medfilt_outlier_pixels: replaced %d hot or dead pixels", n_outliers)
-    df_movie, F_per_pixel = compute_df(movie, settings.baseline_quantile, settings.skip_dff)
-    owned = df_movie is not movie  # a new array: the band-pass may filter it in place
+    df_movie, F_per_pixel = compute_df(movie, settings.baseline_quantile, settings.skip_dff, overwrite=overwrite)
+    owned = overwrite or df_movie is not movie  # our own array: the band-pass may filter it in place
     movie = df_movie
     if not math.isinf(settings.spatial_highpass_cutoff):
         movie = spatial_bandpass(movie, radius, settings.spatial_highpass_cutoff, math.inf,
