@@ -384,10 +384,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
             else:
                 kappa_t, pre_kappa = _adaptive_kappa(xp.matrix_transpose(E), xp.matrix_transpose(Z), pre_kappa, xp)
                 kappa_now = xp.matrix_transpose(kappa_t)
-        X = system.residual.apply(X, kappa_now) @ system.Q + offset + (Z - U) @ system.rho_Q
-        Z_prev = Z
-        Z = _masked(project(X + U, xp), mask)
-        U = U + X - Z
+        X, Z_prev, Z, U = _update(system, X, Z, U, kappa_now, offset, mask, project, xp)
         if loss is not None:
             loss.append(_objective(Z, system, B, kappa_now, lam_hat, xp))
         if adaptive is None:
@@ -398,6 +395,17 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
             if it >= n_iter - 1:
                 break
     return Z / system.scale[None, :], SolveInfo(iterations=executed, loss=loss)
+
+
+def _update(system: _System, X: Any, Z: Any, U: Any, kappa: Any, offset: Any, mask: Any,
+            project: Callable[[Any, Any], Any], xp: Any, rows: tuple[int, int] | None = None,
+            cached: bool = False) -> tuple[Any, Any, Any, Any]:
+    """One ADMM iteration (spec §6.2): the fixed-point step of X, the constrained iterate Z and the dual U; for
+    ``rows`` of the problem only when given (see :meth:`solver_kernels.ResidualOperator.apply`). Returns
+    ``(X, Z_prev, Z, U)``."""
+    X = system.residual.apply(X, kappa, rows, cached) @ system.Q + offset + (Z - U) @ system.rho_Q
+    Z_new = _masked(project(X + U, xp), mask)
+    return X, Z, Z_new, U + X - Z_new
 
 
 def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: Callable[[Any, Any], Any],
@@ -418,10 +426,7 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: C
         offset_rows = offset[rows[0]:rows[1], :]
         mask_rows = None if mask is None else mask[rows[0]:rows[1], :]
         for i in range(n):
-            x = system.residual.apply(x, kappa, rows, cached=i > 0) @ system.Q + offset_rows + (z - u) @ system.rho_Q
-            z_prev = z
-            z = _masked(project(x + u, xp), mask_rows)
-            u = u + x - z
+            x, z_prev, z, u = _update(system, x, z, u, kappa, offset_rows, mask_rows, project, xp, rows, i > 0)
         blocks.append((x, z, z_prev, u))
     if len(blocks) == 1:
         return blocks[0]
