@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 #: Memory a worker process holds before its first partition (Python, NumPy, SciPy, Numba, pynwb, h5py and Dask
 #: loaded; about 0.3 GiB measured here), with room to spare: bytes.
 WORKER_BASE_BYTES = 768 * 2**20
-#: Worker memory set aside per byte of a partition's float32 movie block: the measured peaks were 2.8x to 4.6x
-#: the block (docs/cluster.md), with room to spare.
-BLOCK_FACTOR = 5
+#: Worker memory set aside per byte of a partition's float32 movie block (the engine's own measure, also used when
+#: it runs partitions side by side in one process).
+BLOCK_FACTOR = pipeline.PARTITION_MEMORY_FACTOR
 
 
 #: Scheduler settings of the clusters made here: a worker is given one task at a time (its one thread's), so a

@@ -444,3 +444,35 @@ def test_find_duplicate_cells_pass_two_removes_the_hub_then_the_weaker_of_the_pa
     # a cell away from the overlap pixels is never a candidate
     far = np.arange(0, 2 * W)
     assert pt.find_duplicate_cells(to_xp(S, xp, device), to_xp(T, xp, device), to_xp(far, xp, device)) == []
+
+
+def test_partitions_run_side_by_side_within_the_free_memory(m3, monkeypatch):
+    """With two threads the m3 movie's 2 x 2 partitions run two at a time on different threads; when the free
+    memory holds only one partition's share (PARTITION_MEMORY_FACTOR x its block) they run one after the other.
+    The results are the same, bitwise."""
+    import threading
+
+    from nwb_extract.engine import pipeline, solver_kernels
+
+    cfg = json.loads(m3.attrs["config_json"])
+    movie = m3["movie"][:300, ...]
+    settings = {k: cfg[k] for k in ("avg_cell_radius", "num_partitions_x", "num_partitions_y")}
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    real_run_job = pipeline._run_job
+    threads_used: list[int] = []
+
+    def run_job(*args, **kwargs):
+        threads_used.append(threading.get_ident())
+        return real_run_job(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_run_job", run_job)
+    side_by_side = pipeline.extract(movie, None, **settings)
+    assert len(threads_used) == 4 and len(set(threads_used)) == 2
+    block_bytes = 300 * 56 * 56 * 4  # a 48 x 48 block with its overlap, at most
+    monkeypatch.setattr(backend, "free_memory_bytes", lambda: pipeline.PARTITION_MEMORY_FACTOR * block_bytes)
+    threads_used.clear()
+    in_turn = pipeline.extract(movie, None, **settings)
+    assert len(threads_used) == 4 and len(set(threads_used)) == 1
+    np.testing.assert_array_equal(side_by_side.footprints, in_turn.footprints)
+    for kind, traces in side_by_side.traces.items():
+        np.testing.assert_array_equal(traces, in_turn.traces[kind])

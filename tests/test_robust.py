@@ -353,3 +353,23 @@ def test_row_block_sizes():
     assert solver_kernels.row_block(np, 100, 1000) == 100
     assert solver_kernels.MIN_ROW_BLOCK <= solver_kernels.row_block(np, 10_000, 10**7) < 2 * solver_kernels.MIN_ROW_BLOCK
     assert solver_kernels.row_block(array_api_strict, 10_000, 1000) == 10_000
+
+
+def test_row_ranges_share_the_threads(monkeypatch):
+    """Row blocks cover the rows in order; NumPy makes their count a multiple of the threads the caller may use
+    (at most one thread per MIN_THREAD_ROWS rows), other namespaces one block."""
+    import array_api_strict
+
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    target = solver_kernels.ROW_BLOCK_BYTES // (1000 * 4)
+    for rows in (1, 255, 256, 3 * target, 5 * target + 7):
+        ranges = solver_kernels.row_ranges(np, rows, 1000)
+        assert ranges[0][0] == 0 and ranges[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        parallel = rows // solver_kernels.MIN_THREAD_ROWS >= 2
+        assert len(ranges) % 2 == 0 if parallel else len(ranges) == 1
+    assert len(solver_kernels.row_ranges(np, 3 * target, 1000)) == 4  # 3 cache blocks -> 4 for two threads
+    assert solver_kernels.row_ranges(np, 0, 1000) == []
+    assert solver_kernels.row_ranges(array_api_strict, 10_000, 1000) == [(0, 10_000)]
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 1)
+    assert len(solver_kernels.row_ranges(np, 3 * target, 1000)) == 3

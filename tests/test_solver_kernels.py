@@ -185,3 +185,53 @@ def test_single_threaded_blas_limits_and_restores():
     with solver_kernels.single_threaded_blas(xp):
         assert all(n == 1 for n in blas_threads())
     assert blas_threads() == before
+
+
+def test_map_in_threads_shares_the_threads_and_idle_lanes_help(monkeypatch):
+    """On 2 threads: a single item may use both (its own map then runs two lanes); two items get one each, and the
+    lane that finishes its short item runs the other item's inner items, so the inner work spreads over both
+    threads. Results come back in order either way."""
+    import threading
+    import time
+
+    xp = array_api_compat.array_namespace(np.empty(0))
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    shares, inner_threads, lock = [], set(), threading.Lock()
+
+    def inner(i):
+        with lock:
+            inner_threads.add(threading.get_ident())
+        time.sleep(0.02)
+        return i
+
+    def outer(kind):
+        shares.append(solver_kernels.available_threads())
+        if kind == "long":
+            return solver_kernels.map_in_threads(inner, list(range(12)), xp)
+        return "short"
+
+    assert solver_kernels.map_in_threads(outer, ["long"], xp) == [list(range(12))]
+    assert shares == [2] and len(inner_threads) == 2
+    shares.clear()
+    inner_threads.clear()
+    assert solver_kernels.map_in_threads(outer, ["long", "short"], xp) == [list(range(12)), "short"]
+    assert shares == [1, 1]
+    assert len(inner_threads) == 2  # the idle lane helped the long item's inner map
+
+
+def test_map_in_threads_raises_the_first_error_and_stops(monkeypatch):
+    """An item that raises stops the map: items not started are skipped and the error reaches the caller."""
+    xp = array_api_compat.array_namespace(np.empty(0))
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    ran = []
+
+    def work(i):
+        ran.append(i)
+        if i == 1:
+            raise ValueError("item 1 failed")
+        return i
+
+    with pytest.raises(ValueError, match="item 1 failed"):
+        solver_kernels.map_in_threads(work, list(range(50)), xp)
+    assert len(ran) < 50
+    assert solver_kernels.map_in_threads(work, [0, 2], xp) == [0, 2]  # the next map runs normally

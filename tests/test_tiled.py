@@ -90,20 +90,38 @@ def test_tiled_t_step_is_a_power_weighted_average(functions):
     np.testing.assert_allclose(np.abs(tiled - single).max(), reference_gap, rtol=0.05, atol=1e-6)
 
 
-def test_tiled_steps_do_not_depend_on_the_thread_count(functions, monkeypatch):
-    """Tiles run side by side on the host's cores and are accumulated in the reference's order, so 1 and 3 threads
-    give identical T- and S-steps (2 x 2 tiles at radius 1)."""
+@pytest.mark.parametrize("radius", [1.0, 4.0])
+def test_tiled_steps_do_not_depend_on_the_thread_count(functions, monkeypatch, radius):
+    """Tiles run side by side on the host's cores, a tile alone splits its row blocks over them, idle threads help
+    with the row blocks of the others, and the tiles are accumulated in the reference's order: 1, 2 and 3 threads
+    give identical T- and S-steps (radius 1: 2 x 2 tiles; radius 4: one tile; row blocks of 2 rows or more)."""
     g = functions["solve_T_admm_tiled"]
     S, Mt, T_in = row_major(g["inputs/S"][...], 0), _movie(g["inputs"]), g["inputs/T_in"][...]
     mask = S > 0
+    monkeypatch.setattr(solver_kernels, "MIN_THREAD_ROWS", 2)
     results = []
-    for threads in (1, 3):
+    for threads in (1, 2, 3):
         monkeypatch.setattr(solver_kernels, "host_threads", lambda threads=threads: threads)
-        T_out = solve_T(T_in, S, Mt, 0.35, 100, frame_shape=(H, W), radius=1.0)
-        S_out = solve_S(S, T_out, Mt, mask, 0.35, 100, frame_shape=(H, W), radius=1.0)
-        results.append((T_out, S_out.S, S_out.T_corr_in))
-    for one, three in zip(*results):
-        np.testing.assert_array_equal(one, three)
+        T_out = solve_T(T_in, S, Mt, 0.35, 100, frame_shape=(H, W), radius=radius)
+        S_out = solve_S(S, T_out, Mt, mask, 0.35, 100, frame_shape=(H, W), radius=radius)
+        results.append((T_out, S_out.S, S_out.T_corr_in, S_out.T_corr_out, S_out.S_surround))
+    for one, other in zip(results[0], results[1]):
+        np.testing.assert_array_equal(one, other)
+    for one, other in zip(results[0], results[2]):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_solve_S_without_projections_gives_the_same_images(functions):
+    """``projections=False`` (refinement when the spatio-temporal metrics are off) skips the projections and surround
+    images and leaves the images and their scale exactly as they are."""
+    g = functions["solve_T_admm_tiled"]
+    S, Mt, T_in = row_major(g["inputs/S"][...], 0), _movie(g["inputs"]), g["inputs/T_in"][...]
+    full = solve_S(S, T_in, Mt, S > 0, 0.35, 100, frame_shape=(H, W), radius=1.0)
+    lean = solve_S(S, T_in, Mt, S > 0, 0.35, 100, frame_shape=(H, W), radius=1.0, projections=False)
+    np.testing.assert_array_equal(lean.S, full.S)
+    np.testing.assert_array_equal(lean.scale, full.scale)
+    assert lean.T_corr_in is None and lean.T_corr_out is None and lean.S_surround is None
+    assert full.T_corr_in is not None and np.any(full.S_surround > 0)
 
 
 def test_solve_S_golden(functions):

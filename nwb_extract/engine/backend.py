@@ -22,6 +22,7 @@ only when the input arrays are CuPy arrays.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import array_api_compat
@@ -156,9 +157,10 @@ _FFT_TRANSFORMS = frozenset({"fft", "ifft", "rfft", "irfft", "fftn", "ifftn", "r
 
 
 class _ThreadedNumpyFFT:
-    """``xp.fft`` for NumPy arrays with the transforms taken from ``scipy.fft`` on every core (same names, same
-    arguments, float32 kept as complex64): 6-10x faster than ``numpy.fft`` on the 2-core machine, equal to float32
-    rounding. Non-transform members (``fftfreq``, ...) are the namespace's own."""
+    """``xp.fft`` for NumPy arrays with the transforms taken from ``scipy.fft`` on the threads the caller may use
+    (:func:`solver_kernels.available_threads`: every core at the top level, one inside an item of a threaded map;
+    same names, same arguments, float32 kept as complex64): 6-10x faster than ``numpy.fft`` on the 2-core machine,
+    equal to float32 rounding. Non-transform members (``fftfreq``, ...) are the namespace's own."""
 
     def __init__(self, xp: Any) -> None:
         self._xp = xp
@@ -169,7 +171,9 @@ class _ThreadedNumpyFFT:
 
             import scipy.fft
 
-            return functools.partial(getattr(scipy.fft, name), workers=-1)
+            from nwb_extract.engine.solver_kernels import available_threads
+
+            return functools.partial(getattr(scipy.fft, name), workers=available_threads())
         return getattr(self._xp.fft, name)
 
 
@@ -516,6 +520,15 @@ def read_float32_into(source: Any, index: tuple[slice, ...], out: Any) -> bool:
         return False
     source.read_direct(out, source_sel=index)
     return True
+
+
+def free_memory_bytes() -> int:
+    """Memory of the host not in use now (bytes): free physical pages (POSIX ``sysconf``), or a large number where
+    the system does not say."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**62
 
 
 def synchronize(xp: Any, device: Any = None) -> None:

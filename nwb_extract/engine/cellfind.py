@@ -331,9 +331,10 @@ def find_cells(Y: Any, settings: CellFindSettings, *, radius: float, movie_mask:
 def _cellfind_copy(Y: Any, settings: CellFindSettings, radius: float) -> Any:
     """The filtered cell-finding copy of ``Y`` (n, h, w) (spec §3.5), pixel-major: float32 (h, w, n), a new array.
 
-    Filters of :data:`FRAME_BY_FRAME_FILTERS` run on :data:`COPY_CHUNK_FRAMES` frames at a time, each block written
-    transposed into the copy, so that the copy is the only movie-sized array made; the others filter the whole
-    movie first (one more movie-sized array while it is transposed)."""
+    Filters of :data:`FRAME_BY_FRAME_FILTERS` run on :data:`COPY_CHUNK_FRAMES` frames at a time (blocks side by
+    side on the host's cores), each block written transposed into the copy, so that the copy is the only
+    movie-sized array made; the others filter the whole movie first (one more movie-sized array while it is
+    transposed)."""
     xp, device = backend.get_namespace_and_device(Y)
     n, h, w = Y.shape
 
@@ -348,10 +349,14 @@ def _cellfind_copy(Y: Any, settings: CellFindSettings, radius: float) -> Any:
     by_frame = settings.filter_type in FRAME_BY_FRAME_FILTERS
     whole = None if by_frame else filtered(Y)
     work = xp.empty((h, w, n), dtype=xp.float32, device=device)
-    for start in range(0, n, COPY_CHUNK_FRAMES):
+
+    def write(start: int) -> None:
         stop = min(n, start + COPY_CHUNK_FRAMES)
         block = filtered(Y[start:stop, ...]) if by_frame else whole[start:stop, ...]
         solver_kernels.write_pixel_major(work, block, start)
+
+    # the blocks write disjoint frames of the copy: side by side on the host's cores (the same values)
+    solver_kernels.map_in_threads(write, list(range(0, n, COPY_CHUNK_FRAMES)), xp)
     return work
 
 

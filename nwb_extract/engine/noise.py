@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nwb_extract.engine import backend
+from nwb_extract.engine import backend, solver_kernels
 from nwb_extract.errors import InputError
 
 #: Fraction of the one-sided spectrum below which bins are ignored (EXTRACT's ``cutoff_freq = 0.5``).
@@ -59,9 +59,17 @@ def estimate_noise_std(x: Any, axis: int = -1, *, chunk_elements: int = _CHUNK_E
     m = traces.shape[1]
     sigma = xp.empty((m,), dtype=x.dtype, device=device)
     step = max(1, chunk_elements // n)
-    for start in range(0, m, step):
+
+    def estimate(start: int) -> None:
         stop = min(m, start + step)
         sigma[start:stop] = _noise_std_columns(xp, traces[:, start:stop])
+
+    starts = list(range(0, m, step))
+    if len(starts) > 1:  # groups of traces side by side on the host's cores (the same values)
+        solver_kernels.map_in_threads(estimate, starts, xp)
+    else:
+        for start in starts:
+            estimate(start)
     return xp.reshape(sigma, other_shape)
 
 

@@ -645,6 +645,11 @@ class PartitionRun:
     read_seconds: float
 
 
+#: Memory set aside for one partition's run per byte of its float32 movie block: the measured peaks were 2.8x to
+#: 4.6x the block (docs/cluster.md), with room to spare. Partitions run side by side only while that much fits in
+#: the free memory (:mod:`nwb_extract.distributed` sizes its workers by it too).
+PARTITION_MEMORY_FACTOR = 5
+
 #: ``runner(jobs) -> runs``, one :class:`PartitionRun` per job in job order (e.g. as Dask tasks).
 PartitionRunner = Callable[[list[PartitionJob]], list[PartitionRun]]
 
@@ -710,13 +715,21 @@ def _run_job(movie: Any, job: PartitionJob, plan: _Plan, xp: Any, device: Any) -
 def _run_partitions(movie: Any, jobs: list[PartitionJob], plan: _Plan, xp: Any, device: Any,
                     runner: PartitionRunner | None) -> tuple[list[tuple[partition.Block, _PartitionOutput]],
                                                              dict[str, float], _ReadChecks]:
-    """Every partition job through :func:`_run_job` (spec §1.3), one after the other here, or through ``runner``:
-    the kept block and output of each, the stage timings summed over partitions (s), and what reading found
-    (summed over partitions; overlaps count twice)."""
-    if runner is None:
-        runs = [_run_job(movie, job, plan, xp, device) for job in jobs]
-    else:
+    """Every partition job through :func:`_run_job` (spec §1.3): through ``runner``; else here, side by side on the
+    host's cores when there are several (NumPy; at most as many at once as the free memory holds at
+    :data:`PARTITION_MEMORY_FACTOR` times their block each; each partition then runs its own work on one thread),
+    or one after the other. Returns the kept block and output of each, the stage timings summed over partitions
+    (s), and what reading found (summed over partitions; overlaps count twice)."""
+    if runner is not None:
         runs = runner(jobs)
+    elif len(jobs) > 1 and backend.is_numpy(xp) and solver_kernels.available_threads() > 1:
+        # several partitions on a multi-core host: side by side, as many at once as fit in the free memory
+        at_once = max(1, min(solver_kernels.available_threads(),
+                             backend.free_memory_bytes() // (PARTITION_MEMORY_FACTOR * jobs[0].block_bytes)))
+        runs = solver_kernels.map_in_threads(lambda job: _run_job(movie, job, plan, xp, device), jobs, xp,
+                                             [job.block_bytes for job in jobs], threads=at_once)
+    else:
+        runs = [_run_job(movie, job, plan, xp, device) for job in jobs]
     timings = {stage: 0.0 for stage in _STAGES}
     for run in runs:
         timings["read"] += run.read_seconds

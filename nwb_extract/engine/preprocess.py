@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nwb_extract.engine.matlab import matlab_round
-from nwb_extract.engine import backend
+from nwb_extract.engine import backend, solver_kernels
 from nwb_extract.errors import ConfigError, InputError, NotImplementedYetError
 from nwb_extract.progress import SILENT, Reporter
 
@@ -71,6 +72,8 @@ def fill_nonfinite(movie: Any, *, chunk_elements: int = _FILL_CHUNK_ELEMENTS) ->
     """
     xp, device = backend.get_namespace_and_device(movie)
     movie = _as_float32(xp, movie)
+    if math.isfinite(float(xp.max(movie))) and math.isfinite(float(xp.min(movie))):  # NaN and inf show in
+        return movie, 0, None  # the extremes: two reductions instead of a movie-sized mask
     bad = ~xp.isfinite(movie)
     n_bad = int(xp.count_nonzero(bad))  # no int64 copy of the movie-sized mask
     if not n_bad:
@@ -431,7 +434,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     chunk_frames : int, keyword-only
         Frames transformed at once (memory bound; no effect on values).
     on_chunk : callable, keyword-only
-        Called with the number of frames filtered so far after each chunk (progress).
+        Called with the number of frames filtered so far after each chunk (progress; chunks run side by side on
+        the host's cores, one call at a time).
 
     Returns
     -------
@@ -455,14 +459,25 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     cols = _symmetric_indices(w, pad_w)
     response = _butterworth_response(nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio, xp=xp, device=device)
     out = xp.empty(frames.shape, dtype=xp.float32, device=device) if not overwrite else frames
-    for start in range(0, n, max(1, chunk_frames)):
+    done = [0]
+    lock = threading.Lock()
+
+    def filter_chunk(start: int) -> None:
         stop = min(n, start + max(1, chunk_frames))
         padded = _take_runs(xp, _take_runs(xp, frames[start:stop, ...], rows, 1), cols, 2)
         spectrum = backend.fft(xp).rfftn(padded, s=(nf, nf), axes=(1, 2)) * response
         filtered = backend.fft(xp).irfftn(spectrum, s=(nf, nf), axes=(1, 2))
         out[start:stop, ...] = filtered[:, pad_h:pad_h + h, pad_w:pad_w + w]
         if on_chunk is not None:
-            on_chunk(stop)
+            with lock:
+                done[0] += stop - start
+                on_chunk(done[0])
+
+    starts = list(range(0, n, max(1, chunk_frames)))
+    if len(starts) > 1:  # every frame on its own: chunks side by side on the host's cores (the same values)
+        solver_kernels.map_in_threads(filter_chunk, starts, xp)
+    else:
+        filter_chunk(0)
     return out[0, ...] if len(movie.shape) == 2 else out
 
 

@@ -396,12 +396,12 @@ def refine(S: Any, T: Any, Mt: Any, settings: RefineSettings, *, radius: float, 
 def _iterate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int) -> str | None:
     """Iteration ``it`` (0-based) of spec §7.1 on ``state``; the stop reason when the loop ends here, else None."""
     settings = constants.settings
-    s_step = _alternate(state, Mt, constants, it)
     iterations, max_iter = it + 1, settings.max_iter
     skip_checks = settings.num_iter_stop_quality_checks
     tuning = settings.hyperparameter_tuning_flag or (iterations in skip_checks and iterations == max_iter)
-    st = (spatiotemporal.inputs_from_s_step(s_step, Mt, constants.radius)
-          if tuning or st_enabled(constants.thresholds) else None)
+    st_needed = tuning or st_enabled(constants.thresholds)
+    s_step = _alternate(state, Mt, constants, it, projections=st_needed)
+    st = spatiotemporal.inputs_from_s_step(s_step, Mt, constants.radius) if st_needed else None
     if settings.hyperparameter_tuning_flag:
         state.records.append(tuning_record(state.S, state.S_smooth, state.T, constants.frame_shape,
                                             state.cell_ids, st))
@@ -420,9 +420,10 @@ def _iterate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int) -> 
     return None
 
 
-def _alternate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int) -> Any:
+def _alternate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int, *, projections: bool) -> Any:
     """The T-step (with ``smooth_T``) and the S-step of iteration ``it``, recording the relative changes in column
-    ``it``; returns the S-step result (:class:`tiled.SStepResult`)."""
+    ``it``; returns the S-step result (:class:`tiled.SStepResult`; its projections and surround images only with
+    ``projections``: the spatio-temporal metrics are their only reader)."""
     xp = backend.get_namespace(Mt)
     settings = constants.settings
     lam = (l1_lambda(state.S, state.T, state.S_smooth, settings.l1_penalty_factor)
@@ -438,7 +439,7 @@ def _alternate(state: _LoopState, Mt: Any, constants: _LoopConstants, it: int) -
             else make_mask(state.S_smooth, constants.frame_shape, constants.mask_radius))
     S_before = state.S
     s_step = solve_S(state.S, T, Mt, mask, constants.kappa, settings.max_iter_S, solver=constants.s_solver,
-                     **constants.s_kwargs)
+                     projections=projections, **constants.s_kwargs)
     state.S = s_step.S
     state.S_smooth = _smoothed(state.S, constants.frame_shape, constants.radius, settings.low_cell_area_flag)
     state.S_change[:, it] = xp.astype(_relative_change(state.S, S_before, axis=0), xp.float32)

@@ -410,28 +410,29 @@ def _update(system: _System, X: Any, Z: Any, U: Any, kappa: Any, offset: Any, ma
 
 def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: Callable[[Any, Any], Any],
                 mask: Any, kappa: float, n: int, xp: Any) -> tuple[Any, Any, Any, Any]:
-    """``n`` fixed-kappa ADMM iterations (the update of :func:`_admm`), run on blocks of rows in turn.
+    """``n`` fixed-kappa ADMM iterations (the update of :func:`_admm`), run on blocks of rows.
 
     Rows of X, Z, U (r, k) are independent until a convergence test, so each block of
-    :func:`solver_kernels.row_block` rows runs all ``n`` iterations while its rows of the data stay in cache
-    (NumPy); the arithmetic per row is the same as iterating on all rows at once. Returns ``(X, Z, Z_prev, U)``
-    after the n-th iteration, ``Z_prev`` the constrained iterate before it.
+    :func:`solver_kernels.row_ranges` runs all ``n`` iterations while its rows of the data stay in cache (NumPy),
+    and the blocks run side by side on the threads the solve may use (a tile fitted alone splits its rows over the
+    cores); the arithmetic per row is the same as iterating on all rows
+    at once. Returns ``(X, Z, Z_prev, U)`` after the n-th iteration, ``Z_prev`` the constrained iterate before it.
     """
-    r = X.shape[0]
-    step = solver_kernels.row_block(xp, r, system.A_hat.shape[1])
-    blocks = []
-    for start in range(0, r, step):
-        rows = (start, min(r, start + step))
+    ranges = solver_kernels.row_ranges(xp, X.shape[0], system.A_hat.shape[1])
+    if not ranges:  # no rows
+        return X, Z, Z, U
+
+    def run(rows: tuple[int, int]) -> tuple[Any, Any, Any, Any]:
         x, z, u = X[rows[0]:rows[1], :], Z[rows[0]:rows[1], :], U[rows[0]:rows[1], :]
         offset_rows = offset[rows[0]:rows[1], :]
         mask_rows = None if mask is None else mask[rows[0]:rows[1], :]
         for i in range(n):
             x, z_prev, z, u = _update(system, x, z, u, kappa, offset_rows, mask_rows, project, xp, rows, i > 0)
-        blocks.append((x, z, z_prev, u))
+        return x, z, z_prev, u
+
+    blocks = solver_kernels.map_in_threads(run, ranges, xp, [stop - start for start, stop in ranges])
     if len(blocks) == 1:
         return blocks[0]
-    if not blocks:  # no rows
-        return X, Z, Z, U
     x, z, z_prev, u = (xp.concat([block[i] for block in blocks], axis=0) for i in range(4))
     return x, z, z_prev, u
 

@@ -8,10 +8,12 @@ function or class:
 * :func:`quadratic_region_sums`: the single-source fit's sums over its quadratic region (spec §5.5);
 * :func:`gather_pixels_transposed` / :func:`gather_pixels`: a movie tile gathered pixel-major (as the T-step's
   kernel reads it) or frame-major (the S-step's);
-* :func:`row_block`: rows per cache-sized block for solvers that iterate on independent rows;
+* :func:`row_block` / :func:`row_ranges`: cache-sized blocks of independent rows for the solvers that iterate on
+  them, as many as the threads share;
 * :func:`write_pixel_major`, :func:`summary_window_means`: cell finding's pixel-major movie, written from blocks
   of frames, and its summary values of a box of pixels (spec §5.2);
-* :func:`map_in_threads`: independent tiles side by side on the host's cores (NumPy only);
+* :func:`map_in_threads` / :func:`available_threads`: independent pieces of work (partitions, tiles, row blocks,
+  frame chunks) side by side on the host's cores, nested maps sharing the threads (NumPy only);
 * :class:`WorkCount` / :func:`counting_work` / :func:`work_stage`: FLOPs and bytes of these kernels per pipeline
   stage, counted from their shapes, for the benchmark's roofline.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -109,6 +112,22 @@ def row_block(xp: Any, rows: int, columns: int, itemsize: int = 4) -> int:
     return -(-rows // max(1, rows // target))
 
 
+def row_ranges(xp: Any, rows: int, columns: int, itemsize: int = 4) -> list[tuple[int, int]]:
+    """``(start, stop)`` blocks of independent rows of a (rows, columns) data matrix for solvers that iterate on
+    them: blocks of :func:`row_block` rows, made smaller where needed so that their count is a multiple of the
+    threads the caller may use (:func:`available_threads`, at most one per :data:`MIN_THREAD_ROWS` rows), so that
+    they share the cores evenly. No blocks for no rows."""
+    rows = int(rows)
+    if rows <= 0:
+        return []
+    count = -(-rows // row_block(xp, rows, columns, itemsize))
+    threads = min(available_threads() if is_numpy(xp) else 1, rows // MIN_THREAD_ROWS)
+    if threads > 1:
+        count = -(-count // threads) * threads
+    size = -(-rows // count)
+    return [(start, min(rows, start + size)) for start in range(0, rows, size)]
+
+
 class ResidualOperator:
     """``min(X A - B + kappa, 0) A^T`` for a fixed factor A (k, m) and data B (r, m): the one movie-sized step of
     the robust fixed-point iteration (spec §6.2, §12), prepared once per solve and applied every iteration.
@@ -155,23 +174,26 @@ class ResidualOperator:
         self._cells = cells.astype(np.int64)
         self._values = np.ascontiguousarray(A_t[columns, cells])
         self._data_t = np.ascontiguousarray(B.T)  # a view when B is F-contiguous
-        self._kappa_source: Any = None  # the per-entry kappa whose transposed copy _kappa_t holds
-        self._kappa_value = math.nan  # the scalar kappa _kappa_row holds
+        self._kappa_t: tuple[Any, Any] = (None, None)  # (per-entry kappa, its transposed C-order copy)
+        self._kappa_row: tuple[float, Any] = (math.nan, None)  # (scalar kappa, a row filled with it)
         self._no_kappa_t = np.empty((0, B.shape[0]), dtype=B.dtype)
 
     def _numpy_kappa(self, kappa: Any) -> tuple[np.ndarray, np.ndarray]:
         """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array, a
-        scalar one filled into a row once per new value."""
+        scalar one filled into a row once per new value. Each cache is one tuple, replaced whole (the row blocks
+        of one solve call this from several threads)."""
         dtype, r = self.B.dtype, self.B.shape[0]
         if getattr(kappa, "ndim", 0) == 0:
-            if float(kappa) != self._kappa_value:
-                self._kappa_value = float(kappa)
-                self._kappa_row = np.full((r,), self._kappa_value, dtype=dtype)
-            return self._no_kappa_t, self._kappa_row
-        if kappa is not self._kappa_source:
-            self._kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=dtype)
-            self._kappa_source = kappa
-        return self._kappa_t, np.empty((r,), dtype=dtype)
+            value, row = self._kappa_row
+            if float(kappa) != value:
+                value, row = float(kappa), np.full((r,), float(kappa), dtype=dtype)
+                self._kappa_row = (value, row)
+            return self._no_kappa_t, row
+        source, kappa_t = self._kappa_t
+        if kappa is not source:
+            kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=dtype)
+            self._kappa_t = (kappa, kappa_t)
+        return kappa_t, np.empty((r,), dtype=dtype)
 
     def apply(self, X: Any, kappa: Any, rows: tuple[int, int] | None = None, cached: bool = False) -> Any:
         """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k). With ``rows = (start, stop)``, X holds only those
@@ -333,35 +355,158 @@ def host_threads() -> int:
 #: Upper bound of :func:`host_threads` (each thread holds one tile of the movie).
 MAX_HOST_THREADS = 4
 
+#: Fewest rows per thread when a solve splits its row blocks over threads (:func:`row_ranges`): below that the
+#: per-block overheads cost more than the second core gains.
+MIN_THREAD_ROWS = 128
+
+_share = threading.local()  # .threads: the share of the host's threads that the current map item may use
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_limits: Any = None
+_blas_controller: Any = None  # threadpoolctl's view of the BLAS libraries loaded (made on first use)
+
+
+def available_threads() -> int:
+    """Threads the calling code may keep busy with NumPy work: :func:`host_threads` at the top level; inside an item
+    of :func:`map_in_threads`, the item's share (the map's threads divided among its lanes, at least 1)."""
+    share = getattr(_share, "threads", None)
+    return host_threads() if share is None else share
+
 
 @contextmanager
 def single_threaded_blas(xp: Any) -> Iterator[None]:
-    """NumPy: BLAS limited to one thread inside the block (restored after); other namespaces: no effect.
+    """NumPy: BLAS limited to one thread inside the block (restored when the last such block, in any thread, ends);
+    other namespaces: no effect.
 
     :func:`map_in_threads` runs its items under it: idle BLAS threads would spin on the cores the tile threads and
     compiled kernels use (measured on the 2-core CI machine: refinement 1.7x slower with 2 BLAS threads), and the
-    items' arithmetic then does not depend on the machine's BLAS thread count.
+    items' arithmetic then does not depend on the machine's BLAS thread count. Nested blocks cost nothing.
     """
+    global _blas_depth, _blas_limits, _blas_controller
     if not is_numpy(xp):
         yield
         return
-    from threadpoolctl import threadpool_limits
+    with _blas_lock:
+        if _blas_depth == 0:
+            if _blas_controller is None:  # finding the loaded BLAS libraries reads /proc: once per process
+                from threadpoolctl import ThreadpoolController
 
-    with threadpool_limits(limits=1, user_api="blas"):
+                _blas_controller = ThreadpoolController()
+            _blas_limits = _blas_controller.limit(limits=1, user_api="blas")
+        _blas_depth += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                _blas_limits.restore_original_limits()
+                _blas_limits = None
 
 
-def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any, sizes: list[float] | None = None) -> list:
-    """``[func(item) for item in items]``, results in order. NumPy runs the items on :func:`host_threads` threads
-    with single-threaded BLAS (the compiled kernels and large NumPy operations release the GIL; each item's
-    arithmetic is the same as in turn, so results do not depend on the thread count), the largest of ``sizes``
-    (work per item, any unit) first, so that no big item is left to run alone at the end; other namespaces run
-    them in turn."""
-    workers = min(host_threads(), len(items)) if is_numpy(xp) else 1
+def _thread_pool() -> ThreadPoolExecutor:
+    """The process's worker threads for :func:`map_in_threads` (made on first use, :data:`MAX_HOST_THREADS`)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=MAX_HOST_THREADS, thread_name_prefix="nwb-extract")
+        return _pool
+
+
+class _Map:
+    """One :func:`map_in_threads` call on NumPy: its items not started yet (largest first), their results, how many
+    are running, and the first error raised by one. Guarded by :data:`_open_maps_changed`."""
+
+    def __init__(self, func: Callable[[Any], Any], items: list, order: list[int], share: int) -> None:
+        self.func, self.items, self.share = func, items, share
+        self.todo = deque(order)
+        self.results: list = [None] * len(items)
+        self.running = 0
+        self.error: BaseException | None = None
+
+    def take(self) -> int | None:
+        """The next item to run (counted as running), or None when none is left or an item failed."""
+        if not self.todo or self.error is not None:
+            return None
+        self.running += 1
+        return self.todo.popleft()
+
+    def run(self, i: int) -> None:
+        """Run item ``i`` on this thread with the map's share of the threads; record its result or error."""
+        previous = getattr(_share, "threads", None)
+        _share.threads = self.share
+        try:
+            self.results[i] = self.func(self.items[i])
+        except BaseException as error:
+            with _open_maps_changed:
+                if self.error is None:
+                    self.error = error
+                self.todo.clear()
+        finally:
+            _share.threads = previous
+            with _open_maps_changed:
+                self.running -= 1
+                _open_maps_changed.notify_all()
+
+
+_open_maps: list[_Map] = []  # maps with items left, newest (innermost) last: idle lanes take items from them
+_open_maps_changed = threading.Condition()
+
+
+def _lane(own: _Map) -> None:
+    """Run items of ``own`` until none is left; then, until the last of them has finished elsewhere, help: run items
+    of the newest open map (the innermost work of the other lanes, e.g. the row blocks of the tile fitted last)."""
+    while True:
+        with _open_maps_changed:
+            target, i = own, own.take()
+            if i is None:
+                if own.running == 0:
+                    return
+                target = next((m for m in reversed(_open_maps) if m.todo and m.error is None), None)
+                if target is None:
+                    _open_maps_changed.wait()
+                    continue
+                i = target.take()
+        target.run(i)
+
+
+def map_in_threads(func: Callable[[Any], Any], items: list, xp: Any, sizes: list[float] | None = None, *,
+                   threads: int | None = None) -> list:
+    """``[func(item) for item in items]``, results in order.
+
+    NumPy runs the items in lanes on :func:`available_threads` threads (the calling thread is one of them) with
+    single-threaded BLAS (the compiled kernels and large NumPy operations release the GIL; each item's arithmetic
+    is the same on any thread, so results do not depend on the thread count), the largest of ``sizes`` (work per
+    item, any unit) first when there are several lanes. Each item may itself use its lane's share of the threads (:func:`available_threads`):
+    one item on two threads splits its own work, two items on two threads do not. A lane that finds no item left
+    helps the others with the items of their own maps (e.g. the row blocks of the last tile), so that no core
+    idles while one item runs alone. ``threads`` caps the lanes (e.g. by memory; the items then get a larger share, and no other lane takes
+    them). Other namespaces run the items
+    in turn.
+    """
+    available = available_threads() if is_numpy(xp) else 1
+    lanes = min(available, threads or available, len(items))
     with single_threaded_blas(xp):
-        if workers <= 1:
+        if not is_numpy(xp) or len(items) <= 1:
             return [func(item) for item in items]
-        order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else range(len(items))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {i: pool.submit(func, items[i]) for i in order}
-            return [futures[i].result() for i in range(len(items))]
+        by_size = sizes is not None and lanes > 1  # one lane: in order
+        order = sorted(range(len(items)), key=lambda i: -sizes[i]) if by_size else list(range(len(items)))
+        job = _Map(func, items, order, max(1, available // lanes))
+        helped = threads is None  # a capped map keeps to its lanes: no other lane takes its items
+        if helped:
+            with _open_maps_changed:
+                _open_maps.append(job)
+                _open_maps_changed.notify_all()
+        try:
+            for _ in range(lanes - 1):
+                _thread_pool().submit(_lane, job)
+            _lane(job)
+        finally:
+            if helped:
+                with _open_maps_changed:
+                    _open_maps.remove(job)
+        if job.error is not None:
+            raise job.error
+        return job.results

@@ -61,6 +61,8 @@ class SStepResult(NamedTuple):
     T_corr_out : (K, n) float32 — movie projected on the surround images.
     S_surround : (P, K) float32 — surround images: ``max(0, M T_thr^T)`` inside the mask where the new image is at
         most 0.01.
+
+    The last three are None when :func:`solve_S` was asked for no ``projections``.
     """
 
     S: Any
@@ -323,7 +325,7 @@ def _active_frames(A: Any, M_tile: Any, xp: Any) -> tuple[Any, Any]:
 
 def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
             solver: str | Callable = "fp_solve_admm", frame_shape: tuple[int, int], radius: float,
-            tiling: str = "deterministic", **solver_kwargs: Any) -> SStepResult:
+            tiling: str = "deterministic", projections: bool = True, **solver_kwargs: Any) -> SStepResult:
     """Tiled robust S-step: new images given the traces, inside the masks (spec §6.7).
 
     The traces are soft-thresholded first, ``T_thr = max(0, T - 3 sqrt(2) sigma_T)`` per cell (``sigma_T`` from
@@ -341,6 +343,8 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     kappa : float — Huber threshold; ``n_iter`` : int — solver iterations (``max_iter_S``).
     solver : ``"fp_solve_admm"`` (default) or ``"fp_solve_adaptive_filter"`` (``adaptive_kappa_filter``).
     frame_shape, radius, tiling : as in :func:`solve_T`.
+    projections : bool — also compute ``T_corr_in``, ``T_corr_out`` and ``S_surround`` (three dense products
+        per tile, read only by the spatio-temporal metrics); None in the result otherwise.
     **solver_kwargs : passed to the solver (e.g. ``check_from_start``).
 
     Returns
@@ -376,6 +380,8 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
         A_fit, M_fit = (A, M_tile) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, M_tile, xp)
         image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub, **solver_kwargs)
         del M_fit
+        if not projections:
+            return is_cell, image, None, None, None
         surround = xp.clip(xp.matrix_transpose(A @ M_tile), min=0.0)
         surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
         return (is_cell, image, surround, xp.matrix_transpose(M_tile @ image),
@@ -386,16 +392,19 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
     for pix, (is_cell, image, surround, on_image, on_surround) in zip(
             pixel_sets, solver_kernels.map_in_threads(fit_tile, pixel_sets, xp, [pix.shape[0] for pix in pixel_sets])):
         slots = _slots(is_cell, xp)
-        corr_in = corr_in + _spread(on_image, slots, 0, xp, device)
-        corr_out = corr_out + _spread(on_surround, slots, 0, xp, device)
         image_blocks.append(_spread(image, slots, 1, xp, device))
-        surround_blocks.append(_spread(surround, slots, 1, xp, device))
         pixel_blocks.append(pix)
+        if projections:
+            corr_in = corr_in + _spread(on_image, slots, 0, xp, device)
+            corr_out = corr_out + _spread(on_surround, slots, 0, xp, device)
+            surround_blocks.append(_spread(surround, slots, 1, xp, device))
     if not pixel_blocks:
         zeros = xp.zeros(S.shape, dtype=dtype, device=device)
-        return SStepResult(zeros, xp.full((K,), NORMALISE_FLOOR, dtype=dtype, device=device), corr_in, corr_out,
-                           zeros)
+        return SStepResult(zeros, xp.full((K,), NORMALISE_FLOOR, dtype=dtype, device=device),
+                           *((corr_in, corr_out, zeros) if projections else (None, None, None)))
     images = _assemble_rows(image_blocks, pixel_blocks, union, xp, device)
-    surround_images = _assemble_rows(surround_blocks, pixel_blocks, union, xp, device)
     scale = xp.clip(xp.max(images, axis=0), min=NORMALISE_FLOOR)
+    if not projections:
+        return SStepResult(images / scale[None, :], scale, None, None, None)
+    surround_images = _assemble_rows(surround_blocks, pixel_blocks, union, xp, device)
     return SStepResult(images / scale[None, :], scale, corr_in * scale[:, None], corr_out, surround_images)

@@ -18,11 +18,12 @@ plus ``least_squares`` / ``nonnegative_least_squares`` when that option is chose
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from nwb_extract.config import TRACE_KINDS, TRACE_OPTION_TO_KIND
-from nwb_extract.engine import backend
+from nwb_extract.engine import backend, solver_kernels
 from nwb_extract.engine.tiled import solve_T, solve_T_robust
 from nwb_extract.progress import SILENT, Reporter
 
@@ -131,12 +132,19 @@ def regress(Mt: Any, S: Any, T: Any, settings: RegressionSettings, option: str, 
     options) to (K, n) traces.
     """
     kinds = trace_kinds(option)
-    results = {}
-    for done, kind in enumerate(kinds):
-        settings.progress("frr", done, len(kinds), kind, "kinds")
-        results[kind] = _KIND_FUNCTIONS[kind](Mt, S, T, settings, lam)
-    settings.progress("frr", len(kinds), len(kinds), "done", "kinds")
-    return results
+    finished: list[str] = []
+    lock = threading.Lock()
+    settings.progress("frr", 0, len(kinds), ", ".join(kinds), "kinds")
+
+    def solve(kind: str) -> Any:
+        traces = _KIND_FUNCTIONS[kind](Mt, S, T, settings, lam)
+        with lock:
+            finished.append(kind)
+            settings.progress("frr", len(finished), len(kinds), f"{kind} done", "kinds")
+        return traces
+
+    # the kinds are independent: side by side on the host's cores, their tiles shared among the threads
+    return dict(zip(kinds, solver_kernels.map_in_threads(solve, kinds, backend.get_namespace(Mt))))
 
 
 def trace_kinds(option: str) -> list[str]:
