@@ -83,7 +83,7 @@ def test_gather_pixels_transposed(namespace):
 @pytest.mark.parametrize("frames", [1, 8, 13])
 def test_gather_pixels(namespace, frames):
     """(n, P) movie and pixel indices -> (n, p) frames x pixels, C-contiguous in NumPy: fewer frames than, as many
-    as and more than the NumPy kernel reads side by side (not a multiple of them)."""
+    as and more than the NumPy kernel reads side by side (not a multiple of them); and of some frames only."""
     xp, device = namespace
     rng = np.random.default_rng(frames)
     movie = rng.standard_normal((frames, 300)).astype(np.float32)
@@ -92,6 +92,9 @@ def test_gather_pixels(namespace, frames):
     np.testing.assert_array_equal(backend.to_numpy(got), movie[:, pixels])
     if backend.is_numpy(xp):
         assert got.flags.c_contiguous
+    chosen = np.sort(rng.choice(frames, size=max(1, frames // 2), replace=False)).astype(np.int64)  # some frames
+    got = solver_kernels.gather_pixels(to_xp(movie, xp, device), to_xp(pixels, xp, device), to_xp(chosen, xp, device))
+    np.testing.assert_array_equal(backend.to_numpy(got), movie[chosen][:, pixels])
 
 
 def test_write_pixel_major_transposes_a_block_of_frames_in_place(namespace):

@@ -133,17 +133,17 @@ GATHER_FRAMES = 8
 
 
 @_jit
-def gather_columns(movie, pixels, out):  # pragma: no cover
-    """``out[t, q] = movie[t, pixels[q]]``: columns of a C-contiguous (n, P) movie gathered into a C-contiguous
-    (n, p) array, :data:`GATHER_FRAMES` frames at a time."""
-    n = movie.shape[0]
+def gather_columns(movie, frames, pixels, out):  # pragma: no cover
+    """``out[i, q] = movie[frames[i], pixels[q]]``: columns of some frames of a C-contiguous (n, P) movie gathered
+    into a C-contiguous (f, p) array, :data:`GATHER_FRAMES` frames at a time."""
+    n = frames.shape[0]
     p = pixels.shape[0]
     for t0 in range(0, n, GATHER_FRAMES):
         t1 = min(n, t0 + GATHER_FRAMES)
         for q in range(p):
             column = pixels[q]
             for t in range(t0, t1):
-                out[t, q] = movie[t, column]
+                out[t, q] = movie[frames[t], column]
     return out
 
 

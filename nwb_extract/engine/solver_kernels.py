@@ -245,18 +245,21 @@ def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
     return __import__("cupy").ascontiguousarray(gathered) if is_cupy(xp) else gathered
 
 
-def gather_pixels(movie: Any, pixels: Any) -> Any:
-    """``movie[:, pixels]``: (n, P) frames x pixels and (p,) int indices -> (n, p). NumPy gathers a C-contiguous
-    movie in a compiled kernel that reads several frames side by side (:func:`cpu_kernels.gather_columns`); other
-    namespaces use ``take``."""
+def gather_pixels(movie: Any, pixels: Any, frames: Any = None) -> Any:
+    """``movie[frames][:, pixels]``: (n, P) frames x pixels, (p,) int pixel indices and optionally (f,) int frame
+    indices (default: all) -> (f, p). NumPy gathers a C-contiguous movie in a compiled kernel that reads several
+    frames side by side (:func:`cpu_kernels.gather_columns`); other namespaces use ``take``."""
     xp = get_namespace(movie, pixels)
-    count_work(0, 8 * pixels.shape[0] * movie.shape[0])
+    n_out = movie.shape[0] if frames is None else frames.shape[0]
+    count_work(0, 8 * pixels.shape[0] * n_out)
     if is_numpy(xp) and movie.flags.c_contiguous:
         from nwb_extract.engine import cpu_kernels
 
-        out = np.empty((movie.shape[0], pixels.shape[0]), dtype=movie.dtype)
-        return cpu_kernels.gather_columns(movie, np.asarray(pixels, dtype=np.int64), out)
-    return xp.take(movie, pixels, axis=1)
+        frames = np.arange(n_out, dtype=np.int64) if frames is None else np.asarray(frames, dtype=np.int64)
+        out = np.empty((n_out, pixels.shape[0]), dtype=movie.dtype)
+        return cpu_kernels.gather_columns(movie, frames, np.asarray(pixels, dtype=np.int64), out)
+    rows = movie if frames is None else xp.take(movie, frames, axis=0)
+    return xp.take(rows, pixels, axis=1)
 
 
 def row_major(x: Any) -> Any:

@@ -308,19 +308,18 @@ def _assemble_rows(blocks: list[Any], pixels: list[Any], support: Any, xp: Any, 
 _FRAME_SEPARABLE_SOLVER = SOLVERS["fp_solve_admm"]
 
 
-def _active_frames(A: Any, M_tile: Any, xp: Any) -> tuple[Any, Any]:
-    """Drop the frames where every cell's thresholded trace is 0: there ``A`` has a zero column, so the frame adds
-    nothing to the fixed-kappa ADMM's operators (its row of ``A^T Q`` is 0) and the solution is exactly the same
-    (up to float summation order) while the movie-sized work shrinks to the active frames. At least one frame is
-    kept so the shapes stay valid. A (k, n), M_tile (n, p) -> A (k, n_active), M_tile (n_active, p)."""
+def _active_frames(A: Any, xp: Any) -> Any:
+    """The frames where some cell's thresholded trace is > 0, or None when that is every frame. Elsewhere ``A`` has
+    a zero column, so the frame adds nothing to the fixed-kappa ADMM's operators (its row of ``A^T Q`` is 0) and
+    the solution is exactly the same (up to float summation order) while the movie-sized work shrinks to the active
+    frames. At least one frame is kept so the shapes stay valid. A (k, n) -> (n_active,) int64 or None."""
     active = xp.any(A > 0, axis=0)
     n_active = int(xp.sum(xp.astype(active, xp.int64)))
     if n_active == A.shape[1]:
-        return A, M_tile
+        return None
     if n_active == 0:
         active = xp.arange(A.shape[1], device=A.device) == 0
-    frames = xp.nonzero(active)[0]
-    return xp.take(A, frames, axis=1), xp.take(M_tile, frames, axis=0)
+    return xp.nonzero(active)[0]
 
 
 def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
@@ -375,13 +374,15 @@ def solve_S(S: Any, T: Any, Mt: Any, mask: Any, kappa: float, n_iter: int, *,
         cells = xp.nonzero(is_cell)[0]
         mask_sub = xp.take(mask_tile, cells, axis=1)
         A = xp.take(T_thr, cells, axis=0)
-        M_tile = solver_kernels.gather_pixels(Mt, pix)  # (n, p); the solver gets it transposed (a view)
         X0 = xp.take(xp.take(S_rows, pix, axis=0), cells, axis=1)
-        A_fit, M_fit = (A, M_tile) if solve is not _FRAME_SEPARABLE_SOLVER else _active_frames(A, M_tile, xp)
+        frames = _active_frames(A, xp) if solve is _FRAME_SEPARABLE_SOLVER else None
+        A_fit = A if frames is None else xp.take(A, frames, axis=1)
+        M_fit = solver_kernels.gather_pixels(Mt, pix, frames)  # (f, p); the solver gets it transposed (a view)
         image, _ = solve(X0, A_fit, xp.matrix_transpose(M_fit), kappa, n_iter, mask=mask_sub, **solver_kwargs)
-        del M_fit
         if not projections:
             return is_cell, image, None, None, None
+        M_tile = M_fit if frames is None else solver_kernels.gather_pixels(Mt, pix)  # (n, p): every frame
+        del M_fit
         surround = xp.clip(xp.matrix_transpose(A @ M_tile), min=0.0)
         surround = xp.where((image > 0.01) | ~mask_sub, xp.zeros_like(surround), surround)
         return (is_cell, image, surround, xp.matrix_transpose(M_tile @ image),
