@@ -318,7 +318,10 @@ def _adaptive_kappa(E: Any, images: Any, pre_kappa: Any, xp: Any) -> tuple[Any, 
     eps_pre = backend.median_filter(eps_pre, (5, 1), mode="constant")
     mixing = unit + 1e-6
     mixing = mixing / xp.sum(mixing, axis=0, keepdims=True)
-    return sigma * kappa_of_epsilon(eps_pre @ mixing), kappa_of_epsilon(eps_pre)
+    # formed as (p, n_obs) and returned as its transposed view: the residual kernel reads kappa pixel by pixel, so
+    # no transposed copy of this movie-sized array is needed (the same k-term sums, so the same values)
+    kappa_t = sigma * kappa_of_epsilon(xp.matrix_transpose(mixing) @ xp.matrix_transpose(eps_pre))
+    return xp.matrix_transpose(kappa_t), kappa_of_epsilon(eps_pre)
 
 
 def _estimation_iterations(n_iter: int, fractions: tuple[float, ...] | None) -> list[int]:
