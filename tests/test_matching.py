@@ -138,3 +138,13 @@ def test_empty_sets_and_bad_threshold():
         matching.match_sets(x, x, -0.1)
     with pytest.raises(ValueError, match="threshold must be a correlation >= 0"):
         matching.match_optimal(x, x, float("nan"))
+
+
+def test_pearson_columns_float64_result_of_float32_input():
+    """``dtype=float64`` on float32 input gives, bitwise, the correlations of its float64 cast (no cast needed)."""
+    X = np.random.default_rng(3).random((500, 7)).astype(np.float32)
+    X[:, 2] = 0.25  # a constant column: 0 against everything
+    got = matching.pearson_columns(X, dtype=np.float64)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, matching.pearson_columns(X.astype(np.float64)))
+    assert matching.pearson_columns(X).dtype == np.float32

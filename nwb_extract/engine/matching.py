@@ -16,7 +16,7 @@ from typing import Any
 from nwb_extract.engine import backend
 
 
-def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None) -> Any:
+def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None, dtype: Any = None) -> Any:
     """Pearson correlation between the columns of ``X`` and the columns of ``Y`` (spec §0 ``pearson_cols``).
 
     Population z-scores (ddof = 0) as in EXTRACT's ``match_sets``. A constant column (``max == min``, checked
@@ -31,18 +31,23 @@ def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None) -> Any:
         Second set, same namespace and number of rows; ``None`` correlates ``X`` with itself.
     xp : namespace, optional
         Array namespace, when the caller already has it.
+    dtype : optional
+        Precision of the result; default float64 when an input is float64, else float32. (The arithmetic is float64
+        either way: a float32 input asked for a float64 result gives the values of its float64 cast, without that
+        cast.)
 
     Returns
     -------
     C : array of shape (K1, K2)
-        ``C[i, j] = corr(X[:, i], Y[:, j])`` in [-1, 1]; float64 when an input is float64, else float32.
+        ``C[i, j] = corr(X[:, i], Y[:, j])`` in [-1, 1].
     """
     xp, device = backend.get_namespace_and_device(X, Y, xp=xp)
     if Y is None:
         Y = X
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"need X (P, K1) and Y (P, K2) with the same P; got {X.shape} and {Y.shape}")
-    dtype = xp.float64 if xp.float64 in (X.dtype, Y.dtype) else xp.float32
+    if dtype is None:
+        dtype = xp.float64 if xp.float64 in (X.dtype, Y.dtype) else xp.float32
     centred_x, norm_x = _centred_columns(X, xp)
     centred_y, norm_y = (centred_x, norm_x) if Y is X else _centred_columns(Y, xp)
     scale = norm_x[:, None] * norm_y[None, :]

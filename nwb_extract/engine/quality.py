@@ -182,7 +182,7 @@ def smooth_correlation(S_smooth: Any) -> Any:
     """Pearson correlation of the smoothed images, float64 (K, K). Its float32 cast is ``pearson_columns`` of a
     float32 ``S_smooth`` value for value (both are computed in float64 from the same values)."""
     xp = backend.get_namespace(S_smooth)
-    return pearson_columns(xp.astype(S_smooth, xp.float64), xp=xp)
+    return pearson_columns(S_smooth, xp=xp, dtype=xp.float64)
 
 
 def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int], *,
