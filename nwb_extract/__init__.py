@@ -43,8 +43,9 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *,
     progress : callable, bool or None
         A callable receives a :class:`nwb_extract.progress.ProgressEvent` (``stage``, ``done``, ``total``,
         ``message``, ...) as each stage advances; None shows the default display when ``python.progress`` is on
-        and ``verbose`` is not 0 (tqdm bars in a terminal or notebook, else INFO lines on the logger ``nwb_extract.progress``); False
-        shows nothing.
+        and ``verbose`` is not 0 (tqdm bars in a terminal or notebook, else INFO lines on the logger
+        ``nwb_extract.progress``); False shows nothing. With several partitions running side by side, a callable is
+        called from their threads.
     client : optional
         Runs the partitions as Dask tasks (docs/cluster.md): a ``dask.distributed.Client``, or
         ``nwb_extract.distributed.LocalWorkers(n)`` / ``Scheduler(address)``; the config's ``parallel_cpu`` /

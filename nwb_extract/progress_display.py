@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,56 +33,61 @@ def _label(event: ProgressEvent) -> str:
 
 
 class BarDisplay:
-    """One ``tqdm.auto`` bar per stage and partition (the ETA shows where the total is known)."""
+    """One ``tqdm.auto`` bar per stage and partition (the ETA shows where the total is known). Partitions that run
+    side by side each keep their own bar; events may come from several threads."""
 
     def __init__(self) -> None:
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
-        self._bar: Any = None
-        self._key: tuple[str, int] | None = None
+        self._bars: dict[int, tuple[str, Any]] = {}  # partition -> (stage, its open bar)
+        self._lock = threading.Lock()
 
     def __call__(self, event: ProgressEvent) -> None:
-        key = (event.stage, event.partition)
-        if key != self._key or self._bar is None:
-            self.close()
-            self._bar = self._tqdm(desc=_label(event), total=event.total, unit=f" {event.unit}" if event.unit else "it",
-                                   leave=True, file=sys.stderr, dynamic_ncols=True, mininterval=0)
-            self._key = key
-        bar = self._bar
-        if bar.total != event.total:
-            bar.total = event.total
-        if event.message:
-            bar.set_postfix_str(event.message, refresh=False)
-        bar.update(event.done - bar.n)  # events are coarse (a block, a cell, an iteration): each is drawn
-        if event.finished:
-            self.close()
+        with self._lock:
+            stage, bar = self._bars.get(event.partition, (None, None))
+            if stage != event.stage or bar is None:
+                if bar is not None:
+                    bar.close()
+                bar = self._tqdm(desc=_label(event), total=event.total, unit=f" {event.unit}" if event.unit else "it",
+                                 leave=True, file=sys.stderr, dynamic_ncols=True, mininterval=0)
+                self._bars[event.partition] = (event.stage, bar)
+            if bar.total != event.total:
+                bar.total = event.total
+            if event.message:
+                bar.set_postfix_str(event.message, refresh=False)
+            bar.update(event.done - bar.n)  # events are coarse (a block, a cell, an iteration): each is drawn
+            if event.finished:
+                bar.close()
+                del self._bars[event.partition]
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self._bar, self._key = None, None
+        with self._lock:
+            for _, bar in self._bars.values():
+                bar.close()
+            self._bars.clear()
 
 
 class LogDisplay:
     """INFO lines on ``nwb_extract.progress``: a stage's first and last event, and at most one line per
-    ``interval`` seconds in between, with the ETA where the total is known."""
+    ``interval`` seconds in between (per partition), with the ETA where the total is known. Events may come from
+    several threads (partitions side by side)."""
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval
-        self._key: tuple[str, int] | None = None
-        self._started = self._last = 0.0
+        self._stages: dict[int, tuple[str, float, float]] = {}  # partition -> (stage, its start, last line)
+        self._lock = threading.Lock()
 
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
-        key = (event.stage, event.partition)
-        first = key != self._key
-        if first:
-            self._key, self._started = key, now
-        elif not event.finished and now - self._last < self.interval:
-            return
-        self._last = now
-        log.info("%s", self.line(event, now - self._started))
+        with self._lock:
+            stage, started, last = self._stages.get(event.partition, (None, now, 0.0))
+            if stage != event.stage:
+                started = now
+            elif not event.finished and now - last < self.interval:
+                return
+            self._stages[event.partition] = (event.stage, started, now)
+        log.info("%s", self.line(event, now - started))
 
     @staticmethod
     def line(event: ProgressEvent, elapsed: float) -> str:
@@ -97,7 +103,8 @@ class LogDisplay:
         return text
 
     def close(self) -> None:
-        self._key = None
+        with self._lock:
+            self._stages.clear()
 
 
 def _in_notebook() -> bool:

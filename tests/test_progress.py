@@ -124,6 +124,46 @@ def test_log_display_lines_with_eta_and_throttling(caplog):
     assert " ETA " in lines[1]
 
 
+def test_displays_keep_one_bar_or_line_stream_per_partition_side_by_side(caplog):
+    """Partitions run side by side, so their events interleave (and come from several threads): the bar display
+    keeps one bar per partition and stage (not a new bar at every switch), the log display throttles each
+    partition on its own."""
+    from nwb_extract.progress_display import BarDisplay
+
+    made = []
+
+    class Bar:
+        def __init__(self, desc, total, **kwargs):
+            self.desc, self.total, self.n, self.closed = desc, total, 0, False
+            made.append(self)
+
+        def set_postfix_str(self, text, refresh):
+            pass
+
+        def update(self, step):
+            self.n += step
+
+        def close(self):
+            self.closed = True
+
+    bars = BarDisplay()
+    bars._tqdm = Bar
+    events = [ProgressEvent("refinement", done, 4, "", "iterations", p, 2) for done in range(5) for p in (0, 1)]
+    for event in events + [ProgressEvent("frr", 0, 3, "", "kinds", 0, 2)]:
+        bars(event)
+    assert [b.desc for b in made] == ["refinement [partition 1/2]", "refinement [partition 2/2]",
+                                      "final regression [partition 1/2]"]
+    assert made[0].n == 4 and made[0].closed and made[1].closed and not made[2].closed
+    bars.close()
+    assert made[2].closed
+    caplog.set_level(logging.INFO, logger="nwb_extract.progress")
+    logs = LogDisplay(interval=3600.0)
+    for event in events:
+        logs(event)
+    lines = [r.getMessage() for r in caplog.records if r.name == "nwb_extract.progress"]
+    assert len(lines) == 4  # each partition: its first and its finishing event
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "DANDI_NO_ET": "1"}
     return subprocess.run([sys.executable, "-m", "nwb_extract.cli", *args], cwd=cwd, env=env, capture_output=True,

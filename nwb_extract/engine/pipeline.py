@@ -516,7 +516,8 @@ def extract(movie: Any, config: ExtractConfig | dict | None = None, *, progress:
     progress : callable, optional
         Receives a :class:`nwb_extract.progress.ProgressEvent` as each stage advances (read, preprocess,
         cellfinding, refinement, frr; per partition); None reports nothing. Partitions run by ``runner`` report
-        nothing here (they run elsewhere; the runner reports them).
+        nothing here (they run elsewhere; the runner reports them). Partitions that run side by side call it from
+        their threads, so their events interleave.
     runner : callable, optional
         ``runner(jobs) -> runs`` runs the partitions (:class:`PartitionJob` -> :class:`PartitionRun`, in order)
         elsewhere, e.g. as Dask tasks that read their own blocks (:mod:`nwb_extract.distributed`); stitching stays
