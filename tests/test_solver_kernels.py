@@ -3,6 +3,8 @@ against the direct expressions, in every namespace) and the tile thread map."""
 
 from __future__ import annotations
 
+import os
+
 import array_api_compat
 import numpy as np
 import pytest
@@ -238,3 +240,17 @@ def test_map_in_threads_raises_the_first_error_and_stops(monkeypatch):
         solver_kernels.map_in_threads(work, list(range(50)), xp)
     assert len(ran) < 50
     assert solver_kernels.map_in_threads(work, [0, 2], xp) == [0, 2]  # the next map runs normally
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_map_in_threads_works_in_a_forked_child(monkeypatch):
+    """A child forked after the pool started still runs maps on two lanes (it makes its own pool)."""
+    xp = array_api_compat.array_namespace(np.empty(0))
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    assert solver_kernels.map_in_threads(lambda i: i + 1, [1, 2, 3], xp) == [2, 3, 4]  # the parent's pool runs
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if the map gives the right answer
+        ok = solver_kernels.map_in_threads(lambda i: i * 2, list(range(20)), xp) == [i * 2 for i in range(20)]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0

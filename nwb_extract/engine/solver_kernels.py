@@ -409,6 +409,16 @@ def single_threaded_blas(xp: Any) -> Iterator[None]:
                 _blas_limits = None
 
 
+def _forget_pool_in_child() -> None:
+    """After ``fork`` the child has none of the parent's threads: it makes its own pool on first use."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _thread_pool() -> ThreadPoolExecutor:
     """The process's worker threads for :func:`map_in_threads` (made on first use, :data:`MAX_HOST_THREADS`)."""
     global _pool
