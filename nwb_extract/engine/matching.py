@@ -16,7 +16,7 @@ from typing import Any
 from nwb_extract.engine import backend
 
 
-def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None, dtype: Any = None) -> Any:
+def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None, dtype: Any = None, overwrite: bool = False) -> Any:
     """Pearson correlation between the columns of ``X`` and the columns of ``Y`` (spec §0 ``pearson_cols``).
 
     Population z-scores (ddof = 0) as in EXTRACT's ``match_sets``. A constant column (``max == min``, checked
@@ -35,6 +35,8 @@ def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None, dtype: Any = None)
         Precision of the result; default float64 when an input is float64, else float32. (The arithmetic is float64
         either way: a float32 input asked for a float64 result gives the values of its float64 cast, without that
         cast.)
+    overwrite : bool
+        ``X`` is a float64 array the caller gives up (``Y`` None): it is centred in place instead of in a copy.
 
     Returns
     -------
@@ -48,7 +50,7 @@ def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None, dtype: Any = None)
         raise ValueError(f"need X (P, K1) and Y (P, K2) with the same P; got {X.shape} and {Y.shape}")
     if dtype is None:
         dtype = xp.float64 if xp.float64 in (X.dtype, Y.dtype) else xp.float32
-    centred_x, norm_x = _centred_columns(X, xp)
+    centred_x, norm_x = _centred_columns(X, xp, overwrite=overwrite and Y is X)
     centred_y, norm_y = (centred_x, norm_x) if Y is X else _centred_columns(Y, xp)
     scale = norm_x[:, None] * norm_y[None, :]
     # zero-norm (constant) columns: 0 against everything
@@ -56,14 +58,14 @@ def pearson_columns(X: Any, Y: Any = None, *, xp: Any = None, dtype: Any = None)
     return xp.astype(xp.clip(C, -1.0, 1.0), dtype)
 
 
-def _centred_columns(X: Any, xp: Any) -> tuple[Any, Any]:
+def _centred_columns(X: Any, xp: Any, overwrite: bool = False) -> tuple[Any, Any]:
     """Columns of ``X`` centred, in float64 (P, K), and their Euclidean norms (K,); an exactly constant column
-    (``max == min``) gets norm 0. One float64 copy of ``X``, centred in place; the correlations are then one
-    matrix product (the K x K Gram matrix of the centred columns)."""
-    centred = xp.astype(X, xp.float64, copy=True)
+    (``max == min``) gets norm 0. One float64 copy of ``X`` (``X`` itself with ``overwrite`` when it is float64),
+    centred in place; the correlations are then one matrix product (the K x K Gram matrix of the centred columns)."""
+    varies = xp.max(X, axis=0) > xp.min(X, axis=0)
+    centred = X if overwrite and X.dtype == xp.float64 else xp.astype(X, xp.float64, copy=True)
     centred -= xp.mean(centred, axis=0, keepdims=True)
     norm = xp.sqrt(xp.vecdot(centred, centred, axis=-2))
-    varies = xp.max(X, axis=0) > xp.min(X, axis=0)
     return centred, xp.where(varies, norm, 0.0)
 
 
@@ -195,7 +197,7 @@ def find_conncomp(X: Any, threshold: float, A2: Any = None) -> tuple[list[tuple[
     A : bool array (K, K) — the adjacency, in ``X``'s namespace.
     """
     xp = backend.get_namespace(X)
-    X = xp.astype(X, xp.float64)
+    X = xp.astype(X, xp.float64, copy=False)  # read only: a float64 X is used as it is
     m = X.shape[0]
     mean = xp.mean(X, axis=0)
     gram = xp.matrix_transpose(X) @ X - m * (mean[:, None] * mean[None, :])

@@ -178,11 +178,12 @@ def trace_mixing(T: Any, S_smooth: Any, smooth_corr: Any = None) -> Any | None:
     return xp.astype(xp.matrix_transpose(T), xp.float64) @ corr
 
 
-def smooth_correlation(S_smooth: Any) -> Any:
+def smooth_correlation(S_smooth: Any, *, overwrite: bool = False) -> Any:
     """Pearson correlation of the smoothed images, float64 (K, K). Its float32 cast is ``pearson_columns`` of a
-    float32 ``S_smooth`` value for value (both are computed in float64 from the same values)."""
+    float32 ``S_smooth`` value for value (both are computed in float64 from the same values). ``overwrite``: a
+    float64 ``S_smooth`` that the caller gives up is centred in place."""
     xp = backend.get_namespace(S_smooth)
-    return pearson_columns(S_smooth, xp=xp, dtype=xp.float64)
+    return pearson_columns(S_smooth, xp=xp, dtype=xp.float64, overwrite=overwrite)
 
 
 def quality_metrics(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int], *,
@@ -340,7 +341,12 @@ def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int]
                          "low_ST_index_thresh to -1")
     xp, device = backend.get_namespace_and_device(S, S_smooth, T)
     K = S.shape[1]
-    smooth_corr = smooth_correlation(S_smooth)
+    # one float64 copy of the smoothed images serves both: the image duplicates' Gram products read it, then the
+    # correlations centre it in place
+    smooth64 = xp.astype(S_smooth, xp.float64)
+    s_groups, _ = find_conncomp(smooth64, thresholds["S_dup_corr_thresh"])
+    smooth_corr = smooth_correlation(smooth64, overwrite=True)
+    del smooth64
     mixing = trace_mixing(T, S_smooth, smooth_corr)
     metrics = quality_metrics(S, S_smooth, T, frame_shape, mixing=mixing, smooth_corr=smooth_corr,
                               st=st if check_st else None)
@@ -350,7 +356,6 @@ def remove_redundant(S: Any, S_smooth: Any, T: Any, frame_shape: tuple[int, int]
         overlap = xp.astype(S > OVERLAP_THRESHOLD, xp.float32)
         t_groups, _ = find_conncomp(mixing, thresholds["T_dup_corr_thresh"],
                                     xp.matrix_transpose(overlap) @ overlap > 0)
-    s_groups, _ = find_conncomp(S_smooth, thresholds["S_dup_corr_thresh"])
     flags = {
         "T_duplicate": _members_flag([j for g in t_groups for j in g[1:]], K, xp, device),
         "S_duplicate": _members_flag([j for g in s_groups for j in g[1:]], K, xp, device),
