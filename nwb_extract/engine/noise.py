@@ -64,12 +64,8 @@ def estimate_noise_std(x: Any, axis: int = -1, *, chunk_elements: int = _CHUNK_E
         stop = min(m, start + step)
         sigma[start:stop] = _noise_std_columns(xp, traces[:, start:stop])
 
-    starts = list(range(0, m, step))
-    if len(starts) > 1:  # groups of traces side by side on the host's cores (the same values)
-        solver_kernels.map_in_threads(estimate, starts, xp)
-    else:
-        for start in starts:
-            estimate(start)
+    # groups of traces side by side on the host's cores (the same values)
+    solver_kernels.map_in_threads(estimate, list(range(0, m, step)), xp)
     return xp.reshape(sigma, other_shape)
 
 

@@ -473,11 +473,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
                 done[0] += stop - start
                 on_chunk(done[0])
 
-    starts = list(range(0, n, max(1, chunk_frames)))
-    if len(starts) > 1:  # every frame on its own: chunks side by side on the host's cores (the same values)
-        solver_kernels.map_in_threads(filter_chunk, starts, xp)
-    else:
-        filter_chunk(0)
+    # every frame on its own: chunks side by side on the host's cores (the same values)
+    solver_kernels.map_in_threads(filter_chunk, list(range(0, n, max(1, chunk_frames))), xp)
     return out[0, ...] if len(movie.shape) == 2 else out
 
 
