@@ -418,8 +418,8 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: C
     Rows of X, Z, U (r, k) are independent until a convergence test, so each block of
     :func:`solver_kernels.row_ranges` runs all ``n`` iterations while its rows of the data stay in cache (NumPy),
     and the blocks run side by side on the threads the solve may use (a tile fitted alone splits its rows over the
-    cores); the arithmetic per row is the same as iterating on all rows
-    at once. Returns ``(X, Z, Z_prev, U)`` after the n-th iteration, ``Z_prev`` the constrained iterate before it.
+    cores); the arithmetic per row is the same as iterating on all rows at once. Returns ``(X, Z, Z_prev, U)``
+    after the n-th iteration, ``Z_prev`` the constrained iterate before it.
     """
     ranges = solver_kernels.row_ranges(xp, X.shape[0], system.A_hat.shape[1])
     if not ranges:  # no rows
