@@ -17,96 +17,114 @@ TRANSPOSE_BLOCK = 64
 _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 
 
-@_jit
-def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa_t, kappa_row, out_t, row_start, row_chunk):  # pragma: no cover
+def _residual_gram_kernel(per_entry: bool):  # noqa: C901 (one loop per cells-per-column case, as documented)
+    """The kernel of :func:`clipped_residual_gram` for a per-entry kappa (``per_entry``) or a scalar one, compiled
+    separately: with a scalar the threshold stays in a register instead of being read per element (about 1.2x
+    faster on single-cell columns); the float operations and their order are the same in both."""
+
+    def kernel(indptr, cells, values, x_t, data_t, kappa_t, kappa_value, out_t, row_start, row_chunk):  # pragma: no cover
+        k, r = x_t.shape
+        m = data_t.shape[0]
+        residual = np.empty(min(r, row_chunk), dtype=x_t.dtype)
+        zero = residual.dtype.type(0)
+        kappa_scalar = residual.dtype.type(kappa_value)
+        for i0 in range(0, r, row_chunk):
+            i1 = min(r, i0 + row_chunk)
+            n = i1 - i0
+            d0 = row_start + i0
+            d1 = row_start + i1
+            for c in range(k):
+                out_t[c, i0:i1] = 0.0
+            for j in range(m):
+                e0 = indptr[j]
+                e1 = indptr[j + 1]
+                data = data_t[j, d0:d1]
+                kappa = kappa_t[j if per_entry else 0, d0:d1]
+                if e1 - e0 == 1:  # most columns: one pass, no buffer (the same float operations as below)
+                    a = values[e0]
+                    x = x_t[cells[e0], i0:i1]
+                    out = out_t[cells[e0], i0:i1]
+                    for i in range(n):
+                        value = a * x[i] - data[i] + (kappa[i] if per_entry else kappa_scalar)
+                        out[i] += a * (value if value < 0 else zero)
+                elif e1 - e0 == 2:  # overlaps of two cells, fused the same way
+                    a = values[e0]
+                    b = values[e0 + 1]
+                    x = x_t[cells[e0], i0:i1]
+                    y = x_t[cells[e0 + 1], i0:i1]
+                    out = out_t[cells[e0], i0:i1]
+                    out_b = out_t[cells[e0 + 1], i0:i1]
+                    for i in range(n):
+                        value = a * x[i] + b * y[i] - data[i] + (kappa[i] if per_entry else kappa_scalar)
+                        value = value if value < 0 else zero
+                        out[i] += a * value
+                        out_b[i] += b * value
+                elif e1 - e0 == 3:  # three cells (a frame of the S-step's traces), fused the same way
+                    a, b, c = values[e0], values[e0 + 1], values[e0 + 2]
+                    x, y, z = x_t[cells[e0], i0:i1], x_t[cells[e0 + 1], i0:i1], x_t[cells[e0 + 2], i0:i1]
+                    out, out_b = out_t[cells[e0], i0:i1], out_t[cells[e0 + 1], i0:i1]
+                    out_c = out_t[cells[e0 + 2], i0:i1]
+                    for i in range(n):
+                        value = (a * x[i] + b * y[i] + c * z[i] - data[i]
+                                 + (kappa[i] if per_entry else kappa_scalar))
+                        value = value if value < 0 else zero
+                        out[i] += a * value
+                        out_b[i] += b * value
+                        out_c[i] += c * value
+                elif e1 - e0 == 4:  # four cells, fused the same way
+                    a, b, c, d = values[e0], values[e0 + 1], values[e0 + 2], values[e0 + 3]
+                    x, y = x_t[cells[e0], i0:i1], x_t[cells[e0 + 1], i0:i1]
+                    z, w = x_t[cells[e0 + 2], i0:i1], x_t[cells[e0 + 3], i0:i1]
+                    out, out_b = out_t[cells[e0], i0:i1], out_t[cells[e0 + 1], i0:i1]
+                    out_c, out_d = out_t[cells[e0 + 2], i0:i1], out_t[cells[e0 + 3], i0:i1]
+                    for i in range(n):
+                        value = (a * x[i] + b * y[i] + c * z[i] + d * w[i] - data[i]
+                                 + (kappa[i] if per_entry else kappa_scalar))
+                        value = value if value < 0 else zero
+                        out[i] += a * value
+                        out_b[i] += b * value
+                        out_c[i] += c * value
+                        out_d[i] += d * value
+                elif e1 > e0:
+                    for i in range(n):
+                        residual[i] = 0.0
+                    for e in range(e0, e1):
+                        a = values[e]
+                        x = x_t[cells[e], i0:i1]
+                        for i in range(n):
+                            residual[i] += a * x[i]
+                    for i in range(n):
+                        value = residual[i] - data[i] + (kappa[i] if per_entry else kappa_scalar)
+                        residual[i] = value if value < 0 else zero
+                    for e in range(e0, e1):
+                        a = values[e]
+                        out = out_t[cells[e], i0:i1]
+                        for i in range(n):
+                            out[i] += a * residual[i]
+        return out_t
+
+    return _jit(kernel)
+
+
+_per_entry_kernel = _residual_gram_kernel(True)
+_scalar_kernel = _residual_gram_kernel(False)
+
+
+def clipped_residual_gram(indptr, cells, values, x_t, data_t, kappa, out_t, row_start, row_chunk):
     """``out_t = (min(X A - B + kappa, 0) A^T)^T`` with A sparse, visiting only A's non-zeros.
 
     indptr (m + 1,) int64, cells (nnz,) int64, values (nnz,) float32: A (k, m) by columns (CSC): the cells of
     column j are ``cells[indptr[j]:indptr[j + 1]]``. x_t (k, n) = X^T for the n rows ``row_start`` to
-    ``row_start + n`` of the problem; data_t (m, r) = B^T, all rows, both C-contiguous float32. kappa_t (m, r)
-    per-entry kappa^T, or shape (0, r) to use kappa_row (r,) for every column. out_t (k, n) is overwritten. Rows are
-    processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in cache while B streams past).
-    Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then ``out[c] += a_c s``. Columns
-    of 1 to 4 cells run in one fused pass (no buffer; the same float operations, in the same order, as the general
-    path for more cells). Work is proportional to nnz(A) x r instead of k x m x r.
+    ``row_start + n`` of the problem; data_t (m, r) = B^T, all rows, both C-contiguous float32. kappa: a float (the
+    same threshold everywhere) or the per-entry kappa^T (m, r), C-contiguous float32. out_t (k, n) is overwritten.
+    Rows are processed ``row_chunk`` at a time (the chunk's slices of X^T and the output stay in cache while B
+    streams past). Per entry: ``s = sum_e a_e x_e`` (in CSC order), ``s = min(s - b + kappa, 0)``; then
+    ``out[c] += a_c s``. Columns of 1 to 4 cells run in one fused pass (no buffer; the same float operations, in the
+    same order, as the general path for more cells). Work is proportional to nnz(A) x r instead of k x m x r.
     """
-    k, r = x_t.shape
-    m = data_t.shape[0]
-    per_entry = kappa_t.shape[0] == m
-    residual = np.empty(min(r, row_chunk), dtype=x_t.dtype)
-    zero = residual.dtype.type(0)
-    for i0 in range(0, r, row_chunk):
-        i1 = min(r, i0 + row_chunk)
-        n = i1 - i0
-        d0 = row_start + i0
-        d1 = row_start + i1
-        for c in range(k):
-            out_t[c, i0:i1] = 0.0
-        for j in range(m):
-            e0 = indptr[j]
-            e1 = indptr[j + 1]
-            data = data_t[j, d0:d1]
-            kappa = kappa_t[j, d0:d1] if per_entry else kappa_row[d0:d1]
-            if e1 - e0 == 1:  # most columns: one pass, no buffer (the same float operations as below)
-                a = values[e0]
-                x = x_t[cells[e0], i0:i1]
-                out = out_t[cells[e0], i0:i1]
-                for i in range(n):
-                    value = a * x[i] - data[i] + kappa[i]
-                    out[i] += a * (value if value < 0 else zero)
-            elif e1 - e0 == 2:  # overlaps of two cells, fused the same way
-                a = values[e0]
-                b = values[e0 + 1]
-                x = x_t[cells[e0], i0:i1]
-                y = x_t[cells[e0 + 1], i0:i1]
-                out = out_t[cells[e0], i0:i1]
-                out_b = out_t[cells[e0 + 1], i0:i1]
-                for i in range(n):
-                    value = a * x[i] + b * y[i] - data[i] + kappa[i]
-                    value = value if value < 0 else zero
-                    out[i] += a * value
-                    out_b[i] += b * value
-            elif e1 - e0 == 3:  # three cells (a frame of the S-step's traces), fused the same way
-                a, b, c = values[e0], values[e0 + 1], values[e0 + 2]
-                x, y, z = x_t[cells[e0], i0:i1], x_t[cells[e0 + 1], i0:i1], x_t[cells[e0 + 2], i0:i1]
-                out, out_b = out_t[cells[e0], i0:i1], out_t[cells[e0 + 1], i0:i1]
-                out_c = out_t[cells[e0 + 2], i0:i1]
-                for i in range(n):
-                    value = a * x[i] + b * y[i] + c * z[i] - data[i] + kappa[i]
-                    value = value if value < 0 else zero
-                    out[i] += a * value
-                    out_b[i] += b * value
-                    out_c[i] += c * value
-            elif e1 - e0 == 4:  # four cells, fused the same way
-                a, b, c, d = values[e0], values[e0 + 1], values[e0 + 2], values[e0 + 3]
-                x, y = x_t[cells[e0], i0:i1], x_t[cells[e0 + 1], i0:i1]
-                z, w = x_t[cells[e0 + 2], i0:i1], x_t[cells[e0 + 3], i0:i1]
-                out, out_b = out_t[cells[e0], i0:i1], out_t[cells[e0 + 1], i0:i1]
-                out_c, out_d = out_t[cells[e0 + 2], i0:i1], out_t[cells[e0 + 3], i0:i1]
-                for i in range(n):
-                    value = a * x[i] + b * y[i] + c * z[i] + d * w[i] - data[i] + kappa[i]
-                    value = value if value < 0 else zero
-                    out[i] += a * value
-                    out_b[i] += b * value
-                    out_c[i] += c * value
-                    out_d[i] += d * value
-            elif e1 > e0:
-                for i in range(n):
-                    residual[i] = 0.0
-                for e in range(e0, e1):
-                    a = values[e]
-                    x = x_t[cells[e], i0:i1]
-                    for i in range(n):
-                        residual[i] += a * x[i]
-                for i in range(n):
-                    value = residual[i] - data[i] + kappa[i]
-                    residual[i] = value if value < 0 else zero
-                for e in range(e0, e1):
-                    a = values[e]
-                    out = out_t[cells[e], i0:i1]
-                    for i in range(n):
-                        out[i] += a * residual[i]
-    return out_t
+    if isinstance(kappa, np.ndarray):
+        return _per_entry_kernel(indptr, cells, values, x_t, data_t, kappa, 0.0, out_t, row_start, row_chunk)
+    return _scalar_kernel(indptr, cells, values, x_t, data_t, data_t, float(kappa), out_t, row_start, row_chunk)
 
 
 @_jit

@@ -20,7 +20,6 @@ function or class:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import deque
@@ -175,25 +174,17 @@ class ResidualOperator:
         self._values = np.ascontiguousarray(A_t[columns, cells])
         self._data_t = np.ascontiguousarray(B.T)  # a view when B is F-contiguous
         self._kappa_t: tuple[Any, Any] = (None, None)  # (per-entry kappa, its transposed C-order copy)
-        self._kappa_row: tuple[float, Any] = (math.nan, None)  # (scalar kappa, a row filled with it)
-        self._no_kappa_t = np.empty((0, B.shape[0]), dtype=B.dtype)
 
-    def _numpy_kappa(self, kappa: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(kappa_t, kappa_row) for the kernel; a per-entry kappa is transposed to C order once per new array, a
-        scalar one filled into a row once per new value. Each cache is one tuple, replaced whole (the row blocks
-        of one solve call this from several threads)."""
-        dtype, r = self.B.dtype, self.B.shape[0]
+    def _numpy_kappa(self, kappa: Any) -> Any:
+        """kappa for the kernel: a scalar as a float; a per-entry kappa transposed to C order once per new array (the
+        cache is one tuple, replaced whole: the row blocks of one solve call this from several threads)."""
         if getattr(kappa, "ndim", 0) == 0:
-            value, row = self._kappa_row
-            if float(kappa) != value:
-                value, row = float(kappa), np.full((r,), float(kappa), dtype=dtype)
-                self._kappa_row = (value, row)
-            return self._no_kappa_t, row
+            return float(kappa)
         source, kappa_t = self._kappa_t
         if kappa is not source:
-            kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=dtype)
+            kappa_t = np.ascontiguousarray(np.broadcast_to(kappa, self.B.shape).T, dtype=self.B.dtype)
             self._kappa_t = (kappa, kappa_t)
-        return kappa_t, np.empty((r,), dtype=dtype)
+        return kappa_t
 
     def apply(self, X: Any, kappa: Any, rows: tuple[int, int] | None = None, cached: bool = False) -> Any:
         """``min(X A - B + kappa, 0) A^T``: X (r, k) -> (r, k). With ``rows = (start, stop)``, X holds only those
@@ -207,11 +198,10 @@ class ResidualOperator:
         if is_numpy(xp):
             from nwb_extract.engine import cpu_kernels
 
-            kappa_t, kappa_row = self._numpy_kappa(kappa)
             x_t = np.ascontiguousarray(X.T, dtype=self.B.dtype)
             out_t = np.empty_like(x_t)
-            cpu_kernels.clipped_residual_gram(self._indptr, self._cells, self._values, x_t, self._data_t, kappa_t,
-                                              kappa_row, out_t, start, RESIDUAL_ROW_CHUNK)
+            cpu_kernels.clipped_residual_gram(self._indptr, self._cells, self._values, x_t, self._data_t,
+                                              self._numpy_kappa(kappa), out_t, start, RESIDUAL_ROW_CHUNK)
             return out_t.T
         B = self.B if rows is None else self.B[start:stop, :]
         if getattr(kappa, "ndim", 0) > 0 and rows is not None:
