@@ -147,6 +147,24 @@ def test_binary_dilation_cross_and_stack(namespace):
     np.testing.assert_array_equal(out3, np.stack([expected, np.zeros_like(mask)]))  # images do not mix
 
 
+@pytest.mark.parametrize("structure_shape", [(3, 3), (3, 5), (13, 13), (1, 7)])
+def test_binary_dilation_equals_scipy(namespace, structure_shape):
+    """Random masks and random odd neighbourhoods (asymmetric ones too), single images and stacks: the compiled
+    NumPy path and the other namespaces give SciPy's dilation."""
+    import scipy.ndimage as ndi
+
+    xp, device = namespace
+    rng = np.random.default_rng(sum(structure_shape))
+    structure = rng.random(structure_shape) > 0.4
+    structure[structure_shape[0] // 2, structure_shape[1] // 2] = True
+    for shape in [(9, 11), (1, 4), (4, 20, 17)]:
+        mask = rng.random(shape) > 0.85
+        s = structure if len(shape) == 2 else structure[None]
+        expected = ndi.binary_dilation(mask, structure=s)
+        out = _check_array(backend.binary_dilation(to_xp(mask, xp, device), s), xp, device, xp.bool)
+        np.testing.assert_array_equal(backend.to_numpy(out), expected)
+
+
 def test_label_connectivity(namespace):
     xp, device = namespace
     image = np.array([[1, 0, 0, 1],

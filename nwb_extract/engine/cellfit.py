@@ -266,7 +266,7 @@ def _least_squares_image(active: tuple[_Support, Any, Any] | None, frame_shape: 
     if active is None or active[1].shape[0] <= 1:
         return xp.zeros(frame_shape, dtype=xp.float32, device=device)
     support, t_act, frames = active
-    values = xp.clip(xp.take(support.B, frames, axis=1) @ (t_act / xp.sum(t_act * t_act)), min=0.0)
+    values = xp.maximum(xp.take(support.B, frames, axis=1) @ (t_act / xp.sum(t_act * t_act)), 0.0)
     return _on_support(values, support, frame_shape)
 
 
@@ -285,4 +285,4 @@ def _least_squares_trace(Yt: Any, s: Any) -> Any:
     columns = xp.nonzero(mask_flat)[0]
     # frames x pixels in row-major order: the same matrix-vector product (and BLAS summation order) as ever
     frames = solver_kernels.row_major(xp.permute_dims(support_rows(Yt, box, columns), (1, 0)))
-    return xp.clip(frames @ weights_box[mask_flat], min=0.0)
+    return xp.maximum(frames @ weights_box[mask_flat], 0.0)

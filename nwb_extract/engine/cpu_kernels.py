@@ -1,4 +1,5 @@
-"""Compiled CPU kernels (Numba) behind :mod:`backend`'s NumPy branches; no other module imports this one.
+"""Compiled CPU kernels (Numba) behind the NumPy branches of :mod:`backend` and :mod:`solver_kernels`; no other
+module imports this one.
 
 Each kernel is the NumPy implementation of one backend function whose CuPy and generic Array API implementations
 live in :mod:`backend`. They compile on first use (about 2 s) and are cached on disk by Numba afterwards. All are
@@ -238,4 +239,23 @@ def summary_window_means(movie, peak, width, r0, r1, c0, c1, spread, out):  # pr
                         total += movie[rr * width + cc, frame]
                         count += np.float32(1.0)
             out[r - r0, c - c0] = total / count
+    return out
+
+
+@_jit
+def dilate_stack(masks, rows, cols, out):  # pragma: no cover
+    """Binary dilation of each image of a bool stack ``masks`` (K, H, W) by the neighbourhood whose true entries lie
+    at offsets ``(rows[o], cols[o])`` (int64, from its centre), zero padding: ``out[k]`` (K, H, W) bool, overwritten,
+    is true at every ``p + offset`` of a true pixel p (the Minkowski sum, as ``scipy.ndimage.binary_dilation``)."""
+    k_count, h, w = masks.shape
+    out[...] = False
+    for k in range(k_count):
+        for r in range(h):
+            for c in range(w):
+                if masks[k, r, c]:
+                    for o in range(rows.shape[0]):
+                        rr = r + rows[o]
+                        cc = c + cols[o]
+                        if rr >= 0 and rr < h and cc >= 0 and cc < w:
+                            out[k, rr, cc] = True
     return out

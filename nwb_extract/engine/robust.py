@@ -130,7 +130,7 @@ def kappa_of_epsilon(eps: Any) -> Any:
     (float32 or float64).
     """
     xp = backend.get_namespace(eps)
-    eps = xp.clip(eps, min=0.001)
+    eps = xp.maximum(eps, 0.001)
     return -0.3775 * xp.log(eps) - 0.0597 * eps + 0.0544
 
 
@@ -191,7 +191,7 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
     p, m = B.shape
     a = xp.reshape(a, (1, p))
     a2 = a * a
-    x = xp.clip((a @ B)[0, :] / xp.sum(a2), min=0.0)
+    x = xp.maximum((a @ B)[0, :] / xp.sum(a2), 0.0)
     kappa_vec = xp.full((m,), float(kappa), dtype=B.dtype, device=device)
     estimate_at: set[int] = set()
     if adaptive:
@@ -218,7 +218,7 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
         numerator = weighted + threshold * (a_sum - on_quadratic - lam)
         has_quadratic = denominator > 0
         safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
-        x = xp.where(has_quadratic, xp.clip(numerator / safe, min=0.0), x_before)
+        x = xp.where(has_quadratic, xp.maximum(numerator / safe, 0.0), x_before)
         if float(xp.sum(xp.abs(x - x_before))) < SINGLE_SOURCE_TOL * float(xp.sum(x_before)):
             it = _jump(it, stops)
             if it >= max_iter - 1:
