@@ -441,7 +441,7 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: C
 
 
 def _nonneg(V: Any, xp: Any) -> Any:
-    return xp.maximum(V, xp.zeros((), dtype=V.dtype, device=V.device))
+    return xp.maximum(V, 0.0)
 
 
 def _unconstrained(V: Any, xp: Any) -> Any:
