@@ -46,7 +46,7 @@ def get_namespace(*arrays: Any, xp: Any = None) -> Any:
     if xp is not None:
         return xp
     present = [a for a in arrays if a is not None]
-    if all(type(a) is np.ndarray for a in present) and present:  # the common case, without the generic lookup
+    if present and all(type(a) is np.ndarray for a in present):  # the common case, without the generic lookup
         return _NUMPY_NAMESPACE
     return array_api_compat.array_namespace(*present)
 
