@@ -294,3 +294,26 @@ def test_largest_component_shape_does_not_depend_on_the_empty_surroundings():
         inside = backend.largest_component_shape(padded[None])
         for a, b in zip(at_border, inside):
             np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_largest_component_shape_area_and_hand_counted_perimeters():
+    """Area: the pixel count of the largest 8-connected component (scipy.ndimage.label); perimeters of traced
+    boundaries counted by hand (the choice among equally large components: the test above)."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(11)
+    stack = rng.random((60, 13, 17)) < rng.uniform(0.1, 0.6, (60, 1, 1))
+    area = np.asarray(backend.largest_component_shape(stack)[0])
+    for k, image in enumerate(stack):
+        labels, count = ndi.label(image, structure=np.ones((3, 3), dtype=bool))
+        if count == 0:
+            assert np.isnan(area[k])
+            continue
+        assert area[k] == np.bincount(labels.ravel())[1:].max()
+    # a pixel: no boundary; a 1 x 3 line: 4 axis steps there and back, no change of step; a 2 x 2 square: 4 axis
+    # steps, each a change of direction; a diagonal of 2: 2 diagonal steps, no change
+    shapes = [np.ones((1, 1)), np.ones((1, 3)), np.ones((2, 2)), np.eye(2)]
+    expected = [0.0, 4 * 0.980, 4 * 0.980 - 4 * 0.091, 2 * 1.406]
+    for image, perimeter in zip(shapes, expected):
+        got = backend.largest_component_shape(np.pad(image, 2)[None].astype(bool))[1]
+        np.testing.assert_allclose(np.asarray(got), [perimeter], rtol=1e-12)

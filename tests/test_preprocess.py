@@ -159,10 +159,10 @@ def test_symmetric_padding_from_slices_equals_the_gather(namespace):
     index_lists = [pp._symmetric_indices(7, pad) for pad in (0, 1, 3, 7, 12)]
     index_lists += [list(rng.integers(0, 7, size=rng.integers(1, 15))) for _ in range(40)]
     for indices in index_lists:
-        got = to_numpy(pp._take_runs(xp, to_xp(movie, xp, device), [int(i) for i in indices], 1))
+        got = to_numpy(pp._take_runs(xp, to_xp(movie, xp, device), pp._runs([int(i) for i in indices]), 1))
         np.testing.assert_array_equal(got, np.take(movie, indices, axis=1))
         across = [int(i) % 5 for i in indices]
-        got = to_numpy(pp._take_runs(xp, to_xp(movie, xp, device), across, 2))
+        got = to_numpy(pp._take_runs(xp, to_xp(movie, xp, device), pp._runs(across), 2))
         np.testing.assert_array_equal(got, np.take(movie, across, axis=2))
 
 

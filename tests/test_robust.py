@@ -373,3 +373,18 @@ def test_row_ranges_share_the_threads(monkeypatch):
     assert solver_kernels.row_ranges(array_api_strict, 10_000, 1000) == [(0, 10_000)]
     monkeypatch.setattr(solver_kernels, "host_threads", lambda: 1)
     assert len(solver_kernels.row_ranges(np, 3 * target, 1000)) == 3
+
+
+@pytest.mark.parametrize("name", ["fp_solve_admm", "fp_solve_admm_baseline", "fp_solve_adaptive",
+                                  "fp_solve_adaptive_raw", "fp_solve_adaptive_baseline", "fp_solve_adaptive_filter"])
+@pytest.mark.parametrize("n_iter", [3, 20, 100])
+def test_compiled_iterations_give_the_python_loop_bitwise(name, n_iter):
+    """NumPy runs the ADMM iterations between kappa estimations, convergence tests included, in one compiled call;
+    the record_loss path runs them one by one in Python (a NumPy call per operation). Same iterates, same stopping
+    iteration, bit for bit (the compiled test sums its norms in NumPy's pairwise order)."""
+    X, A, B, mask = _small_problem()
+    kwargs = dict(mask=mask if name in ("fp_solve_admm", "fp_solve_adaptive_filter") else None)
+    ref, ref_info = SOLVERS[name](X, A, B, 0.3, n_iter, record_loss=True, **kwargs)
+    out, info = SOLVERS[name](X, A, B, 0.3, n_iter, **kwargs)
+    assert info.iterations == ref_info.iterations
+    np.testing.assert_array_equal(out, ref)

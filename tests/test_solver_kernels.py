@@ -49,25 +49,32 @@ def test_residual_operator_equals_the_direct_expression(namespace, rows, kappa_k
 
 
 @pytest.mark.parametrize("layout", ["C", "F"])
-def test_quadratic_region_sums_equal_the_masked_products(namespace, layout):
-    """The single-source fit's sums over ``B < a x + threshold``, with rows of every kind (all, none, some in the
-    quadratic region) and an exactly-zero denominator where no row is quadratic."""
+def test_single_source_step_equals_the_masked_products(namespace, layout):
+    """The single-source update from the sums over ``B < a x + kappa sigma``, with columns of every kind (all, none,
+    some rows in the quadratic region): a column without a quadratic row keeps its coefficient exactly, a negative
+    update is clipped to 0."""
     xp, device = namespace
     rng = np.random.default_rng(11)
     a = rng.random(30).astype(np.float32)
     B = rng.standard_normal((30, 17)).astype(np.float32)
-    B[:, 3] = 50.0  # no row quadratic: all three sums are exactly 0
+    B[:, 3] = 50.0  # no row quadratic: the coefficient is kept
+    B[:, 5] = -5.0  # every row quadratic, a negative least-squares value: clipped to 0
     x = rng.random(17).astype(np.float32)
-    threshold = rng.uniform(0.0, 0.5, 17).astype(np.float32)
+    kappa = rng.uniform(0.0, 2.0, 17).astype(np.float32)
+    sigma, lam = 0.3, 0.01
+    threshold = kappa.astype(np.float64) * sigma
     quadratic = B < a[:, None] * x[None, :] + threshold[None, :]
-    expected = [(a[:, None] * B * quadratic).sum(0), (a[:, None] * quadratic).sum(0), (a[:, None] ** 2 * quadratic).sum(0)]
+    weighted, on_quadratic, denominator = ((a[:, None] * B * quadratic).sum(0), (a[:, None] * quadratic).sum(0),
+                                           (a[:, None] ** 2 * quadratic).sum(0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        update = np.maximum((weighted + threshold * (a.sum() - on_quadratic - lam)) / denominator, 0.0)
+    expected = np.where(denominator > 0, update, x)
     data = B if layout == "C" else np.asfortranarray(B)
-    got = solver_kernels.quadratic_region_sums(*(to_xp(v, xp, device) for v in (a, data, x, threshold)))
-    for g, e in zip(got, expected):
-        g = backend.to_numpy(g)
-        assert g.dtype == np.float32 and g.shape == (17,)
-        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
-        assert g[3] == 0.0
+    a_, data_, x_, kappa_ = (to_xp(v, xp, device) for v in (a, data, x, kappa))
+    got = backend.to_numpy(solver_kernels.single_source_step(a_, data_, x_, kappa_, sigma, xp.sum(a_), lam))
+    assert got.dtype == np.float32 and got.shape == (17,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert got[3] == x[3] and got[5] == 0.0
 
 
 def test_gather_pixels_transposed(namespace):
@@ -254,3 +261,17 @@ def test_map_in_threads_works_in_a_forked_child(monkeypatch):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_compiled_pairwise_sum_is_numpys_float32_sum():
+    """The compiled convergence test sums its norms as ``numpy.sum`` does a contiguous float32 array: bit for bit for
+    every length up to PAIRWISE_LIMIT (2-D arrays are summed in C order, as NumPy sums a C-contiguous one)."""
+    from nwb_extract.engine import cpu_kernels
+
+    rng = np.random.default_rng(17)
+    values = (rng.standard_normal(cpu_kernels.PAIRWISE_LIMIT) * 7).astype(np.float32)
+    for n in range(1, cpu_kernels.PAIRWISE_LIMIT + 1):
+        part = values[:n] * values[:n]
+        assert np.float32(cpu_kernels._pairwise_sum(part, 0, n)) == np.sum(part), n
+    square = values[:6000].reshape(1200, 5)
+    assert cpu_kernels._frobenius(square, None, np.empty(6000, np.float32)) == float(np.sqrt(np.sum(square * square)))

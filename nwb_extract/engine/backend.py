@@ -341,10 +341,6 @@ def column_histogram(bins: Any, n_bins: int) -> Any:
     return from_numpy(np.ascontiguousarray(counts), xp, device)
 
 
-# 8-neighbour directions (row, col), clockwise starting north: the boundary tracer's search order
-_MOORE = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
-
-
 def largest_component_shape(masks: Any) -> tuple[Any, Any, Any, Any]:
     """MATLAB ``regionprops`` Area, Perimeter, MajorAxisLength, MinorAxisLength of the largest 8-connected
     component of each image of a boolean stack ``(K, H, W)`` (spec §7.2 ``S_eccent`` / ``S_circularity``).
@@ -360,7 +356,7 @@ def largest_component_shape(masks: Any) -> tuple[Any, Any, Any, Any]:
     nor cupyx has it. Returns four float64 ``(K,)`` arrays in ``masks``' namespace and device; NaN where an image
     has no true pixel.
     """
-    import scipy.ndimage as ndi
+    from nwb_extract.engine import cpu_kernels
 
     xp, device = get_namespace_and_device(masks)
     host = np.ascontiguousarray(to_numpy(masks), dtype=bool)  # each image contiguous (a stack may be a transposed view)
@@ -372,17 +368,12 @@ def largest_component_shape(masks: Any) -> tuple[Any, Any, Any, Any]:
         # the bounding box with a one-pixel zero margin holds every component; scan order, areas, moments and the
         # traced boundary are the same as on the whole image
         image = full[max(rows[0] - 1, 0):rows[-1] + 2, max(cols[0] - 1, 0):cols[-1] + 2]
-        labels, count = ndi.label(image, structure=np.ones((3, 3), dtype=bool))
-        if count == 0:
-            continue
-        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        first_pixel = ndi.minimum(np.arange(labels.size).reshape(labels.shape, order="F"), labels,
-                                  np.arange(1, count + 1))
-        column_major = np.argsort(first_pixel, kind="stable")  # MATLAB's label order
-        label = column_major[int(np.argmax(areas[column_major]))] + 1
+        labels = np.empty(image.shape, dtype=np.int64)
+        area, label = cpu_kernels.largest_component(image, labels, np.empty((image.size, 2), dtype=np.int64))
         component = labels == label
-        out[0, k] = areas[label - 1]
-        out[1, k] = _traced_perimeter(component)
+        steps, axis_steps, corners = cpu_kernels.boundary_step_counts(np.pad(component, 1))
+        out[0, k] = area
+        out[1, k] = 0.980 * axis_steps + 1.406 * (steps - axis_steps) - 0.091 * corners
         out[2, k], out[3, k] = _axis_lengths(component)
     return tuple(from_numpy(row, xp, device) for row in out)
 
@@ -395,36 +386,6 @@ def _axis_lengths(component: np.ndarray) -> tuple[float, float]:
     common = math.sqrt((uxx - uyy) ** 2 + 4.0 * uxy * uxy)
     return (2.0 * math.sqrt(2.0) * math.sqrt(uxx + uyy + common),
             2.0 * math.sqrt(2.0) * math.sqrt(max(uxx + uyy - common, 0.0)))
-
-
-def _traced_perimeter(component: np.ndarray) -> float:
-    """MATLAB's regionprops perimeter of one 8-connected component (see :func:`largest_component_shape`)."""
-    image = np.pad(component, 1)
-    cols, rows = np.nonzero(image.T)  # first pixel in column-major order: its west neighbour is background
-    start = (int(rows[0]), int(cols[0]))
-    boundary = [start]
-    current, backtrack, first_step = start, 6, None
-    while len(cols) > 1:  # a single pixel has no boundary to trace
-        for turn in range(8):
-            direction = (backtrack + 1 + turn) % 8
-            candidate = (current[0] + _MOORE[direction][0], current[1] + _MOORE[direction][1])
-            if image[candidate]:
-                break
-        background = _MOORE[(backtrack + turn) % 8]
-        backtrack = _MOORE.index((current[0] + background[0] - candidate[0],
-                                  current[1] + background[1] - candidate[1]))
-        if first_step is None:
-            first_step = candidate
-        elif current == start and candidate == first_step:
-            break
-        boundary.append(candidate)
-        current = candidate
-    steps = np.diff(np.asarray(boundary), axis=0) ** 2
-    if steps.shape[0] <= 1:
-        return 0.0
-    n_corner = int(np.any(np.diff(np.vstack([steps, steps[:1]]), axis=0) != 0, axis=1).sum())
-    n_even = int(np.any(steps == 0, axis=1).sum())
-    return 0.980 * n_even + 1.406 * (steps.shape[0] - n_even) - 0.091 * n_corner
 
 
 def normal_cdf(x: Any) -> Any:

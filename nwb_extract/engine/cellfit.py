@@ -71,17 +71,12 @@ class SingleCellFit:
 
 
 def _scatter_to_mask(values: Any, mask_flat: Any) -> Any:
-    """Vector over ``mask_flat`` (bool (m,)) holding ``values`` (k,) at its true positions, in order, 0 elsewhere.
-
-    Integer-array assignment is not in the Array API standard; a cumulative count of the true positions gives each
-    of them the index of its value instead.
-    """
+    """Vector over ``mask_flat`` (bool (m,)) holding ``values`` (k,) at its true positions, in order, 0 elsewhere
+    (``k`` is the count of true positions)."""
     xp = backend.get_namespace(values)
-    if values.shape[0] == 0:
-        return xp.zeros(mask_flat.shape, dtype=values.dtype, device=values.device)
-    slot = xp.cumulative_sum(xp.astype(mask_flat, xp.int64)) - 1
-    slot = xp.clip(slot, min=0, max=values.shape[0] - 1)
-    return xp.where(mask_flat, xp.take(values, slot), xp.zeros((), dtype=values.dtype, device=values.device))
+    out = xp.zeros(mask_flat.shape, dtype=values.dtype, device=values.device)
+    out[mask_flat] = values
+    return out
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,31 @@ def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
 
 
 @_jit
+def single_source_step(a, data, x, kappa, noise_std, a_sum, lam, sums, out):  # pragma: no cover
+    """One update of the single-source fit (see :func:`solver_kernels.single_source_step`): thresholds ``kappa_j
+    noise_std``, the sums of :func:`quadratic_region_sums` (into ``sums`` (3, m) float64), each rounded to float32,
+    and ``out[j] = max(numerator_j / denominator_j, 0)``, or ``x[j]`` where the denominator is 0; float32
+    arithmetic in the order of the array expressions (``a_sum``, ``lam``: float32 scalars)."""
+    m = x.shape[0]
+    threshold = np.empty(m, dtype=x.dtype)
+    scale = x.dtype.type(noise_std)
+    for j in range(m):
+        threshold[j] = kappa[j] * scale
+    quadratic_region_sums(a, data, x, threshold, sums)
+    zero = x.dtype.type(0)
+    for j in range(m):
+        weighted = x.dtype.type(sums[0, j])
+        on_quadratic = x.dtype.type(sums[1, j])
+        denominator = x.dtype.type(sums[2, j])
+        if denominator > 0:
+            value = (weighted + threshold[j] * ((a_sum - on_quadratic) - lam)) / denominator
+            out[j] = value if (value >= zero or value != value) else zero  # NumPy's maximum: NaN propagates
+        else:
+            out[j] = x[j]
+    return out
+
+
+@_jit
 def summary_window_means(movie, peak, width, r0, r1, c0, c1, spread, out):  # pragma: no cover
     """Summary values of the pixels of a box (spec §5.2): ``out[r - r0, c - c0]`` = mean over the other pixels q of
     the ``(2 spread + 1)^2`` window around (r, c), clipped at the frame, of ``movie[q, peak[r, c]]``.
@@ -268,3 +293,319 @@ def dilate_stack(masks, rows, cols, out):  # pragma: no cover
                         if rr >= 0 and rr < h and cc >= 0 and cc < w:
                             out[k, rr, cc] = True
     return out
+
+
+@_jit
+def largest_component(image, labels, stack):  # pragma: no cover
+    """The largest 8-connected component of a bool image (H, W): components numbered in column-major scan order of
+    their first pixel, the first of several largest taken (MATLAB ``bwconncomp`` / ``regionprops`` order).
+
+    labels (H, W) int64 and stack (H * W, 2) int64 are work buffers (overwritten). Returns the component's pixel
+    count (0 for an empty image) and its number (1-based); ``labels == number`` is the component.
+    """
+    h, w = image.shape
+    labels[...] = 0
+    best_area = 0
+    best_label = 0
+    count = 0
+    for c in range(w):
+        for r in range(h):
+            if not image[r, c] or labels[r, c] != 0:
+                continue
+            count += 1
+            labels[r, c] = count
+            stack[0, 0] = r
+            stack[0, 1] = c
+            top = 1
+            area = 0
+            while top > 0:
+                top -= 1
+                pr = stack[top, 0]
+                pc = stack[top, 1]
+                area += 1
+                for dr in range(-1, 2):
+                    for dc in range(-1, 2):
+                        rr = pr + dr
+                        cc = pc + dc
+                        if rr >= 0 and rr < h and cc >= 0 and cc < w and image[rr, cc] and labels[rr, cc] == 0:
+                            labels[rr, cc] = count
+                            stack[top, 0] = rr
+                            stack[top, 1] = cc
+                            top += 1
+            if area > best_area:
+                best_area = area
+                best_label = count
+    return best_area, best_label
+
+
+#: Moore neighbourhood (row, col) offsets, clockwise from north: the boundary tracer's search order.
+_MOORE_ROWS = np.array([-1, -1, 0, 1, 1, 1, 0, -1], dtype=np.int64)
+_MOORE_COLS = np.array([0, 1, 1, 1, 0, -1, -1, -1], dtype=np.int64)
+
+
+@_jit
+def boundary_step_counts(image):  # pragma: no cover
+    """Moore-neighbour trace (8-connectivity, clockwise, closed) of the outer boundary of the one component of a
+    bool image (H, W) whose border rows and columns are false; starts at its first pixel in column-major order
+    (entered from the west) and stops on re-entering the start towards the first step.
+
+    Returns ``(steps, axis_steps, corners)``: boundary steps, those along an axis, and changes of the squared step
+    between consecutive steps (cyclically); all 0 for fewer than two steps (a single pixel has none).
+    """
+    h, w = image.shape
+    pixels = 0
+    sr = -1
+    sc = -1
+    for c in range(w):
+        for r in range(h):
+            if image[r, c]:
+                pixels += 1
+                if sr < 0:
+                    sr = r
+                    sc = c
+    if pixels <= 1:
+        return 0, 0, 0
+    # index in the Moore order of each unit offset, (dr + 1) * 3 + (dc + 1)
+    index = np.empty(9, dtype=np.int64)
+    for d in range(8):
+        index[(_MOORE_ROWS[d] + 1) * 3 + _MOORE_COLS[d] + 1] = d
+    cr, cc = sr, sc
+    backtrack = 6
+    first_r = -1
+    first_c = -1
+    steps = 0
+    axis_steps = 0
+    corners = 0
+    first_dr2 = -1
+    first_dc2 = -1
+    prev_dr2 = -1
+    prev_dc2 = -1
+    while True:
+        turn = 0
+        nr, nc = cr, cc
+        for turn in range(8):
+            d = (backtrack + 1 + turn) % 8
+            nr = cr + _MOORE_ROWS[d]
+            nc = cc + _MOORE_COLS[d]
+            if image[nr, nc]:
+                break
+        b = (backtrack + turn) % 8
+        backtrack = index[(cr + _MOORE_ROWS[b] - nr + 1) * 3 + (cc + _MOORE_COLS[b] - nc) + 1]
+        if first_r < 0:
+            first_r = nr
+            first_c = nc
+        elif cr == sr and cc == sc and nr == first_r and nc == first_c:
+            break
+        dr2 = (nr - cr) * (nr - cr)
+        dc2 = (nc - cc) * (nc - cc)
+        if steps == 0:
+            first_dr2 = dr2
+            first_dc2 = dc2
+        elif dr2 != prev_dr2 or dc2 != prev_dc2:
+            corners += 1
+        if dr2 == 0 or dc2 == 0:
+            axis_steps += 1
+        prev_dr2 = dr2
+        prev_dc2 = dc2
+        steps += 1
+        cr, cc = nr, nc
+    if steps <= 1:
+        return 0, 0, 0
+    if prev_dr2 != first_dr2 or prev_dc2 != first_dc2:
+        corners += 1
+    return steps, axis_steps, corners
+
+
+@_jit
+def _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_out, z_out, u_out):  # pragma: no cover
+    """The elementwise ADMM update of :func:`admm_step`, with a lower bound (``bounded``) or none, a support mask
+    (``masked``) or none; (r, k) arrays, ``lower`` (k,)."""
+    r, k = gq.shape
+    for i in range(r):
+        for j in range(k):
+            x = (gq[i, j] + offset[i, j]) + dr[i, j]
+            z = x + u[i, j]
+            if bounded:  # NumPy's maximum: NaN in either operand propagates
+                bound = lower[j]
+                z = z if (z >= bound or z != z) else bound
+            if masked:
+                z = z * mask[i, j]
+            x_out[i, j] = x
+            z_out[i, j] = z
+            u_out[i, j] = (u[i, j] + x) - z
+
+
+#: Largest array whose float32 sum ``_pairwise_sum`` reproduces bit for bit: NumPy sums a contiguous array of up to
+#: this many elements (its reduction buffer) by one pairwise summation; longer ones in pieces.
+PAIRWISE_LIMIT = 8192
+
+
+@_jit
+def _block_sum(a, start, n):  # pragma: no cover
+    """NumPy's float32 sum of at most 128 elements ``a[start:start + n]``: 8 running sums combined as
+    ``((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))``, then the rest one by one (fewer than 8: one by one)."""
+    if n < 8:
+        total = a.dtype.type(0)
+        for i in range(start, start + n):
+            total += a[i]
+        return total
+    s0, s1, s2, s3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+    s4, s5, s6, s7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+    i = 8
+    while i < n - n % 8:
+        j = start + i
+        s0 += a[j]
+        s1 += a[j + 1]
+        s2 += a[j + 2]
+        s3 += a[j + 3]
+        s4 += a[j + 4]
+        s5 += a[j + 5]
+        s6 += a[j + 6]
+        s7 += a[j + 7]
+        i += 8
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while i < n:
+        total += a[start + i]
+        i += 1
+    return total
+
+
+@_jit
+def _pairwise_sum(a, start, n):  # pragma: no cover
+    """NumPy's pairwise float32 summation of ``a[start:start + n]`` (``n <= PAIRWISE_LIMIT``): ranges of more than 128
+    elements split in two halves, the first rounded down to a multiple of 8, each summed the same way
+    (:func:`_block_sum` below 129) and added, left + right. Evaluated with an explicit stack (Numba does not cache
+    recursive functions). Checked against ``numpy.sum`` for every n up to the limit (tests/test_solver_kernels.py).
+    """
+    if n <= 128:
+        return _block_sum(a, start, n)
+    depth = 32
+    starts = np.empty(depth, dtype=np.int64)
+    counts = np.empty(depth, dtype=np.int64)
+    phase = np.zeros(depth, dtype=np.int64)  # 0: left half next, 1: right half next, 2: both summed
+    lefts = np.empty(depth, dtype=a.dtype)
+    sums = np.empty(depth, dtype=a.dtype)
+    top = 0
+    starts[0], counts[0], phase[0] = start, n, 0
+    while True:
+        count = counts[top]
+        half = count // 2
+        half -= half % 8
+        if phase[top] == 2:
+            value = lefts[top] + sums[top]
+        elif count <= 128:
+            value = _block_sum(a, starts[top], count)
+        else:  # descend into the next half
+            child = top + 1
+            starts[child] = starts[top] + (0 if phase[top] == 0 else half)
+            counts[child] = half if phase[top] == 0 else count - half
+            phase[child] = 0
+            top = child
+            continue
+        if top == 0:
+            return value
+        top -= 1  # hand the value to the parent
+        if phase[top] == 0:
+            lefts[top] = value
+            phase[top] = 1
+        else:
+            sums[top] = value
+            phase[top] = 2
+
+
+@_jit
+def _frobenius(a, b, scratch):  # pragma: no cover
+    """``float(sqrt(sum((a - b)^2)))`` of C-contiguous 2-D float32 arrays (``b`` None: of ``a``), as NumPy computes
+    ``xp.sqrt(xp.sum(x * x))`` in float32 (``a.size <= PAIRWISE_LIMIT``); ``scratch`` holds ``a.size`` values."""
+    flat_a = a.ravel()
+    n = flat_a.shape[0]
+    if b is None:
+        for i in range(n):
+            scratch[i] = flat_a[i] * flat_a[i]
+    else:
+        flat_b = b.ravel()
+        for i in range(n):
+            d = flat_a[i] - flat_b[i]
+            scratch[i] = d * d
+    return float(np.sqrt(_pairwise_sum(scratch, 0, n)))
+
+
+def _admm_iterations_source(per_entry: bool):
+    """:func:`admm_iterations` for a per-entry or a scalar kappa (compiled separately, as the residual kernel)."""
+
+    def iterations(indptr, cells, values, data_t, kappa_t, kappa, row_start, row_chunk, q, rho_q, offset, lower,
+                   mask, bounded, masked, x, z, u, first, last, test_after, rho, eps_abs, eps_rel):  # pragma: no cover
+        r, k = x.shape
+        z_prev = z
+        x_t = np.empty((k, r), dtype=x.dtype)
+        out_t = np.empty((k, r), dtype=x.dtype)
+        scratch = np.empty(r * k, dtype=x.dtype)
+        root_n = np.sqrt(float(r * k))
+        for it in range(first, last + 1):
+            for i in range(r):
+                for c in range(k):
+                    x_t[c, i] = x[i, c]
+            if per_entry:
+                _per_entry_kernel(indptr, cells, values, x_t, data_t, kappa_t, kappa, out_t, row_start, row_chunk)
+            else:
+                _scalar_kernel(indptr, cells, values, x_t, data_t, kappa_t, kappa, out_t, row_start, row_chunk)
+            gq = np.dot(out_t.T, q)
+            dr = np.dot(z - u, rho_q)
+            x_new = np.empty((r, k), dtype=x.dtype)
+            z_new = np.empty((r, k), dtype=x.dtype)
+            u_new = np.empty((r, k), dtype=x.dtype)
+            _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_new, z_new, u_new)
+            z_prev = z
+            x, z, u = x_new, z_new, u_new
+            if it > test_after:  # robust._converged, the same float operations
+                norm_x = _frobenius(x, None, scratch)
+                norm_z = _frobenius(z, None, scratch)
+                tol_primal = eps_abs * root_n + eps_rel * (norm_z if norm_z > norm_x else norm_x)
+                if _frobenius(x, z, scratch) < tol_primal:
+                    tol_dual = eps_abs * root_n + eps_rel * rho * _frobenius(u, None, scratch)
+                    if rho * _frobenius(z, z_prev, scratch) < tol_dual:
+                        return x, z, z_prev, u, it, True
+        return x, z, z_prev, u, last, False
+
+    return iterations
+
+
+_ADMM_ITERATION_KERNELS = {per_entry: _jit(_admm_iterations_source(per_entry)) for per_entry in (False, True)}
+
+
+def admm_step(gq, offset, dr, u, lower, mask):
+    """One ADMM update after its two small products (see :func:`solver_kernels.admm_step`): float32 (r, k) arrays of
+    any layout, ``lower`` (k,) float32 or None, ``mask`` (r, k) float32 or None. Returns C-ordered ``(X, Z, U)``:
+    ``X = gq + offset + dr``, ``Z = max(X + u, lower) * mask``, ``U = u + X - Z``, elementwise in that order."""
+    x = np.empty(gq.shape, dtype=gq.dtype)
+    z = np.empty_like(x)
+    u_new = np.empty_like(x)
+    gq, offset, dr, u, lower, mask = _c_order(gq, offset, dr, u, lower, mask)
+    _admm_update(gq, offset, dr, u, x[0] if lower is None else lower, x if mask is None else mask,
+                 lower is not None, mask is not None, x, z, u_new)
+    return x, z, u_new
+
+
+def admm_iterations(indptr, cells, values, data_t, kappa, row_start, row_chunk, q, rho_q, offset, lower, mask, x, z,
+                    u, first, last, test_after, rho, eps_abs, eps_rel):
+    """ADMM iterations ``first .. last`` on rows ``row_start ..`` of a problem (see
+    :meth:`solver_kernels.ResidualOperator.admm_iterations`) without returning to Python: each one
+    :func:`clipped_residual_gram` (``kappa`` a float or the per-entry kappa^T), the products by ``q`` and ``rho_q``
+    (k, k) through BLAS (NumPy's ``@`` calls the same sgemm: the same values), :func:`admm_step` and, after
+    iteration ``test_after``, the residual test of ``robust._converged`` (norms summed as NumPy sums them; at most
+    :data:`PAIRWISE_LIMIT` entries). Returns C-ordered ``(X, Z, Z_prev, U)``, the last iteration run and whether
+    the test passed there."""
+    per_entry = isinstance(kappa, np.ndarray)
+    kernel = _ADMM_ITERATION_KERNELS[per_entry]
+    q, rho_q, offset, lower, mask, x, z, u = _c_order(q, rho_q, offset, lower, mask, x, z, u)
+    # the scalar variant never reads its kappa_t argument (data_t stands in for it, as in clipped_residual_gram)
+    return kernel(indptr, cells, values, data_t, kappa if per_entry else data_t, 0.0 if per_entry else float(kappa),
+                  row_start, row_chunk, q, rho_q, offset, x[0] if lower is None else lower,
+                  x if mask is None else mask, lower is not None, mask is not None, x, z, u, first, last, test_after,
+                  rho, eps_abs, eps_rel)
+
+
+def _c_order(*arrays):
+    """The arrays (or None) C-contiguous, copied only where they are not: one compiled variant per kernel serves
+    every caller, and the values are the same."""
+    return tuple(None if a is None else np.ascontiguousarray(a) for a in arrays)

@@ -14,6 +14,7 @@ and device (NumPy by default).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -83,11 +84,17 @@ def disk_footprint(radius: float, *, xp: Any = None, device: Any = None) -> Any:
     -------
     mask : bool array of shape (2 c + 1, 2 c + 1), ``c = ceil(radius - 0.5)``
     """
-    radius = _check_radius(radius, integer=False)
+    return _rows_to_mask(_disk_rows(_check_radius(radius, integer=False)), xp, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _disk_rows(radius: float) -> tuple[tuple[bool, ...], ...]:
+    """The rows of :func:`disk_footprint`'s mask as host booleans (built once per radius: refinement asks for
+    the same disk at every iteration)."""
     half = math.ceil(radius - 0.5)
     offsets = {(dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1)
                if max(abs(dy) - 0.5, 0) ** 2 + max(abs(dx) - 0.5, 0) ** 2 < radius * radius}
-    return _offsets_to_mask(offsets, xp, device, half=half)
+    return _mask_rows(offsets, half)
 
 
 def gaussian_kernel(size: int | tuple[int, int], sigma: float, *, dtype: Any = None, xp: Any = None,
@@ -165,14 +172,20 @@ def _minkowski_sum(a: set[tuple[int, int]], b: set[tuple[int, int]]) -> set[tupl
     return {(ya + yb, xa + xb) for ya, xa in a for yb, xb in b}
 
 
-def _offsets_to_mask(offsets: set[tuple[int, int]], xp: Any, device: Any, half: int | None = None) -> Any:
-    """Centred square boolean mask, true at ``offsets`` (half-width ``half`` or the largest offset)."""
-    if half is None:
-        half = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    side = 2 * half + 1
-    rows = [[(dy, dx) in offsets for dx in range(-half, half + 1)] for dy in range(-half, half + 1)]
+def _offsets_to_mask(offsets: set[tuple[int, int]], xp: Any, device: Any) -> Any:
+    """Centred square boolean mask, true at ``offsets`` (half-width: the largest offset)."""
+    return _rows_to_mask(_mask_rows(offsets, max(max(abs(dy), abs(dx)) for dy, dx in offsets)), xp, device)
+
+
+def _mask_rows(offsets: set[tuple[int, int]], half: int) -> tuple[tuple[bool, ...], ...]:
+    """Rows of the centred square of half-width ``half``, true at ``offsets``."""
+    return tuple(tuple((dy, dx) in offsets for dx in range(-half, half + 1)) for dy in range(-half, half + 1))
+
+
+def _rows_to_mask(rows: tuple[tuple[bool, ...], ...], xp: Any, device: Any) -> Any:
+    """Boolean (side, side) array of ``rows`` in namespace ``xp`` (NumPy when None) on ``device``."""
     xp = backend.select("numpy") if xp is None else xp
-    return xp.reshape(xp.asarray(rows, dtype=xp.bool, device=device), (side, side))
+    return xp.asarray(rows, dtype=xp.bool, device=device)
 
 
 def grown_range(hit: list[bool], margin: int, length: int) -> tuple[int, int]:

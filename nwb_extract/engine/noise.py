@@ -57,8 +57,10 @@ def estimate_noise_std(x: Any, axis: int = -1, *, chunk_elements: int = _CHUNK_E
     other_shape = tuple(s for i, s in enumerate(x.shape) if i != axis)
     traces = xp.reshape(xp.moveaxis(x, axis, 0), (n, -1))  # (n, m): one trace per column
     m = traces.shape[1]
-    sigma = xp.empty((m,), dtype=x.dtype, device=device)
     step = max(1, chunk_elements // n)
+    if m <= step:  # one group (e.g. one trace): no buffer, no thread map
+        return xp.reshape(_noise_std_columns(xp, traces), other_shape)
+    sigma = xp.empty((m,), dtype=x.dtype, device=device)
 
     def estimate(start: int) -> None:
         stop = min(m, start + step)

@@ -455,8 +455,8 @@ def spatial_bandpass(movie: Any, radius: float, f_lower_scale: float, f_upper_sc
     n, h, w = frames.shape
     nf = 1 << (max(h, w) - 1).bit_length()  # MATLAB 2^nextpow2(max(h, w))
     pad_h, pad_w = (nf - h) // 2, (nf - w) // 2
-    rows = _symmetric_indices(h, pad_h)
-    cols = _symmetric_indices(w, pad_w)
+    rows = _runs(_symmetric_indices(h, pad_h))
+    cols = _runs(_symmetric_indices(w, pad_w))
     response = _butterworth_response(nf, radius, f_lower_scale, f_upper_scale, smoothing_ratio, xp=xp, device=device)
     out = xp.empty(frames.shape, dtype=xp.float32, device=device) if not overwrite else frames
     done = [0]
@@ -505,11 +505,10 @@ def _symmetric_indices(size: int, pad: int) -> list[int]:
     return [(i % period) if (i % period) < size else period - 1 - (i % period) for i in range(-pad, size + pad)]
 
 
-def _take_runs(xp: Any, x: Any, indices: list[int], axis: int) -> Any:
-    """``take(x, indices, axis=axis)`` built from slices: ``indices`` (host ints) are split into runs of step +1 or
-    -1, each one slice (flipped for -1), then concatenated. The same values as the gather, copied a run at a time
-    instead of an element at a time; a single increasing run is a view of ``x``."""
-    pieces, start = [], 0
+def _runs(indices: list[int]) -> list[tuple[int, int, bool]]:
+    """``indices`` (host ints) split into runs of step +1 or -1: ``(low, high, flipped)`` per run, the slice
+    ``low:high`` read backwards when ``flipped``. Computed once per filter call (a Python loop over the indices)."""
+    runs, start = [], 0
     while start < len(indices):
         step = indices[start + 1] - indices[start] if start + 1 < len(indices) else 1
         step = step if step in (1, -1) else 1
@@ -517,9 +516,19 @@ def _take_runs(xp: Any, x: Any, indices: list[int], axis: int) -> Any:
         while stop < len(indices) and indices[stop] - indices[stop - 1] == step:
             stop += 1
         low, high = min(indices[start], indices[stop - 1]), max(indices[start], indices[stop - 1]) + 1
-        piece = x[(slice(None),) * axis + (slice(low, high), ...)]
-        pieces.append(xp.flip(piece, axis=axis) if step == -1 and stop - start > 1 else piece)
+        runs.append((low, high, step == -1 and stop - start > 1))
         start = stop
+    return runs
+
+
+def _take_runs(xp: Any, x: Any, runs: list[tuple[int, int, bool]], axis: int) -> Any:
+    """``take(x, indices, axis=axis)`` built from the slices of :func:`_runs` of the indices, concatenated. The same
+    values as the gather, copied a run at a time instead of an element at a time; a single increasing run is a
+    view of ``x``."""
+    pieces = []
+    for low, high, flipped in runs:
+        piece = x[(slice(None),) * axis + (slice(low, high), ...)]
+        pieces.append(xp.flip(piece, axis=axis) if flipped else piece)
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=axis)
 
 

@@ -213,12 +213,7 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
         if it in estimate_at:
             d = (weights @ xp.astype(B > profile[:, None] * x[None, :], B.dtype))[0, :]
             kappa_vec = kappa_of_epsilon(eps_func(d, kappa_vec, 0.0, alpha))
-        threshold = kappa_vec * noise_std
-        weighted, on_quadratic, denominator = solver_kernels.quadratic_region_sums(profile, B, x, threshold)
-        numerator = weighted + threshold * (a_sum - on_quadratic - lam)
-        has_quadratic = denominator > 0
-        safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
-        x = xp.where(has_quadratic, xp.maximum(numerator / safe, 0.0), x_before)
+        x = solver_kernels.single_source_step(profile, B, x, kappa_vec, noise_std, a_sum, lam)
         if float(xp.sum(xp.abs(x - x_before))) < SINGLE_SOURCE_TOL * float(xp.sum(x_before)):
             it = _jump(it, stops)
             if it >= max_iter - 1:
@@ -330,13 +325,14 @@ def _estimation_iterations(n_iter: int, fractions: tuple[float, ...] | None) -> 
 
 
 def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: Any,
-          make_project: Callable[[Any], Callable[[Any, Any], Any]], adaptive: str | None, use_decay: bool,
+          make_lower: Callable[[Any], Any], adaptive: str | None, use_decay: bool,
           check_after: int | None, kappa_iter_nums: tuple[float, ...] | None,
           record_loss: bool, rows_independent: bool = False) -> tuple[Any, SolveInfo]:
     """Inexact ADMM with one fixed-point step per iteration (spec §6.2–6.4); the engine of every ADMM solver.
 
-    ``make_project(X_ls)`` returns the constraint step ``project(V, xp)`` (the mask is applied afterwards); it
-    receives the scaled ridge solution, from which the baseline solvers take their bound. ``adaptive`` is None
+    ``make_lower(X_ls)`` returns the lower bound of the constraint step ``Z = max(X + U, lower)`` (see
+    :func:`solver_kernels.admm_step`; the mask is applied afterwards): None, a per-cell bound or a function of
+    ``X + U``; it receives the scaled ridge solution, from which the baseline solvers take their bound. ``adaptive`` is None
     (fixed ``kappa``), ``"traces"`` (kappa from the cells' images ``A_hat``, §6.4) or ``"images"`` (the S-step
     filter variant, kappa from the current images ``Z``). With fixed kappa, convergence is tested once
     ``it > check_after`` and stops the solve; with adaptive kappa it is tested from iteration 2 on and jumps to the
@@ -362,7 +358,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
         estimate_at = _estimation_iterations(n_iter, kappa_iter_nums)
         rows_obs = X.shape[0] if adaptive == "traces" else B.shape[1]
         pre_kappa = xp.full((rows_obs, k), ADAPTIVE_KAPPA_START, dtype=dtype, device=device)
-    project = make_project(system.X_ls)
+    lower = make_lower(system.X_ls)
     offset = system.X_ls
     if use_decay and adaptive is None:
         offset = offset - float(kappa) * (lam_hat[None, :] @ system.Q)
@@ -374,45 +370,57 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
     if adaptive is None and rows_independent and loss is None and n_iter > 0:
         # no row meets another before the first convergence test: run up to it block by block, in cache
         it = executed = min(check_after + 1, n_iter)
-        X, Z, Z_prev, U = _row_blocks(X, Z, U, system, offset, project, mask, kappa_now, it, xp)
+        X, Z, Z_prev, U = _row_blocks(X, Z, U, system, offset, lower, mask, kappa_now, it)
         if it > check_after and _converged(X, Z, Z_prev, U, system.rho, xp):
             return Z / system.scale[None, :], SolveInfo(iterations=executed, loss=loss)
+    test_after = check_after if adaptive is None else 1  # adaptive kappa: tested from iteration 2 on
+    compiled = loss is None and system.residual.runs_admm_compiled(lower, X.shape[0], tested=True)
     while it < n_iter:
-        it += 1
-        executed += 1
-        if it in estimate_at:
+        if it + 1 in estimate_at:
             E = B - X @ system.A_hat
             if adaptive == "traces":
                 kappa_now, pre_kappa = _adaptive_kappa(E, system.A_hat, pre_kappa, xp)
             else:
                 kappa_t, pre_kappa = _adaptive_kappa(xp.matrix_transpose(E), xp.matrix_transpose(Z), pre_kappa, xp)
                 kappa_now = xp.matrix_transpose(kappa_t)
-        X, Z_prev, Z, U = _update(system, X, Z, U, kappa_now, offset, mask, project, xp)
-        if loss is not None:
-            loss.append(_objective(Z, system, B, kappa_now, lam_hat, xp))
-        if adaptive is None:
-            if it > check_after and _converged(X, Z, Z_prev, U, system.rho, xp):
+        # the iterations up to the next estimation (or the limit), stopping at the first passed test
+        last = min([e - 1 for e in estimate_at if e > it + 1] + [n_iter])
+        if compiled:  # NumPy: in one compiled call
+            X, Z, Z_prev, U, done, converged = system.residual.admm_iterations(
+                system.Q, system.rho_Q, X, Z, U, offset, lower, mask, kappa_now, (0, X.shape[0]), it + 1, last,
+                test_after, system.rho, (EPS_ABS, EPS_REL))
+        else:
+            done, converged = last, False
+            for step in range(it + 1, last + 1):
+                X, Z_prev, Z, U = _update(system, X, Z, U, kappa_now, offset, mask, lower)
+                if loss is not None:
+                    loss.append(_objective(Z, system, B, kappa_now, lam_hat, xp))
+                if step > test_after and _converged(X, Z, Z_prev, U, system.rho, xp):
+                    done, converged = step, True
+                    break
+        executed += done - it
+        it = done
+        if converged:
+            if adaptive is None:
                 break
-        elif it > 1 and _converged(X, Z, Z_prev, U, system.rho, xp):
-            it = _jump(it, stops)
+            it = _jump(it, stops)  # on to the next estimation
             if it >= n_iter - 1:
                 break
     return Z / system.scale[None, :], SolveInfo(iterations=executed, loss=loss)
 
 
-def _update(system: _System, X: Any, Z: Any, U: Any, kappa: Any, offset: Any, mask: Any,
-            project: Callable[[Any, Any], Any], xp: Any, rows: tuple[int, int] | None = None,
-            cached: bool = False) -> tuple[Any, Any, Any, Any]:
+def _update(system: _System, X: Any, Z: Any, U: Any, kappa: Any, offset: Any, mask: Any, lower: Any,
+            rows: tuple[int, int] | None = None, cached: bool = False) -> tuple[Any, Any, Any, Any]:
     """One ADMM iteration (spec §6.2): the fixed-point step of X, the constrained iterate Z and the dual U; for
     ``rows`` of the problem only when given (see :meth:`solver_kernels.ResidualOperator.apply`). Returns
     ``(X, Z_prev, Z, U)``."""
-    X = system.residual.apply(X, kappa, rows, cached) @ system.Q + offset + (Z - U) @ system.rho_Q
-    Z_new = _masked(project(X + U, xp), mask)
-    return X, Z, Z_new, U + X - Z_new
+    GQ = system.residual.apply(X, kappa, rows, cached) @ system.Q
+    X, Z_new, U = solver_kernels.admm_step(GQ, offset, (Z - U) @ system.rho_Q, U, lower, mask)
+    return X, Z, Z_new, U
 
 
-def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: Callable[[Any, Any], Any],
-                mask: Any, kappa: float, n: int, xp: Any) -> tuple[Any, Any, Any, Any]:
+def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, lower: Any, mask: Any, kappa: float,
+                n: int) -> tuple[Any, Any, Any, Any]:
     """``n`` fixed-kappa ADMM iterations (the update of :func:`_admm`), run on blocks of rows.
 
     Rows of X, Z, U (r, k) are independent until a convergence test, so each block of
@@ -421,6 +429,7 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: C
     cores); the arithmetic per row is the same as iterating on all rows at once. Returns ``(X, Z, Z_prev, U)``
     after the n-th iteration, ``Z_prev`` the constrained iterate before it.
     """
+    xp = backend.get_namespace(X)
     ranges = solver_kernels.row_ranges(xp, X.shape[0], system.A_hat.shape[1])
     if not ranges:  # no rows
         return X, Z, Z, U
@@ -429,8 +438,11 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: C
         x, z, u = X[rows[0]:rows[1], :], Z[rows[0]:rows[1], :], U[rows[0]:rows[1], :]
         offset_rows = offset[rows[0]:rows[1], :]
         mask_rows = None if mask is None else mask[rows[0]:rows[1], :]
+        if system.residual.runs_admm_compiled(lower, rows[1] - rows[0], tested=False):  # NumPy: one compiled call
+            return system.residual.admm_iterations(system.Q, system.rho_Q, x, z, u, offset_rows, lower, mask_rows,
+                                                   kappa, rows, 1, n, n, system.rho, (EPS_ABS, EPS_REL))[:4]
         for i in range(n):
-            x, z_prev, z, u = _update(system, x, z, u, kappa, offset_rows, mask_rows, project, xp, rows, i > 0)
+            x, z_prev, z, u = _update(system, x, z, u, kappa, offset_rows, mask_rows, lower, rows, i > 0)
         return x, z, z_prev, u
 
     blocks = solver_kernels.map_in_threads(run, ranges, xp, [stop - start for start, stop in ranges])
@@ -440,32 +452,25 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, project: C
     return x, z, z_prev, u
 
 
-def _nonneg(V: Any, xp: Any) -> Any:
-    return xp.maximum(V, 0.0)
+def _nonneg(X_ls: Any) -> Any:
+    """Lower bound 0 for every cell (non-negative traces or images)."""
+    xp, device = backend.get_namespace_and_device(X_ls)
+    return xp.zeros((X_ls.shape[1],), dtype=X_ls.dtype, device=device)
 
 
-def _unconstrained(V: Any, xp: Any) -> Any:
-    return V
+def _unconstrained(X_ls: Any) -> None:
+    """No constraint step."""
+    return None
 
 
-def _keep(project: Callable[[Any, Any], Any]) -> Callable[[Any], Callable[[Any, Any], Any]]:
-    """Projection factory that ignores the ridge solution."""
-    return lambda X_ls: project
+def _lower_bound(quantile: float, check_every_step: bool) -> Callable[[Any], Any]:
+    """Factory of the per-cell bound ``L = min(0, Hazen quantile over rows)`` (spec §6.3) of the ridge solution
+    ``X_ls`` (computed once) or, with ``check_every_step``, of each step's ``X + U`` (a function of it)."""
+    def of(V: Any) -> Any:
+        xp = backend.get_namespace(V)
+        return xp.clip(backend.quantile(V, quantile, axis=0), max=0.0)
 
-
-def _lower_bound(quantile: float, check_every_step: bool) -> Callable[[Any], Callable[[Any, Any], Any]]:
-    """Factory of ``max(V, L)`` with the per-cell bound ``L = min(0, Hazen quantile over rows)`` of the ridge
-    solution ``X_ls`` (computed once) or, with ``check_every_step``, of ``V`` itself (spec §6.3)."""
-    def dynamic(V: Any, xp: Any) -> Any:
-        return xp.maximum(V, xp.clip(backend.quantile(V, quantile, axis=0), max=0.0)[None, :])
-
-    def make(X_ls: Any) -> Callable[[Any, Any], Any]:
-        if check_every_step:
-            return dynamic
-        xp = backend.get_namespace(X_ls)
-        bound = xp.clip(backend.quantile(X_ls, quantile, axis=0), max=0.0)[None, :]
-        return lambda V, xp: xp.maximum(V, bound)
-    return make
+    return lambda X_ls: of if check_every_step else of(X_ls)
 
 
 _PARAMETERS_DOC = """
@@ -521,7 +526,7 @@ def fp_solve_admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any
     with ``check_from_start`` (ours, ``python.early_convergence_check``; the same test, so a warm-started solve that
     is already converged stops early).
     """
-    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_nonneg), adaptive=None,
+    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_lower=_nonneg, adaptive=None,
                  use_decay=True, check_after=0 if check_from_start else matlab_round(n_iter / 2),
                  kappa_iter_nums=None, record_loss=record_loss, rows_independent=True)
 
@@ -534,7 +539,7 @@ def fp_solve_admm_baseline(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *,
     """ADMM with a per-cell lower bound instead of non-negativity, fixed kappa (spec §6.3): ``baseline_adjusted``
     FRR without adaptive kappa. Convergence is tested from iteration 51 on.
     """
-    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_lower_bound(quantile, check_every_step),
+    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_lower=_lower_bound(quantile, check_every_step),
                  adaptive=None, use_decay=True, check_after=BASELINE_CHECK_AFTER, kappa_iter_nums=None,
                  record_loss=record_loss, rows_independent=not check_every_step)
 
@@ -547,7 +552,7 @@ def fp_solve_adaptive(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam:
     """Non-negative ADMM with elementwise adaptive kappa (spec §6.4): ``nonneg`` FRR (and the refinement T-step
     with ``adaptive_kappa == 2``).
     """
-    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_nonneg), adaptive="traces",
+    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_lower=_nonneg, adaptive="traces",
                  use_decay=False,
                  check_after=None, kappa_iter_nums=kappa_iter_nums, record_loss=record_loss)
 
@@ -561,7 +566,7 @@ def fp_solve_adaptive_raw(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, 
 
     Without a constraint the ADMM reduces to a damped fixed-point iteration (``Z == X``, ``U == 0``).
     """
-    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_unconstrained), adaptive="traces",
+    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_lower=_unconstrained, adaptive="traces",
                  use_decay=False, check_after=None, kappa_iter_nums=kappa_iter_nums, record_loss=record_loss)
 
 
@@ -571,7 +576,7 @@ def fp_solve_adaptive_baseline(X: Any, A: Any, B: Any, kappa: float, n_iter: int
                                kappa_iter_nums: tuple[float, ...] = (0.5, 0.7, 0.9),
                                record_loss: bool = False) -> tuple[Any, SolveInfo]:
     """Adaptive kappa with the per-cell lower bound (spec §6.3–6.4): the default ``baseline_adjusted`` FRR."""
-    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_lower_bound(quantile, check_every_step),
+    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_lower=_lower_bound(quantile, check_every_step),
                  adaptive="traces", use_decay=False,
                  check_after=None, kappa_iter_nums=kappa_iter_nums, record_loss=record_loss)
 
@@ -586,7 +591,7 @@ def fp_solve_adaptive_filter(X: Any, A: Any, B: Any, kappa: float, n_iter: int, 
     Rows of the problem are pixels: sigma is the median over frames of the across-pixel std of the residual, and
     the cells' supports come from the current images ``Z`` instead of ``A``.
     """
-    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_project=_keep(_nonneg), adaptive="images",
+    return _admm(X, A, B, kappa, n_iter, lam=lam, mask=mask, make_lower=_nonneg, adaptive="images",
                  use_decay=False,
                  check_after=None, kappa_iter_nums=kappa_iter_nums, record_loss=record_loss)
 

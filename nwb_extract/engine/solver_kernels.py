@@ -5,7 +5,8 @@ NumPy implementation (compiled, in :mod:`cpu_kernels`) and one CuPy / generic Ar
 function or class:
 
 * :class:`ResidualOperator`: ``min(X A - B + kappa, 0) A^T`` over the non-zeros of a sparse factor (spec §6.2);
-* :func:`quadratic_region_sums`: the single-source fit's sums over its quadratic region (spec §5.5);
+* :func:`admm_step`: the elementwise rest of an ADMM iteration (iterate, constraint, dual) in one pass;
+* :func:`single_source_step`: one update of the single-source fit, from sums over its quadratic region (spec §5.5);
 * :func:`gather_pixels_transposed` / :func:`gather_pixels`: a movie tile gathered pixel-major (as the T-step's
   kernel reads it) or frame-major (the S-step's);
 * :func:`row_block` / :func:`row_ranges`: cache-sized blocks of independent rows for the solvers that iterate on
@@ -216,6 +217,59 @@ class ResidualOperator:
             return residual @ self._A_t
         return xp.clip(X @ self.A - B + kappa, max=0.0) @ xp.matrix_transpose(self.A)
 
+    def runs_admm_compiled(self, lower: Any, rows: int, tested: bool) -> bool:
+        """Whether :meth:`admm_iterations` applies: NumPy, a fixed (or no) lower bound and, when the iterations test
+        convergence, at most :data:`cpu_kernels.PAIRWISE_LIMIT` entries in X (``rows`` x k)."""
+        if not is_numpy(self.xp) or callable(lower):
+            return False
+        from nwb_extract.engine import cpu_kernels
+
+        return not tested or rows * self.shape[1] <= cpu_kernels.PAIRWISE_LIMIT
+
+    def admm_iterations(self, Q: Any, rho_Q: Any, X: Any, Z: Any, U: Any, offset: Any, lower: Any, mask: Any,
+                        kappa: Any, rows: tuple[int, int], first: int, last: int, test_after: int,
+                        rho: float, eps: tuple[float, float]) -> tuple[Any, Any, Any, Any, int, bool]:
+        """ADMM iterations ``first .. last`` (spec §6.2) on the rows ``rows = (start, stop)`` of the problem in one
+        compiled call (:func:`cpu_kernels.admm_iterations`; only where :meth:`runs_admm_compiled`): each ``X =
+        apply(X) Q + offset + (Z - U) rho_Q`` and :func:`admm_step`, then, after iteration ``test_after``, the
+        primal/dual residual test with tolerances ``eps = (absolute, relative)`` and penalty ``rho``: the same float
+        operations as those calls made one by one. X, Z, U, offset, mask (stop - start, k); Q, rho_Q (k, k); kappa a
+        float or per-entry (all rows); lower as in :func:`admm_step`. Returns ``(X, Z, Z_prev, U)`` after the last
+        iteration run, its number and whether the test passed there (it stops at the first pass)."""
+        from nwb_extract.engine import cpu_kernels
+
+        start, stop = rows
+        out = cpu_kernels.admm_iterations(self._indptr, self._cells, self._values, self._data_t,
+                                          self._numpy_kappa(kappa), start, RESIDUAL_ROW_CHUNK, Q, rho_Q, offset, lower,
+                                          mask, X, Z, U, first, last, test_after, rho, eps[0], eps[1])
+        if _work is not None:
+            for it in range(first, out[4] + 1):
+                self._count(kappa, stop - start, it > first and test_after >= last)
+        return out
+
+
+def admm_step(GQ: Any, offset: Any, DR: Any, U: Any, lower: Any, mask: Any) -> tuple[Any, Any, Any]:
+    """The elementwise part of one ADMM iteration (spec §6.2), after its two small products: ``X = GQ + offset +
+    DR``, the constrained iterate ``Z = max(X + U, lower) * mask`` and the dual ``U + X - Z``; returns ``(X, Z, U)``.
+
+    All (r, k) float32 except ``lower``: None (no constraint), a (k,) per-cell bound, or a function of ``X + U``
+    returning one (a bound recomputed every step); ``mask``: None or the (r, k) support. NumPy runs a fixed bound in
+    one compiled pass (:func:`cpu_kernels.admm_step`: the same float operations in the same order, without the
+    six temporaries); every other case evaluates the expressions.
+    """
+    xp = get_namespace(GQ, U)
+    if is_numpy(xp) and not callable(lower):
+        from nwb_extract.engine import cpu_kernels
+
+        return cpu_kernels.admm_step(GQ, offset, DR, U, lower, mask)
+    X = GQ + offset + DR
+    Z = X + U
+    if lower is not None:
+        Z = xp.maximum(Z, lower(Z) if callable(lower) else lower)
+    if mask is not None:
+        Z = Z * mask
+    return X, Z, U + X - Z
+
 
 def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
     """``movie[:, pixels]`` transposed: (n, P) frames x pixels and (p,) int indices -> (p, n) pixels x frames.
@@ -259,28 +313,36 @@ def row_major(x: Any) -> Any:
     return np.ascontiguousarray(x) if is_numpy(xp) else x
 
 
-def quadratic_region_sums(a: Any, B: Any, x: Any, threshold: Any) -> tuple[Any, Any, Any]:
-    """Column sums over the quadratic region of the single-source fit (spec §5.5): rows i of column j where
-    ``B[i, j] < a[i] x[j] + threshold[j]``.
+def single_source_step(a: Any, B: Any, x: Any, kappa: Any, noise_std: float, a_sum: Any, lam: float) -> Any:
+    """One reweighted Newton update of the single-source fit (spec §5.5), every column of ``B`` at once.
 
-    a (p,), B (p, m), x (m,), threshold (m,), float32. Returns ``(sum a_i B_ij, sum a_i, sum a_i^2)`` over that
-    region, each (m,) float32. NumPy makes one pass over B per call in a compiled kernel (float64 accumulation;
-    B in C order, see :func:`row_major`); other namespaces evaluate the masked products.
+    a (p,), B (p, m), x (m,), kappa (m,) float32 (noise units), a_sum the float32 sum of ``a``. With threshold
+    ``kappa_j noise_std``, the quadratic region of column j is the rows where ``B_ij < a_i x_j + threshold_j``; over
+    it ``w_j = sum a_i B_ij``, ``q_j = sum a_i`` and ``d_j = sum a_i^2``, and the new coefficient is
+    ``max((w_j + threshold_j (a_sum - q_j - lam)) / d_j, 0)``, or ``x_j`` unchanged where ``d_j = 0`` (no row
+    quadratic). Returns (m,) float32. NumPy makes one pass over B in a compiled kernel (sums accumulated in float64
+    in row order, then rounded; B in C order, see :func:`row_major`); other namespaces evaluate the masked
+    products.
     """
-    xp = get_namespace(a, B, x, threshold)
+    xp = get_namespace(a, B, x, kappa)
     count_work(8 * B.shape[0] * B.shape[1], 4 * B.shape[0] * B.shape[1])
     if is_numpy(xp):
         from nwb_extract.engine import cpu_kernels
 
-        out = np.empty((3, B.shape[1]), dtype=np.float64)
-        cpu_kernels.quadratic_region_sums(np.ascontiguousarray(a, dtype=B.dtype), np.ascontiguousarray(B), x,
-                                          threshold, out)
-        out = out.astype(B.dtype)
-        return out[0], out[1], out[2]
+        sums = np.empty((3, B.shape[1]), dtype=np.float64)
+        return cpu_kernels.single_source_step(np.ascontiguousarray(a, dtype=B.dtype), np.ascontiguousarray(B), x,
+                                              kappa, noise_std, B.dtype.type(a_sum), B.dtype.type(lam), sums,
+                                              np.empty_like(x))
+    threshold = kappa * noise_std
     quadratic = xp.astype(B < a[:, None] * x[None, :] + threshold[None, :], B.dtype)
     profiles = xp.stack([a, a * a], axis=0)
     on_quadratic = profiles @ quadratic
-    return (a[None, :] @ (B * quadratic))[0, :], on_quadratic[0, :], on_quadratic[1, :]
+    weighted = (a[None, :] @ (B * quadratic))[0, :]
+    numerator = weighted + threshold * (a_sum - on_quadratic[0, :] - lam)
+    denominator = on_quadratic[1, :]
+    has_quadratic = denominator > 0
+    safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
+    return xp.where(has_quadratic, xp.maximum(numerator / safe, 0.0), x)
 
 
 def write_pixel_major(Yt: Any, frames: Any, start: int) -> None:
