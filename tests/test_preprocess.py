@@ -526,3 +526,22 @@ def test_namespaces_devices_and_dtype(namespace, name):
     assert out.dtype == xp.float32
     # same float32 algorithm; FFT and reduction orders differ between libraries by a few ulp of values ~50-500
     np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(56, 72), (58, 58), (5, 7), (33, 17), (64, 64)])
+def test_spatial_bandpass_equals_the_2d_transform_of_the_padded_frames(shape):
+    """The band-pass transforms axis by axis, rows before the padding repeats them and only the kept rows back: in
+    NumPy the same values, bit for bit, as the 2-D transform of the whole padded frame cropped (odd and even
+    paddings, padding wider than the frame, no padding)."""
+    import scipy.fft
+
+    h, w = shape
+    movie = np.random.default_rng(5).standard_normal((9, h, w)).astype(np.float32)
+    nf = 1 << (max(h, w) - 1).bit_length()
+    padded = np.take(np.take(movie, pp._symmetric_indices(h, (nf - h) // 2), axis=1),
+                     pp._symmetric_indices(w, (nf - w) // 2), axis=2)
+    response = pp._butterworth_response(nf, 3.0, 10.0, 2.0, 1.0, xp=array_api_compat.array_namespace(movie),
+                                        device=None)
+    whole = scipy.fft.irfftn(scipy.fft.rfftn(padded, s=(nf, nf), axes=(1, 2)) * response, s=(nf, nf), axes=(1, 2))
+    expected = whole[:, (nf - h) // 2:(nf - h) // 2 + h, (nf - w) // 2:(nf - w) // 2 + w]
+    np.testing.assert_array_equal(pp.spatial_bandpass(movie, 3.0, 10.0, 2.0, chunk_frames=4), expected)
