@@ -264,14 +264,20 @@ def test_map_in_threads_works_in_a_forked_child(monkeypatch):
 
 
 def test_compiled_pairwise_sum_is_numpys_float32_sum():
-    """The compiled convergence test sums its norms as ``numpy.sum`` does a contiguous float32 array: bit for bit for
-    every length up to PAIRWISE_LIMIT (2-D arrays are summed in C order, as NumPy sums a C-contiguous one)."""
+    """The compiled convergence test sums its norms as ``numpy.sum`` does a contiguous float32 array (one pairwise
+    summation of the whole array): bit for bit for every length up to 8192, for longer arrays, and for 2-D arrays
+    in C order (NumPy sums a C-contiguous one as its flat array)."""
     from nwb_extract.engine import cpu_kernels
 
     rng = np.random.default_rng(17)
-    values = (rng.standard_normal(cpu_kernels.PAIRWISE_LIMIT) * 7).astype(np.float32)
-    for n in range(1, cpu_kernels.PAIRWISE_LIMIT + 1):
+    values = (rng.standard_normal(400_000) * 7).astype(np.float32)
+    lengths = list(range(1, 8193)) + [int(n) for n in rng.integers(8193, 400_000, 40)]
+    for n in lengths:
         part = values[:n] * values[:n]
         assert np.float32(cpu_kernels._pairwise_sum(part, 0, n)) == np.sum(part), n
-    square = values[:6000].reshape(1200, 5)
-    assert cpu_kernels._frobenius(square, None, np.empty(6000, np.float32)) == float(np.sqrt(np.sum(square * square)))
+    for r, k in [(1200, 5), (3000, 131)]:
+        x = values[:r * k].reshape(r, k)
+        z = values[-r * k:].reshape(r, k)
+        scratch = np.empty(r * k, np.float32)
+        assert cpu_kernels._frobenius(x, None, scratch) == float(np.sqrt(np.sum(x * x)))
+        assert cpu_kernels._frobenius(x, z, scratch) == float(np.sqrt(np.sum((x - z) * (x - z))))

@@ -435,11 +435,6 @@ def _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_out, z_out, 
             u_out[i, j] = (u[i, j] + x) - z
 
 
-#: Largest array whose float32 sum ``_pairwise_sum`` reproduces bit for bit: NumPy sums a contiguous array of up to
-#: this many elements (its reduction buffer) by one pairwise summation; longer ones in pieces.
-PAIRWISE_LIMIT = 8192
-
-
 @_jit
 def _block_sum(a, start, n):  # pragma: no cover
     """NumPy's float32 sum of at most 128 elements ``a[start:start + n]``: 8 running sums combined as
@@ -472,10 +467,12 @@ def _block_sum(a, start, n):  # pragma: no cover
 
 @_jit
 def _pairwise_sum(a, start, n):  # pragma: no cover
-    """NumPy's pairwise float32 summation of ``a[start:start + n]`` (``n <= PAIRWISE_LIMIT``): ranges of more than 128
+    """NumPy's pairwise float32 summation of ``a[start:start + n]`` (a contiguous array, or a C-contiguous one of any
+    rank, is summed in one pass of it, without pieces or blocks): ranges of more than 128
     elements split in two halves, the first rounded down to a multiple of 8, each summed the same way
     (:func:`_block_sum` below 129) and added, left + right. Evaluated with an explicit stack (Numba does not cache
-    recursive functions). Checked against ``numpy.sum`` for every n up to the limit (tests/test_solver_kernels.py).
+    recursive functions). Checked against ``numpy.sum`` for every n up to 8192 and longer arrays
+    (tests/test_solver_kernels.py).
     """
     if n <= 128:
         return _block_sum(a, start, n)
@@ -516,7 +513,7 @@ def _pairwise_sum(a, start, n):  # pragma: no cover
 @_jit
 def _frobenius(a, b, scratch):  # pragma: no cover
     """``float(sqrt(sum((a - b)^2)))`` of C-contiguous 2-D float32 arrays (``b`` None: of ``a``), as NumPy computes
-    ``xp.sqrt(xp.sum(x * x))`` in float32 (``a.size <= PAIRWISE_LIMIT``); ``scratch`` holds ``a.size`` values."""
+    ``xp.sqrt(xp.sum(x * x))`` in float32; ``scratch`` holds ``a.size`` values."""
     flat_a = a.ravel()
     n = flat_a.shape[0]
     if b is None:
@@ -536,36 +533,51 @@ def _admm_iterations_source(per_entry: bool):
     def iterations(indptr, cells, values, data_t, kappa_t, kappa, row_start, row_chunk, q, rho_q, offset, lower,
                    mask, bounded, masked, x, z, u, first, last, test_after, rho, eps_abs, eps_rel):  # pragma: no cover
         r, k = x.shape
-        z_prev = z
+        # every buffer made once (allocations per iteration page-fault and contend between threads): two for X and
+        # U (the new one and the one read), three for Z (new, current and previous)
+        xs = np.empty((2, r, k), dtype=x.dtype)
+        us = np.empty((2, r, k), dtype=x.dtype)
+        zs = np.empty((3, r, k), dtype=x.dtype)
+        xs[0] = x
+        us[0] = u
+        zs[0] = z
+        xi, ui, zi, zp = 0, 0, 0, 0
+        gq = np.empty((r, k), dtype=x.dtype)
+        dr = np.empty((r, k), dtype=x.dtype)
+        z_minus_u = np.empty((r, k), dtype=x.dtype)
         x_t = np.empty((k, r), dtype=x.dtype)
         out_t = np.empty((k, r), dtype=x.dtype)
         scratch = np.empty(r * k, dtype=x.dtype)
         root_n = np.sqrt(float(r * k))
+        done = last
+        converged = False
         for it in range(first, last + 1):
+            x_now, z_now, u_now = xs[xi], zs[zi], us[ui]
             for i in range(r):
                 for c in range(k):
-                    x_t[c, i] = x[i, c]
+                    x_t[c, i] = x_now[i, c]
+                    z_minus_u[i, c] = z_now[i, c] - u_now[i, c]
             if per_entry:
                 _per_entry_kernel(indptr, cells, values, x_t, data_t, kappa_t, kappa, out_t, row_start, row_chunk)
             else:
                 _scalar_kernel(indptr, cells, values, x_t, data_t, kappa_t, kappa, out_t, row_start, row_chunk)
-            gq = np.dot(out_t.T, q)
-            dr = np.dot(z - u, rho_q)
-            x_new = np.empty((r, k), dtype=x.dtype)
-            z_new = np.empty((r, k), dtype=x.dtype)
-            u_new = np.empty((r, k), dtype=x.dtype)
-            _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_new, z_new, u_new)
-            z_prev = z
-            x, z, u = x_new, z_new, u_new
+            np.dot(out_t.T, q, gq)
+            np.dot(z_minus_u, rho_q, dr)
+            xn, un = 1 - xi, 1 - ui
+            zn = 3 - zi - zp if zi != zp else (zi + 1) % 3
+            _admm_update(gq, offset, dr, u_now, lower, mask, bounded, masked, xs[xn], zs[zn], us[un])
+            xi, ui, zp, zi = xn, un, zi, zn
             if it > test_after:  # robust._converged, the same float operations
-                norm_x = _frobenius(x, None, scratch)
-                norm_z = _frobenius(z, None, scratch)
+                norm_x = _frobenius(xs[xi], None, scratch)
+                norm_z = _frobenius(zs[zi], None, scratch)
                 tol_primal = eps_abs * root_n + eps_rel * (norm_z if norm_z > norm_x else norm_x)
-                if _frobenius(x, z, scratch) < tol_primal:
-                    tol_dual = eps_abs * root_n + eps_rel * rho * _frobenius(u, None, scratch)
-                    if rho * _frobenius(z, z_prev, scratch) < tol_dual:
-                        return x, z, z_prev, u, it, True
-        return x, z, z_prev, u, last, False
+                if _frobenius(xs[xi], zs[zi], scratch) < tol_primal:
+                    tol_dual = eps_abs * root_n + eps_rel * rho * _frobenius(us[ui], None, scratch)
+                    if rho * _frobenius(zs[zi], zs[zp], scratch) < tol_dual:
+                        done = it
+                        converged = True
+                        break
+        return xs[xi].copy(), zs[zi].copy(), zs[zp].copy(), us[ui].copy(), done, converged
 
     return iterations
 
@@ -592,8 +604,8 @@ def admm_iterations(indptr, cells, values, data_t, kappa, row_start, row_chunk, 
     :meth:`solver_kernels.ResidualOperator.admm_iterations`) without returning to Python: each one
     :func:`clipped_residual_gram` (``kappa`` a float or the per-entry kappa^T), the products by ``q`` and ``rho_q``
     (k, k) through BLAS (NumPy's ``@`` calls the same sgemm: the same values), :func:`admm_step` and, after
-    iteration ``test_after``, the residual test of ``robust._converged`` (norms summed as NumPy sums them; at most
-    :data:`PAIRWISE_LIMIT` entries). Returns C-ordered ``(X, Z, Z_prev, U)``, the last iteration run and whether
+    iteration ``test_after``, the residual test of ``robust._converged`` (norms summed as NumPy sums them).
+    Returns C-ordered ``(X, Z, Z_prev, U)``, the last iteration run and whether
     the test passed there."""
     per_entry = isinstance(kappa, np.ndarray)
     kernel = _ADMM_ITERATION_KERNELS[per_entry]

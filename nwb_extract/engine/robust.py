@@ -374,7 +374,7 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
         if it > check_after and _converged(X, Z, Z_prev, U, system.rho, xp):
             return Z / system.scale[None, :], SolveInfo(iterations=executed, loss=loss)
     test_after = check_after if adaptive is None else 1  # adaptive kappa: tested from iteration 2 on
-    compiled = loss is None and system.residual.runs_admm_compiled(lower, X.shape[0], tested=True)
+    compiled = loss is None and system.residual.runs_admm_compiled(lower)
     while it < n_iter:
         if it + 1 in estimate_at:
             E = B - X @ system.A_hat
@@ -438,7 +438,7 @@ def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, lower: Any
         x, z, u = X[rows[0]:rows[1], :], Z[rows[0]:rows[1], :], U[rows[0]:rows[1], :]
         offset_rows = offset[rows[0]:rows[1], :]
         mask_rows = None if mask is None else mask[rows[0]:rows[1], :]
-        if system.residual.runs_admm_compiled(lower, rows[1] - rows[0], tested=False):  # NumPy: one compiled call
+        if system.residual.runs_admm_compiled(lower):  # NumPy: one compiled call
             return system.residual.admm_iterations(system.Q, system.rho_Q, x, z, u, offset_rows, lower, mask_rows,
                                                    kappa, rows, 1, n, n, system.rho, (EPS_ABS, EPS_REL))[:4]
         for i in range(n):

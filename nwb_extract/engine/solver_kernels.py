@@ -217,14 +217,9 @@ class ResidualOperator:
             return residual @ self._A_t
         return xp.clip(X @ self.A - B + kappa, max=0.0) @ xp.matrix_transpose(self.A)
 
-    def runs_admm_compiled(self, lower: Any, rows: int, tested: bool) -> bool:
-        """Whether :meth:`admm_iterations` applies: NumPy, a fixed (or no) lower bound and, when the iterations test
-        convergence, at most :data:`cpu_kernels.PAIRWISE_LIMIT` entries in X (``rows`` x k)."""
-        if not is_numpy(self.xp) or callable(lower):
-            return False
-        from nwb_extract.engine import cpu_kernels
-
-        return not tested or rows * self.shape[1] <= cpu_kernels.PAIRWISE_LIMIT
+    def runs_admm_compiled(self, lower: Any) -> bool:
+        """Whether :meth:`admm_iterations` applies: NumPy and a fixed (or no) lower bound."""
+        return is_numpy(self.xp) and not callable(lower)
 
     def admm_iterations(self, Q: Any, rho_Q: Any, X: Any, Z: Any, U: Any, offset: Any, lower: Any, mask: Any,
                         kappa: Any, rows: tuple[int, int], first: int, last: int, test_after: int,
@@ -239,9 +234,10 @@ class ResidualOperator:
         from nwb_extract.engine import cpu_kernels
 
         start, stop = rows
-        out = cpu_kernels.admm_iterations(self._indptr, self._cells, self._values, self._data_t,
-                                          self._numpy_kappa(kappa), start, RESIDUAL_ROW_CHUNK, Q, rho_Q, offset, lower,
-                                          mask, X, Z, U, first, last, test_after, rho, eps[0], eps[1])
+        with single_threaded_blas(self.xp):  # k x k products: BLAS threads would only wait for each other
+            out = cpu_kernels.admm_iterations(self._indptr, self._cells, self._values, self._data_t,
+                                              self._numpy_kappa(kappa), start, RESIDUAL_ROW_CHUNK, Q, rho_Q, offset,
+                                              lower, mask, X, Z, U, first, last, test_after, rho, eps[0], eps[1])
         if _work is not None:
             for it in range(first, out[4] + 1):
                 self._count(kappa, stop - start, it > first and test_after >= last)
@@ -446,6 +442,9 @@ def single_threaded_blas(xp: Any) -> Iterator[None]:
     with _blas_lock:
         if _blas_depth == 0:
             if _blas_controller is None:  # finding the loaded BLAS libraries reads /proc: once per process
+                # SciPy's BLAS (a library of its own, beside NumPy's) is the one the compiled kernels' products call
+                # (Numba's np.dot): loaded first, so that it is found and limited too
+                import scipy.linalg.cython_blas  # noqa: F401
                 from threadpoolctl import ThreadpoolController
 
                 _blas_controller = ThreadpoolController()
