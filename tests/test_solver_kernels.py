@@ -49,7 +49,7 @@ def test_residual_operator_equals_the_direct_expression(namespace, rows, kappa_k
 
 
 @pytest.mark.parametrize("layout", ["C", "F"])
-def test_single_source_step_equals_the_masked_products(namespace, layout):
+def test_single_source_update_equals_the_masked_products(namespace, layout):
     """The single-source update from the sums over ``B < a x + kappa sigma``, with columns of every kind (all, none,
     some rows in the quadratic region): a column without a quadratic row keeps its coefficient exactly, a negative
     update is clipped to 0."""
@@ -71,7 +71,10 @@ def test_single_source_step_equals_the_masked_products(namespace, layout):
     expected = np.where(denominator > 0, update, x)
     data = B if layout == "C" else np.asfortranarray(B)
     a_, data_, x_, kappa_ = (to_xp(v, xp, device) for v in (a, data, x, kappa))
-    got = backend.to_numpy(solver_kernels.single_source_step(a_, data_, x_, kappa_, sigma, xp.sum(a_), lam))
+    got, done, converged = solver_kernels.single_source_iterations(a_, data_, x_, kappa_, sigma, xp.sum(a_), lam,
+                                                                   1, 1, 0.0)  # one update, no stop
+    assert (done, converged) == (1, False)
+    got = backend.to_numpy(got)
     assert got.dtype == np.float32 and got.shape == (17,)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert got[3] == x[3] and got[5] == 0.0

@@ -229,7 +229,7 @@ def quadratic_region_sums(a, data, x, threshold, out):  # pragma: no cover
 
 @_jit
 def single_source_step(a, data, x, kappa, noise_std, a_sum, lam, sums, out):  # pragma: no cover
-    """One update of the single-source fit (see :func:`solver_kernels.single_source_step`): thresholds ``kappa_j
+    """One update of the single-source fit (see :func:`solver_kernels.single_source_iterations`): thresholds ``kappa_j
     noise_std``, the sums of :func:`quadratic_region_sums` (into ``sums`` (3, m) float64), each rounded to float32,
     and ``out[j] = max(numerator_j / denominator_j, 0)``, or ``x[j]`` where the denominator is 0; float32
     arithmetic in the order of the array expressions (``a_sum``, ``lam``: float32 scalars)."""
@@ -250,6 +250,29 @@ def single_source_step(a, data, x, kappa, noise_std, a_sum, lam, sums, out):  # 
         else:
             out[j] = x[j]
     return out
+
+
+@_jit
+def single_source_iterations(a, data, x, kappa, noise_std, a_sum, lam, first, last, tol):  # pragma: no cover
+    """Iterations ``first .. last`` of the single-source fit (see :func:`solver_kernels.single_source_iterations`):
+    :func:`single_source_step` each, stopping after the first whose change ``sum |x - x_before|`` is below
+    ``tol * sum x_before`` (float32 sums in NumPy's pairwise order, compared in float64 as ``float()`` of them).
+    Returns ``(x, last iteration run, whether it stopped on the test)``."""
+    m = x.shape[0]
+    current = x.copy()
+    new = np.empty_like(current)
+    change = np.empty_like(current)
+    sums = np.empty((3, m), dtype=np.float64)
+    for it in range(first, last + 1):
+        single_source_step(a, data, current, kappa, noise_std, a_sum, lam, sums, new)
+        for j in range(m):
+            change[j] = abs(new[j] - current[j])
+        moved = float(_pairwise_sum(change, 0, m))
+        before = float(_pairwise_sum(current, 0, m))
+        current, new = new, current
+        if moved < tol * before:
+            return current, it, True
+    return current, last, False
 
 
 @_jit

@@ -208,13 +208,14 @@ def solve_single_source(a: Any, B: Any, noise_std: float, kappa: float, max_iter
     B = solver_kernels.row_major(B)  # the region sums read B row by row
     it = 0
     while it < max_iter:
-        it += 1
-        x_before = x
-        if it in estimate_at:
+        if it + 1 in estimate_at:
             d = (weights @ xp.astype(B > profile[:, None] * x[None, :], B.dtype))[0, :]
             kappa_vec = kappa_of_epsilon(eps_func(d, kappa_vec, 0.0, alpha))
-        x = solver_kernels.single_source_step(profile, B, x, kappa_vec, noise_std, a_sum, lam)
-        if float(xp.sum(xp.abs(x - x_before))) < SINGLE_SOURCE_TOL * float(xp.sum(x_before)):
+        # the iterations up to the next estimation (or the limit), stopping at the first small change
+        last = min([e - 1 for e in estimate_at if e > it + 1] + [max_iter])
+        x, it, converged = solver_kernels.single_source_iterations(profile, B, x, kappa_vec, noise_std, a_sum, lam,
+                                                                   it + 1, last, SINGLE_SOURCE_TOL)
+        if converged:
             it = _jump(it, stops)
             if it >= max_iter - 1:
                 break

@@ -6,7 +6,7 @@ function or class:
 
 * :class:`ResidualOperator`: ``min(X A - B + kappa, 0) A^T`` over the non-zeros of a sparse factor (spec §6.2);
 * :func:`admm_step`: the elementwise rest of an ADMM iteration (iterate, constraint, dual) in one pass;
-* :func:`single_source_step`: one update of the single-source fit, from sums over its quadratic region (spec §5.5);
+* :func:`single_source_iterations`: updates of the single-source fit, from sums over its quadratic region (spec §5.5);
 * :func:`gather_pixels_transposed` / :func:`gather_pixels`: a movie tile gathered pixel-major (as the T-step's
   kernel reads it) or frame-major (the S-step's);
 * :func:`row_block` / :func:`row_ranges`: cache-sized blocks of independent rows for the solvers that iterate on
@@ -309,26 +309,17 @@ def row_major(x: Any) -> Any:
     return np.ascontiguousarray(x) if is_numpy(xp) else x
 
 
-def single_source_step(a: Any, B: Any, x: Any, kappa: Any, noise_std: float, a_sum: Any, lam: float) -> Any:
-    """One reweighted Newton update of the single-source fit (spec §5.5), every column of ``B`` at once.
+def _single_source_step(a: Any, B: Any, x: Any, kappa: Any, noise_std: float, a_sum: Any, lam: float) -> Any:
+    """One reweighted Newton update of the single-source fit (spec §5.5), every column of ``B`` at once, as array
+    expressions (NumPy runs :func:`cpu_kernels.single_source_step` instead, inside its compiled iterations).
 
     a (p,), B (p, m), x (m,), kappa (m,) float32 (noise units), a_sum the float32 sum of ``a``. With threshold
     ``kappa_j noise_std``, the quadratic region of column j is the rows where ``B_ij < a_i x_j + threshold_j``; over
     it ``w_j = sum a_i B_ij``, ``q_j = sum a_i`` and ``d_j = sum a_i^2``, and the new coefficient is
     ``max((w_j + threshold_j (a_sum - q_j - lam)) / d_j, 0)``, or ``x_j`` unchanged where ``d_j = 0`` (no row
-    quadratic). Returns (m,) float32. NumPy makes one pass over B in a compiled kernel (sums accumulated in float64
-    in row order, then rounded; B in C order, see :func:`row_major`); other namespaces evaluate the masked
-    products.
+    quadratic). Returns (m,) float32.
     """
     xp = get_namespace(a, B, x, kappa)
-    count_work(8 * B.shape[0] * B.shape[1], 4 * B.shape[0] * B.shape[1])
-    if is_numpy(xp):
-        from nwb_extract.engine import cpu_kernels
-
-        sums = np.empty((3, B.shape[1]), dtype=np.float64)
-        return cpu_kernels.single_source_step(np.ascontiguousarray(a, dtype=B.dtype), np.ascontiguousarray(B), x,
-                                              kappa, noise_std, B.dtype.type(a_sum), B.dtype.type(lam), sums,
-                                              np.empty_like(x))
     threshold = kappa * noise_std
     quadratic = xp.astype(B < a[:, None] * x[None, :] + threshold[None, :], B.dtype)
     profiles = xp.stack([a, a * a], axis=0)
@@ -339,6 +330,32 @@ def single_source_step(a: Any, B: Any, x: Any, kappa: Any, noise_std: float, a_s
     has_quadratic = denominator > 0
     safe = xp.where(has_quadratic, denominator, xp.ones_like(denominator))
     return xp.where(has_quadratic, xp.maximum(numerator / safe, 0.0), x)
+
+
+def single_source_iterations(a: Any, B: Any, x: Any, kappa: Any, noise_std: float, a_sum: Any, lam: float,
+                             first: int, last: int, tol: float) -> tuple[Any, int, bool]:
+    """Iterations ``first .. last`` of the single-source fit (spec §5.5) at a fixed kappa, each one reweighted Newton
+    update (:func:`_single_source_step`), stopping after the first whose change ``sum |x - x_before|`` is below
+    ``tol * sum x_before``. Returns ``(x, last iteration run, whether it stopped on the test)``. NumPy runs them in
+    one compiled call over B in C order (:func:`cpu_kernels.single_source_iterations`: the same float operations,
+    region sums accumulated in float64 in row order, the change sums in NumPy's order); other namespaces evaluate
+    the masked products one update at a time."""
+    xp = get_namespace(a, B, x, kappa)
+    if is_numpy(xp):
+        from nwb_extract.engine import cpu_kernels
+
+        x, done, converged = cpu_kernels.single_source_iterations(
+            np.ascontiguousarray(a, dtype=B.dtype), np.ascontiguousarray(B), np.ascontiguousarray(x),
+            np.ascontiguousarray(kappa), noise_std, B.dtype.type(a_sum), B.dtype.type(lam), first, last, tol)
+        count_work(8 * B.shape[0] * B.shape[1] * (done - first + 1), 4 * B.shape[0] * B.shape[1] * (done - first + 1))
+        return x, done, converged
+    for it in range(first, last + 1):
+        count_work(8 * B.shape[0] * B.shape[1], 4 * B.shape[0] * B.shape[1])
+        x_before = x
+        x = _single_source_step(a, B, x, kappa, noise_std, a_sum, lam)
+        if float(xp.sum(xp.abs(x - x_before))) < tol * float(xp.sum(x_before)):
+            return x, it, True
+    return x, last, False
 
 
 def write_pixel_major(Yt: Any, frames: Any, start: int) -> None:
