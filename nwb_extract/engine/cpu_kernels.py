@@ -550,6 +550,91 @@ def _frobenius(a, b, scratch):  # pragma: no cover
     return float(np.sqrt(_pairwise_sum(scratch, 0, n)))
 
 
+#: Elements NumPy casts at a time (its buffer) when it sums integers as float64: each piece is summed pairwise and
+#: the pieces one after the other.
+CAST_BUFFER = 8192
+
+
+@_jit
+def _mean_of_ints(values):  # pragma: no cover
+    """``numpy.mean`` of a 1-D int64 array: float64 sums of pieces of :data:`CAST_BUFFER` values, then / n."""
+    n = values.shape[0]
+    piece = np.empty(min(n, CAST_BUFFER), dtype=np.float64)
+    total = 0.0
+    for start in range(0, n, CAST_BUFFER):
+        count = min(CAST_BUFFER, n - start)
+        for i in range(count):
+            piece[i] = float(values[start + i])
+        total += _pairwise_sum(piece, 0, count)
+    return total / n
+
+
+@_jit
+def _axis_lengths(rows, cols):  # pragma: no cover
+    """MATLAB's major and minor axis lengths of a component from its pixels' int64 coordinates (in
+    ``numpy.nonzero`` order): second central moments plus 1/12, as ``var`` and ``mean`` of NumPy compute them."""
+    n = rows.shape[0]
+    mean_r = _mean_of_ints(rows)
+    mean_c = _mean_of_ints(cols)
+    squares = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        d = float(cols[i]) - mean_c
+        squares[i] = d * d
+    uxx = _pairwise_sum(squares, 0, n) / n + 1.0 / 12.0
+    for i in range(n):
+        d = float(rows[i]) - mean_r
+        squares[i] = d * d
+    uyy = _pairwise_sum(squares, 0, n) / n + 1.0 / 12.0
+    for i in range(n):
+        squares[i] = (float(cols[i]) - mean_c) * (float(rows[i]) - mean_r)
+    uxy = _pairwise_sum(squares, 0, n) / n
+    common = np.sqrt((uxx - uyy) * (uxx - uyy) + 4.0 * uxy * uxy)
+    smaller = uxx + uyy - common
+    return (2.0 * np.sqrt(2.0) * np.sqrt(uxx + uyy + common),
+            2.0 * np.sqrt(2.0) * np.sqrt(smaller if not 0.0 > smaller else 0.0))
+
+
+@_jit
+def component_shapes(masks, out):  # pragma: no cover
+    """Area, perimeter, major and minor axis length of the largest 8-connected component of each image of a bool
+    stack (K, H, W) (see :func:`backend.largest_component_shape`) into ``out`` (4, K) float64, left as it is (NaN)
+    for an image without a true pixel. Each image is measured inside its bounding box grown by one pixel (clipped),
+    the frame in which the axis moments are taken."""
+    count, h, w = masks.shape
+    for k in range(count):
+        r0, r1, c0, c1 = -1, -1, w, -1
+        for r in range(h):
+            for c in range(w):
+                if masks[k, r, c]:
+                    if r0 < 0:
+                        r0 = r
+                    r1 = r
+                    c0 = min(c0, c)
+                    c1 = max(c1, c)
+        if r0 < 0:
+            continue
+        r0, r1, c0, c1 = max(r0 - 1, 0), min(r1 + 2, h), max(c0 - 1, 0), min(c1 + 2, w)
+        image = masks[k, r0:r1, c0:c1]
+        labels = np.empty((r1 - r0, c1 - c0), dtype=np.int64)
+        area, label = largest_component(image, labels, np.empty((labels.size, 2), dtype=np.int64))
+        padded = np.zeros((r1 - r0 + 2, c1 - c0 + 2), dtype=np.bool_)
+        rows = np.empty(area, dtype=np.int64)
+        cols = np.empty(area, dtype=np.int64)
+        i = 0
+        for r in range(r1 - r0):
+            for c in range(c1 - c0):
+                if labels[r, c] == label:
+                    padded[r + 1, c + 1] = True
+                    rows[i] = r
+                    cols[i] = c
+                    i += 1
+        steps, axis_steps, corners = boundary_step_counts(padded)
+        out[0, k] = area
+        out[1, k] = 0.980 * axis_steps + 1.406 * (steps - axis_steps) - 0.091 * corners
+        out[2, k], out[3, k] = _axis_lengths(rows, cols)
+    return out
+
+
 def _admm_iterations_source(per_entry: bool):
     """:func:`admm_iterations` for a per-entry or a scalar kappa (compiled separately, as the residual kernel)."""
 
