@@ -317,3 +317,20 @@ def test_largest_component_shape_area_and_hand_counted_perimeters():
     for image, perimeter in zip(shapes, expected):
         got = backend.largest_component_shape(np.pad(image, 2)[None].astype(bool))[1]
         np.testing.assert_allclose(np.asarray(got), [perimeter], rtol=1e-12)
+
+
+def test_compiled_axis_lengths_are_numpys_moments_bitwise():
+    """The compiled shape metrics take the axis lengths from the second central moments as NumPy's ``var`` and
+    ``mean`` compute them (integers cast and summed 8192 at a time, then pairwise sums): the same floats, for small
+    and large (over 8192 pixels) components."""
+    from nwb_extract.engine import cpu_kernels
+
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 7, 129, 3000, 8192, 8193, 20000):
+        rows, cols = (np.sort(rng.integers(0, 300, n)).astype(np.int64), rng.integers(0, 300, n).astype(np.int64))
+        uxx, uyy = cols.var() + 1.0 / 12.0, rows.var() + 1.0 / 12.0
+        uxy = np.mean((cols - cols.mean()) * (rows - rows.mean()))
+        common = math.sqrt((uxx - uyy) ** 2 + 4.0 * uxy * uxy)
+        expected = (2.0 * math.sqrt(2.0) * math.sqrt(uxx + uyy + common),
+                    2.0 * math.sqrt(2.0) * math.sqrt(max(uxx + uyy - common, 0.0)))
+        assert cpu_kernels._axis_lengths(rows, cols) == expected, n
