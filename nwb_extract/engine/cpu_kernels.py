@@ -441,8 +441,9 @@ def boundary_step_counts(image):  # pragma: no cover
 
 @_jit
 def _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_out, z_out, u_out):  # pragma: no cover
-    """The elementwise ADMM update of :func:`admm_step`, with a lower bound (``bounded``) or none, a support mask
-    (``masked``) or none; (r, k) arrays, ``lower`` (k,)."""
+    """The elementwise part of an ADMM iteration after its two small products: ``x = gq + offset + dr``, ``z =
+    max(x + u, lower)`` (with ``bounded``) times ``mask`` (with ``masked``), ``u_out = u + x - z``, in that order;
+    (r, k) arrays, ``lower`` (k,)."""
     r, k = gq.shape
     for i in range(r):
         for j in range(k):
@@ -693,25 +694,12 @@ def _admm_iterations_source(per_entry: bool):
 _ADMM_ITERATION_KERNELS = {per_entry: _jit(_admm_iterations_source(per_entry)) for per_entry in (False, True)}
 
 
-def admm_step(gq, offset, dr, u, lower, mask):
-    """One ADMM update after its two small products (see :func:`solver_kernels.admm_step`): float32 (r, k) arrays of
-    any layout, ``lower`` (k,) float32 or None, ``mask`` (r, k) float32 or None. Returns C-ordered ``(X, Z, U)``:
-    ``X = gq + offset + dr``, ``Z = max(X + u, lower) * mask``, ``U = u + X - Z``, elementwise in that order."""
-    x = np.empty(gq.shape, dtype=gq.dtype)
-    z = np.empty_like(x)
-    u_new = np.empty_like(x)
-    gq, offset, dr, u, lower, mask = _c_order(gq, offset, dr, u, lower, mask)
-    _admm_update(gq, offset, dr, u, x[0] if lower is None else lower, x if mask is None else mask,
-                 lower is not None, mask is not None, x, z, u_new)
-    return x, z, u_new
-
-
 def admm_iterations(indptr, cells, values, data_t, kappa, row_start, row_chunk, q, rho_q, offset, lower, mask, x, z,
                     u, first, last, test_after, rho, eps_abs, eps_rel):
     """ADMM iterations ``first .. last`` on rows ``row_start ..`` of a problem (see
     :meth:`solver_kernels.ResidualOperator.admm_iterations`) without returning to Python: each one
     :func:`clipped_residual_gram` (``kappa`` a float or the per-entry kappa^T), the products by ``q`` and ``rho_q``
-    (k, k) through BLAS (NumPy's ``@`` calls the same sgemm: the same values), :func:`admm_step` and, after
+    (k, k) through BLAS (NumPy's ``@`` calls the same sgemm: the same values), :func:`_admm_update` and, after
     iteration ``test_after``, the residual test of ``robust._converged`` (norms summed as NumPy sums them).
     Returns C-ordered ``(X, Z, Z_prev, U)``, the last iteration run and whether
     the test passed there."""

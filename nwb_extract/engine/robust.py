@@ -331,9 +331,9 @@ def _admm(X: Any, A: Any, B: Any, kappa: float, n_iter: int, *, lam: Any, mask: 
           record_loss: bool, rows_independent: bool = False) -> tuple[Any, SolveInfo]:
     """Inexact ADMM with one fixed-point step per iteration (spec §6.2–6.4); the engine of every ADMM solver.
 
-    ``make_lower(X_ls)`` returns the lower bound of the constraint step ``Z = max(X + U, lower)`` (see
-    :func:`solver_kernels.admm_step`; the mask is applied afterwards): None, a per-cell bound or a function of
-    ``X + U``; it receives the scaled ridge solution, from which the baseline solvers take their bound. ``adaptive`` is None
+    ``make_lower(X_ls)`` returns the lower bound of the constraint step ``Z = max(X + U, lower)`` (the mask is
+    applied afterwards): None, a per-cell (k,) bound or a function of ``X + U`` returning one; it receives the
+    scaled ridge solution, from which the baseline solvers take their bound. ``adaptive`` is None
     (fixed ``kappa``), ``"traces"`` (kappa from the cells' images ``A_hat``, §6.4) or ``"images"`` (the S-step
     filter variant, kappa from the current images ``Z``). With fixed kappa, convergence is tested once
     ``it > check_after`` and stops the solve; with adaptive kappa it is tested from iteration 2 on and jumps to the
@@ -415,9 +415,13 @@ def _update(system: _System, X: Any, Z: Any, U: Any, kappa: Any, offset: Any, ma
     """One ADMM iteration (spec §6.2): the fixed-point step of X, the constrained iterate Z and the dual U; for
     ``rows`` of the problem only when given (see :meth:`solver_kernels.ResidualOperator.apply`). Returns
     ``(X, Z_prev, Z, U)``."""
-    GQ = system.residual.apply(X, kappa, rows, cached) @ system.Q
-    X, Z_new, U = solver_kernels.admm_step(GQ, offset, (Z - U) @ system.rho_Q, U, lower, mask)
-    return X, Z, Z_new, U
+    xp = backend.get_namespace(X)
+    X = system.residual.apply(X, kappa, rows, cached) @ system.Q + offset + (Z - U) @ system.rho_Q
+    Z_new = X + U
+    if lower is not None:
+        Z_new = xp.maximum(Z_new, lower(Z_new) if callable(lower) else lower)
+    Z_new = _masked(Z_new, mask)
+    return X, Z, Z_new, U + X - Z_new
 
 
 def _row_blocks(X: Any, Z: Any, U: Any, system: _System, offset: Any, lower: Any, mask: Any, kappa: float,

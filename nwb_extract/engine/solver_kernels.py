@@ -5,7 +5,6 @@ NumPy implementation (compiled, in :mod:`cpu_kernels`) and one CuPy / generic Ar
 function or class:
 
 * :class:`ResidualOperator`: ``min(X A - B + kappa, 0) A^T`` over the non-zeros of a sparse factor (spec §6.2);
-* :func:`admm_step`: the elementwise rest of an ADMM iteration (iterate, constraint, dual) in one pass;
 * :func:`single_source_iterations`: updates of the single-source fit, from sums over its quadratic region (spec §5.5);
 * :func:`gather_pixels_transposed` / :func:`gather_pixels`: a movie tile gathered pixel-major (as the T-step's
   kernel reads it) or frame-major (the S-step's);
@@ -226,10 +225,10 @@ class ResidualOperator:
                         rho: float, eps: tuple[float, float]) -> tuple[Any, Any, Any, Any, int, bool]:
         """ADMM iterations ``first .. last`` (spec §6.2) on the rows ``rows = (start, stop)`` of the problem in one
         compiled call (:func:`cpu_kernels.admm_iterations`; only where :meth:`runs_admm_compiled`): each ``X =
-        apply(X) Q + offset + (Z - U) rho_Q`` and :func:`admm_step`, then, after iteration ``test_after``, the
+        apply(X) Q + offset + (Z - U) rho_Q``, ``Z = max(X + U, lower) * mask``, ``U + X - Z``, then, after iteration ``test_after``, the
         primal/dual residual test with tolerances ``eps = (absolute, relative)`` and penalty ``rho``: the same float
         operations as those calls made one by one. X, Z, U, offset, mask (stop - start, k); Q, rho_Q (k, k); kappa a
-        float or per-entry (all rows); lower as in :func:`admm_step`. Returns ``(X, Z, Z_prev, U)`` after the last
+        float or per-entry (all rows); lower None or (k,). Returns ``(X, Z, Z_prev, U)`` after the last
         iteration run, its number and whether the test passed there (it stops at the first pass)."""
         from nwb_extract.engine import cpu_kernels
 
@@ -242,29 +241,6 @@ class ResidualOperator:
             for it in range(first, out[4] + 1):
                 self._count(kappa, stop - start, it > first and test_after >= last)
         return out
-
-
-def admm_step(GQ: Any, offset: Any, DR: Any, U: Any, lower: Any, mask: Any) -> tuple[Any, Any, Any]:
-    """The elementwise part of one ADMM iteration (spec §6.2), after its two small products: ``X = GQ + offset +
-    DR``, the constrained iterate ``Z = max(X + U, lower) * mask`` and the dual ``U + X - Z``; returns ``(X, Z, U)``.
-
-    All (r, k) float32 except ``lower``: None (no constraint), a (k,) per-cell bound, or a function of ``X + U``
-    returning one (a bound recomputed every step); ``mask``: None or the (r, k) support. NumPy runs a fixed bound in
-    one compiled pass (:func:`cpu_kernels.admm_step`: the same float operations in the same order, without the
-    six temporaries); every other case evaluates the expressions.
-    """
-    xp = get_namespace(GQ, U)
-    if is_numpy(xp) and not callable(lower):
-        from nwb_extract.engine import cpu_kernels
-
-        return cpu_kernels.admm_step(GQ, offset, DR, U, lower, mask)
-    X = GQ + offset + DR
-    Z = X + U
-    if lower is not None:
-        Z = xp.maximum(Z, lower(Z) if callable(lower) else lower)
-    if mask is not None:
-        Z = Z * mask
-    return X, Z, U + X - Z
 
 
 def gather_pixels_transposed(movie: Any, pixels: Any) -> Any:
