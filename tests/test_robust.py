@@ -375,6 +375,24 @@ def test_row_ranges_share_the_threads(monkeypatch):
     assert len(solver_kernels.row_ranges(np, 3 * target, 1000)) == 3
 
 
+@pytest.mark.parametrize("rows", [512, 2048, 4096, 24576, 66 * 1024])
+def test_row_blocks_avoid_multiples_of_256_rows(rows, monkeypatch):
+    """Several blocks are never a multiple of ALIASED_ROWS rows long (the compiled solvers' cache sets collide
+    there); they keep covering the rows in order, 16 rows longer than an even split into 1024-row blocks or, where
+    that would leave the last one empty, 16 rows shorter (and a few more of them)."""
+    monkeypatch.setattr(solver_kernels, "host_threads", lambda: 2)
+    columns = solver_kernels.ROW_BLOCK_BYTES // (4 * 1024)  # cache blocks of 1024 rows
+    ranges = solver_kernels.row_ranges(np, rows, columns)
+    assert ranges[0][0] == 0 and ranges[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    sizes = [stop - start for start, stop in ranges]
+    assert all(size % solver_kernels.ALIASED_ROWS != 0 and size % solver_kernels.ROW_ALIGNMENT == 0
+               for size in sizes[:-1])
+    even_split = max(2, rows // 1024)  # the count before: kept, by longer blocks, unless they would leave the last empty
+    assert len(ranges) == even_split if sizes[0] > rows // even_split else len(ranges) == -(-rows // sizes[0])
+    assert sizes[0] == rows // even_split + (16 if len(ranges) == even_split else -16)
+
+
 @pytest.mark.parametrize("name", ["fp_solve_admm", "fp_solve_admm_baseline", "fp_solve_adaptive",
                                   "fp_solve_adaptive_raw", "fp_solve_adaptive_baseline", "fp_solve_adaptive_filter"])
 @pytest.mark.parametrize("n_iter", [3, 20, 100])

@@ -13,6 +13,41 @@ from conftest import to_xp
 from nwb_extract.engine import backend, solver_kernels
 
 
+@pytest.mark.parametrize("kappa_kind", ["float", "matrix"])
+def test_residual_kernel_sums_column_after_column_bitwise(kappa_kind):
+    """The NumPy kernel's grouped and fused paths (runs of 1 to 9 adjacent columns of the same one or two cells,
+    columns of 3 to 7 cells) give bit for bit its documented float32 sums, taken column after column: per column
+    ``s = a_0 x_0 + a_1 x_1 + ...`` in CSC order, ``v = s - b + kappa`` clipped at 0, then ``out_c += a_c v``."""
+    rng = np.random.default_rng(11)
+    k, r = 7, 45
+    columns: list[list[int]] = [[], list(range(k))]  # every output non-zero before the runs: their sums' order shows
+    for count in range(3, 8):
+        columns += [sorted(rng.choice(k, count, replace=False).tolist())] * 3
+    for length in range(1, 10):
+        columns += [[length % k]] * length + [[1, 4]] * length + [[length % 3, 5]] * (length % 2)
+    m = len(columns)
+    A = np.zeros((k, m), dtype=np.float32)
+    for j, cells in enumerate(columns):
+        A[cells, j] = rng.uniform(0.1, 1.0, len(cells))
+    X = rng.standard_normal((r, k), dtype=np.float32)
+    B = rng.standard_normal((r, m), dtype=np.float32)
+    kappa = 0.3 if kappa_kind == "float" else rng.uniform(0.1, 0.5, (r, m)).astype(np.float32)
+    kappa_t = np.full((m, r), np.float32(kappa)) if kappa_kind == "float" else kappa.T
+    expected = np.zeros((k, r), dtype=np.float32)
+    for j, cells in enumerate(columns):
+        if not cells:
+            continue
+        s = A[cells[0], j] * X[:, cells[0]]
+        for c in cells[1:]:
+            s = s + A[c, j] * X[:, c]
+        v = s - B[:, j] + kappa_t[j]
+        v = np.where(v < 0, v, np.float32(0))
+        for c in cells:
+            expected[c] = expected[c] + A[c, j] * v
+    got = solver_kernels.ResidualOperator(A, B).apply(X, kappa)
+    np.testing.assert_array_equal(got, expected.T)
+
+
 @pytest.mark.parametrize("rows", [1, 7, 300])
 @pytest.mark.parametrize("kappa_kind", ["float", "matrix", "row"])
 @pytest.mark.parametrize("transposed", [False, True])

@@ -130,8 +130,13 @@ def kappa_of_epsilon(eps: Any) -> Any:
     (float32 or float64).
     """
     xp = backend.get_namespace(eps)
-    eps = xp.maximum(eps, 0.001)
-    return -0.3775 * xp.log(eps) - 0.0597 * eps + 0.0544
+    eps = xp.maximum(eps, 0.001)  # a new array: the steps below work in place (movie-sized in _adaptive_kappa)
+    kappa = xp.log(eps)
+    kappa *= -0.3775
+    eps *= 0.0597
+    kappa -= eps
+    kappa += 0.0544
+    return kappa
 
 
 def one_sided_huber(R: Any, kappa: Any) -> Any:
@@ -316,7 +321,8 @@ def _adaptive_kappa(E: Any, images: Any, pre_kappa: Any, xp: Any) -> tuple[Any, 
     mixing = mixing / xp.sum(mixing, axis=0, keepdims=True)
     # formed as (p, n_obs) and returned as its transposed view: the residual kernel reads kappa pixel by pixel, so
     # no transposed copy of this movie-sized array is needed (the same k-term sums, so the same values)
-    kappa_t = sigma * kappa_of_epsilon(xp.matrix_transpose(mixing) @ xp.matrix_transpose(eps_pre))
+    kappa_t = kappa_of_epsilon(xp.matrix_transpose(mixing) @ xp.matrix_transpose(eps_pre))
+    kappa_t *= sigma
     return xp.matrix_transpose(kappa_t), kappa_of_epsilon(eps_pre)
 
 
