@@ -535,10 +535,11 @@ def boundary_step_counts(image):  # pragma: no cover
 
 
 @_jit
-def _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_out, z_out, u_out):  # pragma: no cover
+def _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_out, z_out, u_out, x_t, z_minus_u):  # pragma: no cover
     """The elementwise part of an ADMM iteration after its two small products: ``x = gq + offset + dr``, ``z =
     max(x + u, lower)`` (with ``bounded``) times ``mask`` (with ``masked``), ``u_out = u + x - z``, in that order;
-    (r, k) arrays, ``lower`` (k,)."""
+    (r, k) arrays, ``lower`` (k,). Also writes what the next iteration reads first: ``x_t`` (k, r), x transposed, and
+    ``z_minus_u = z - u_out`` (r, k)."""
     r, k = gq.shape
     for i in range(r):
         for j in range(k):
@@ -549,9 +550,12 @@ def _admm_update(gq, offset, dr, u, lower, mask, bounded, masked, x_out, z_out, 
                 z = z if (z >= bound or z != z) else bound
             if masked:
                 z = z * mask[i, j]
+            u_new = (u[i, j] + x) - z
             x_out[i, j] = x
             z_out[i, j] = z
-            u_out[i, j] = (u[i, j] + x) - z
+            u_out[i, j] = u_new
+            x_t[j, i] = x
+            z_minus_u[i, j] = z - u_new
 
 
 @_jit
@@ -755,12 +759,12 @@ def _admm_iterations_source(per_entry: bool):
         root_n = np.sqrt(float(r * k))
         done = last
         converged = False
+        for i in range(r):  # the first iteration's inputs (the update writes the next one's)
+            for c in range(k):
+                x_t[c, i] = x[i, c]
+                z_minus_u[i, c] = z[i, c] - u[i, c]
         for it in range(first, last + 1):
-            x_now, z_now, u_now = xs[xi], zs[zi], us[ui]
-            for i in range(r):
-                for c in range(k):
-                    x_t[c, i] = x_now[i, c]
-                    z_minus_u[i, c] = z_now[i, c] - u_now[i, c]
+            u_now = us[ui]
             if per_entry:
                 _per_entry_kernel(indptr, cells, values, x_t, data_t, kappa_t, kappa, out_t, row_start, row_chunk)
             else:
@@ -769,7 +773,7 @@ def _admm_iterations_source(per_entry: bool):
             np.dot(z_minus_u, rho_q, dr)
             xn, un = 1 - xi, 1 - ui
             zn = 3 - zi - zp if zi != zp else (zi + 1) % 3
-            _admm_update(gq, offset, dr, u_now, lower, mask, bounded, masked, xs[xn], zs[zn], us[un])
+            _admm_update(gq, offset, dr, u_now, lower, mask, bounded, masked, xs[xn], zs[zn], us[un], x_t, z_minus_u)
             xi, ui, zp, zi = xn, un, zi, zn
             if it > test_after:  # robust._converged, the same float operations
                 norm_x = _frobenius(xs[xi], None, scratch)
