@@ -64,7 +64,7 @@ def _residual_gram_kernel(per_entry: bool):
             while j < m:
                 e0 = indptr[j]
                 e1 = indptr[j + 1]
-                run = 1 if per_entry or e1 - e0 > 2 else _same_cells_run(indptr, cells, j, 4)
+                run = _same_cells_run(indptr, cells, j, 4) if not per_entry and 1 <= e1 - e0 <= 2 else 1
                 if e1 - e0 == 1 and run >= 2:  # a run of one cell: two or four columns per pass over its output
                     group = 4 if run == 4 else 2
                     x = x_t[cells[e0], i0:i1]
