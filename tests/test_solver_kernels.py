@@ -4,6 +4,9 @@ against the direct expressions, in every namespace) and the tile thread map."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import array_api_compat
 import numpy as np
@@ -319,3 +322,45 @@ def test_compiled_pairwise_sum_is_numpys_float32_sum():
         scratch = np.empty(r * k, np.float32)
         assert cpu_kernels._frobenius(x, None, scratch) == float(np.sqrt(np.sum(x * x)))
         assert cpu_kernels._frobenius(x, z, scratch) == float(np.sqrt(np.sum((x - z) * (x - z))))
+
+
+_VARIANTS_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from nwb_extract.engine import cpu_kernels
+
+    rng = np.random.default_rng(3)
+    k, m, r = 3, 40, 24
+    A = np.where(rng.random((k, m)) < 0.5, rng.uniform(0.2, 1.0, (k, m)), 0.0).astype(np.float32)
+    columns, cells = np.nonzero(A.T)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(columns, minlength=m))]).astype(np.int64)
+    values = np.ascontiguousarray(A.T[columns, cells])
+    data_t = rng.standard_normal((m, r)).astype(np.float32)
+    kappa = {"scalar": 0.4, "per_entry": rng.uniform(0.0, 2.0, (m, r)).astype(np.float32)}
+    q = np.eye(k, dtype=np.float32) * 0.5
+    x = rng.standard_normal((r, k)).astype(np.float32)
+    for variant in sys.argv[1].split(","):  # the first compiled call of the process (as in a fresh run)
+        X = cpu_kernels.admm_iterations(indptr, cells.astype(np.int64), values, data_t, kappa[variant], 0, 16384, q,
+                                        q * 0.1, x, None, None, x, x, np.zeros_like(x), 1, 5, 10, 0.1, 1e-4, 1e-3)[0]
+        print(variant, repr(float(np.abs(X).sum())))
+""")
+
+
+def test_kernel_variants_loaded_from_the_cache_keep_their_own_code(tmp_path):
+    """The scalar- and per-entry-kappa variants of the compiled kernels, compiled in separate processes and then
+    both loaded from Numba's disk cache into one process, each run their own code. Variants made by one factory
+    share a Python name; compiled under it, the two got the same machine-code symbol, and in a process that loaded
+    both from the cache the second ran the first's kernel (wrong traces)."""
+    script = tmp_path / "variants.py"
+    script.write_text(_VARIANTS_SCRIPT)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+
+    def run(variants: str) -> dict[str, str]:
+        done = subprocess.run([sys.executable, str(script), variants], env=env, capture_output=True, text=True,
+                              check=True, timeout=600)
+        return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in done.stdout.splitlines()}
+
+    alone = {**run("scalar"), **run("per_entry")}  # each compiled (and cached) in a process of its own
+    assert alone["scalar"] != alone["per_entry"]
+    assert run("scalar,per_entry") == alone  # both loaded from the cache, in either order
+    assert run("per_entry,scalar") == alone

@@ -18,6 +18,15 @@ TRANSPOSE_BLOCK = 64
 _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 
 
+def _jit_variant(func, name: str):
+    """``_jit`` for one variant of a kernel made by a factory (a closure), under a name of its own. Numba names the
+    machine code after the Python qualified name, the argument types and a per-process counter: two variants of one
+    factory, compiled in separate processes, got the same symbol, and a process that loaded both from the disk cache
+    ran the first one's code for both (tests/test_solver_kernels.py)."""
+    func.__name__ = func.__qualname__ = name
+    return _jit(func)
+
+
 @_jit
 def _same_cells_run(indptr, cells, j, limit):  # pragma: no cover
     """How many columns from column ``j`` on (at most ``limit``, at least 1) hold exactly the cells of column ``j``
@@ -199,7 +208,7 @@ def _residual_gram_kernel(per_entry: bool):
                             out[i] += a * residual[i]
         return out_t
 
-    return _jit(kernel)
+    return _jit_variant(kernel, f"residual_gram_{'per_entry' if per_entry else 'scalar'}_kappa")
 
 
 _per_entry_kernel = _residual_gram_kernel(True)
@@ -790,7 +799,9 @@ def _admm_iterations_source(per_entry: bool):
     return iterations
 
 
-_ADMM_ITERATION_KERNELS = {per_entry: _jit(_admm_iterations_source(per_entry)) for per_entry in (False, True)}
+_ADMM_ITERATION_KERNELS = {per_entry: _jit_variant(_admm_iterations_source(per_entry),
+                                                    f"admm_iterations_{'per_entry' if per_entry else 'scalar'}_kappa")
+                           for per_entry in (False, True)}
 
 
 def admm_iterations(indptr, cells, values, data_t, kappa, row_start, row_chunk, q, rho_q, offset, lower, mask, x, z,
