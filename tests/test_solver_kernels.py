@@ -158,6 +158,31 @@ def test_write_pixel_major_transposes_a_block_of_frames_in_place(namespace):
     np.testing.assert_array_equal(backend.to_numpy(Yt), movie.transpose(1, 2, 0))
 
 
+@pytest.mark.parametrize("box", [(0, 9, 0, 11), (3, 7, 2, 6), (8, 9, 10, 11)])
+def test_subtract_outer_changes_the_positive_pixels_of_the_box_only(namespace, box):
+    """Cell finding's subtraction ``Yt[r, c, :] -= image[r, c] * trace`` inside a box: every namespace gives the
+    float32 values of the slice expression bit for bit; pixels outside the box or where the image is 0 keep their
+    values (including -0.0), and a zero trace sample leaves its frame as it was."""
+    xp, device = namespace
+    rng = np.random.default_rng(9)
+    h, w, n = 9, 11, 13
+    Yt = rng.standard_normal((h, w, n)).astype(np.float32)
+    Yt[4, 5, :] = -0.0
+    image = np.where(rng.random((h, w)) < 0.6, rng.uniform(0.1, 1.0, (h, w)), 0.0).astype(np.float32)
+    image[4, 5] = 0.0
+    trace = rng.uniform(0.0, 2.0, n).astype(np.float32)
+    trace[3] = 0.0
+    r0, r1, c0, c1 = box
+    expected = Yt.copy()
+    expected[r0:r1, c0:c1, :] = Yt[r0:r1, c0:c1, :] - image[r0:r1, c0:c1, None] * trace[None, None, :]
+    assert np.any(expected != Yt)
+    got = to_xp(Yt, xp, device)
+    solver_kernels.subtract_outer(got, box, to_xp(image, xp, device), to_xp(trace, xp, device))
+    got = backend.to_numpy(got)
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
+
+
 @pytest.mark.parametrize("box", [(0, 9, 0, 11), (3, 7, 2, 6), (0, 1, 10, 11)])
 def test_summary_window_means_are_the_window_mean_at_each_peak_frame(namespace, box):
     """Cell finding's summary values of a box (whole frame, inside, a corner pixel): every namespace gives exactly

@@ -514,5 +514,5 @@ def _subtract(work: Any, summary: Any, peak: Any, fit: SingleCellFit) -> None:
     if box is None:
         return
     r0, r1, c0, c1 = box
-    work[r0:r1, c0:c1, :] = work[r0:r1, c0:c1, :] - s_corr[r0:r1, c0:c1, None] * fit.t_corr[None, None, :]
+    solver_kernels.subtract_outer(work, box, s_corr, fit.t_corr)
     refresh_summary(work, summary, peak, changed, SUMMARY_SPREAD)

@@ -234,8 +234,7 @@ def fit_single_cell_on_movie(Yt: Any, s0: Any, noise_std: float, size_limit: flo
             break
         t_act = xp.take(t, frames)
         active = (current, t_act, frames)
-        # the active frames' rows (frames x pixels), gathered before the transpose: a fraction of the frames
-        B_act = solver_kernels.row_major(xp.permute_dims(xp.take(current.B, frames, axis=1), (1, 0)))
+        B_act = solver_kernels.gather_pixels_transposed(current.B, frames)  # the active frames' rows (f, p)
         s_sub = solve_single_source(t_act, B_act, noise_std, kappa_s, max_iter)
         s = _on_support(s_sub, current, frame_shape)
         s = s / xp.clip(xp.max(s), min=1e-10)

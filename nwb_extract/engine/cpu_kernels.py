@@ -380,6 +380,25 @@ def single_source_iterations(a, data, x, kappa, noise_std, a_sum, lam, first, la
 
 
 @_jit
+def subtract_outer(movie, width, r0, r1, c0, c1, image, trace):  # pragma: no cover
+    """``movie[p, :] -= image[p] * trace`` in place for the pixels p of a box whose ``image`` value is positive.
+
+    movie (P, n) pixel-major, C-contiguous float32 (P = h * width, row-major pixels); image (h, width) and trace (n,)
+    float32. Each value is ``x - image[p] * trace[t]``, the float32 operations of the Array API implementation;
+    pixels with ``image[p] <= 0`` are not visited (there it subtracts zero, which leaves every value as it is).
+    """
+    n = movie.shape[1]
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            weight = image[r, c]
+            if weight > 0:
+                row = movie[r * width + c]
+                for t in range(n):
+                    row[t] = row[t] - weight * trace[t]
+    return movie
+
+
+@_jit
 def summary_window_means(movie, peak, width, r0, r1, c0, c1, spread, out):  # pragma: no cover
     """Summary values of the pixels of a box (spec §5.2): ``out[r - r0, c - c0]`` = mean over the other pixels q of
     the ``(2 spread + 1)^2`` window around (r, c), clipped at the frame, of ``movie[q, peak[r, c]]``.

@@ -360,6 +360,24 @@ def write_pixel_major(Yt: Any, frames: Any, start: int) -> None:
     Yt[:, :, start:start + c] = xp.permute_dims(frames, (1, 2, 0))
 
 
+def subtract_outer(Yt: Any, box: tuple[int, int, int, int], image: Any, trace: Any) -> None:
+    """``Yt[r, c, :] -= image[r, c] * trace`` in place inside ``box`` ``(r0, r1, c0, c1)`` (stop exclusive): Yt (h, w, n)
+    float32 pixel-major, image (h, w) and trace (n,) float32, the image non-negative and the trace finite (pixels where
+    the image is 0 keep their values). NumPy (Yt C-contiguous): one compiled pass over the positive pixels' traces;
+    other namespaces: the box's slice expression. The float32 operations are the same."""
+    xp = get_namespace(Yt, image, trace)
+    h, w, n = Yt.shape
+    r0, r1, c0, c1 = box
+    if is_numpy(xp) and Yt.flags.c_contiguous:
+        from nwb_extract.engine import cpu_kernels
+
+        cpu_kernels.subtract_outer(Yt.reshape(h * w, n), w, r0, r1, c0, c1,
+                                   np.ascontiguousarray(image, dtype=np.float32),
+                                   np.ascontiguousarray(trace, dtype=np.float32))
+        return
+    Yt[r0:r1, c0:c1, :] = Yt[r0:r1, c0:c1, :] - image[r0:r1, c0:c1, None] * trace[None, None, :]
+
+
 def summary_window_means(Yt: Any, peak: Any, box: tuple[int, int, int, int], spread: int) -> Any:
     """Summary values of the pixels of ``box`` (spec §5.2): for each pixel p, the mean over the other pixels q of its
     ``(2 spread + 1)^2`` window, clipped at the frame, of the movie at q in p's peak frame, ``Yt[q, peak[p]]``.
