@@ -21,7 +21,7 @@ import pytest
 from conftest import to_xp
 
 from nwb_extract.config import ExtractConfig
-from nwb_extract.engine import backend, cellfind, preprocess, seeds
+from nwb_extract.engine import backend, cellfind, preprocess, seeds, solver_kernels
 from nwb_extract.engine.cellfind import STOP_REASONS, CellFindingResult, CellFindSettings, find_cells
 from nwb_extract.engine.cellfit import fit_single_cell
 from nwb_extract.engine.footprints import cell_area
@@ -180,6 +180,55 @@ def test_fit_single_cell_golden(functions, case, kwargs):
     np.testing.assert_array_equal(fit.s_change > 0, out["s_change"][0] > 0)
     _close_iterative(fit.s_change, out["s_change"][0])
     _close_iterative(fit.t_change, out["t_change"][0])
+
+
+@pytest.mark.parametrize("case, kwargs", FIT_CASES, ids=[c for c, _ in FIT_CASES])
+def test_fit_single_cell_compiled_steps_give_the_array_api_steps_bitwise(functions, monkeypatch, case, kwargs):
+    """NumPy's compiled per-alternation steps (support dilation and check, active frames, scaled image, relative
+    changes) give bit for bit what the Array API steps give, in every alternation: the same fit, with and without
+    them, on the golden inputs (the disk support and the adaptive trace fit included)."""
+    g = functions[case]
+    h, w = g["inputs/f_2d_init"].shape
+    args = (_row_major_movie(g["inputs/Mt"][...], h, w), (h, w), g["inputs/f_2d_init"][...],
+            float(g.attrs["noise_std"]), float(g.attrs["size_limit"]))
+    options = dict(kappa_t=float(g.attrs["kappa_s"]), kappa_s=float(g.attrs["kappa_s"]),
+                   max_iter=int(g.attrs["max_iter"]), **kwargs)
+    calls = []
+    compiled_host = solver_kernels.compiled_host
+    monkeypatch.setattr(solver_kernels, "compiled_host", lambda *a: calls.append(1) or compiled_host(*a))
+    fast = fit_single_cell(*args, **options)
+    assert calls and all(compiled_host(np.zeros(2)) for _ in calls)
+    monkeypatch.setattr(solver_kernels, "compiled_host", lambda *a: False)
+    generic = fit_single_cell(*args, **options)
+    assert np.count_nonzero(fast.s_change) >= 2
+    for name in ("s", "t", "t_corr", "s_corr", "s_change", "t_change"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(generic, name), err_msg=name)
+
+
+def test_compiled_fit_steps_edge_cases():
+    """The compiled steps where the Array API expressions have edge cases: an all-zero and a NaN image (divided by
+    the floor, and NaN kept, as NumPy's clip does), no entry above the threshold, an image whose maximum is below
+    the threshold level, float64 changes."""
+    for values, pixels, shape in [(np.zeros(3, np.float32), [0, 4, 5], (2, 3)),
+                                  (np.array([1.0, np.nan], np.float32), [1, 2], (1, 3)),
+                                  (np.array([2e-11, 1e-11], np.float32), [0, 1], (1, 2))]:
+        full = np.zeros(shape[0] * shape[1], np.float32)
+        full[pixels] = values
+        expected = (full / np.clip(np.max(full), np.float32(1e-10), None)).reshape(shape)
+        image, nonzero = solver_kernels.scaled_image(values, np.array(pixels), shape, 1e-10)
+        np.testing.assert_array_equal(image, expected)
+        assert nonzero == (float(np.sum(expected)) != 0)
+    frames, values = solver_kernels.entries_above(np.array([0.5, 2.0, 1.0, 3.0], np.float32), np.float32(1.0))
+    np.testing.assert_array_equal(frames, [1, 3])
+    np.testing.assert_array_equal(values, np.array([2.0, 3.0], np.float32))
+    assert solver_kernels.entries_above(np.zeros(4, np.float32), 0.0)[0].size == 0
+    offsets = (np.array([0]), np.array([0]))
+    assert not solver_kernels.threshold_dilate(np.zeros((3, 3), np.float32), 0.1, offsets).any()
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        new, old = rng.random((37, 41)).astype(dtype), rng.random((37, 41)).astype(dtype)
+        expected = float(np.sum(np.abs(new - old)) / np.sum(new + old) * 2.0)
+        assert solver_kernels.relative_change(new, old) == expected
 
 
 def test_fit_single_cell_support_option_matters(functions):

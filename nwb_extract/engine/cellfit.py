@@ -35,6 +35,8 @@ SUPPORT_LEVEL = 0.1
 ALTERNATION_TOL = 0.1
 #: Trace samples above ``ACTIVE_NOISE_FACTOR * noise_std(t)`` are the active frames of the image update (§5.4).
 ACTIVE_NOISE_FACTOR = 3.0 * math.sqrt(2.0)
+#: Floor of the maximum that the fitted image is divided by (spec §5.4).
+IMAGE_FLOOR = 1e-10
 #: Starting kappa of the adaptive trace fit (the reference passes a kappa function, which starts at 1; robust.py).
 ADAPTIVE_KAPPA_START = 1.0
 
@@ -70,29 +72,32 @@ class SingleCellFit:
 # supports
 
 
-def _scatter_to_mask(values: Any, mask_flat: Any) -> Any:
-    """Vector over ``mask_flat`` (bool (m,)) holding ``values`` (k,) at its true positions, in order, 0 elsewhere
-    (``k`` is the count of true positions)."""
-    xp = backend.get_namespace(values)
-    out = xp.zeros(mask_flat.shape, dtype=values.dtype, device=values.device)
-    out[mask_flat] = values
-    return out
-
-
 @dataclass(frozen=True)
 class _Support:
-    """A support: its box, its mask inside the box (flat, row-major) and the movie on it, ``B`` ``(p, n)`` with
-    contiguous rows (pixels' traces)."""
+    """A support: its mask (bool (h, w)), its pixels (flat row-major indices into the frame, int (p,)) and the
+    movie on them, ``B`` ``(p, n)`` with contiguous rows (pixels' traces)."""
 
-    box: tuple[int, int, int, int]
-    mask_flat: Any
     mask: Any
+    pixels: Any
     B: Any
 
 
 def _support_footprints(support: str, xp: Any, device: Any) -> tuple[Any, Any]:
     """The core and support neighbourhoods (bool) in namespace ``xp`` on ``device``."""
     return tuple(backend.from_numpy(footprint, xp, device) for footprint in _host_footprints(support))
+
+
+@functools.lru_cache(maxsize=None)
+def _host_offsets(support: str) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """The core and support neighbourhoods as (rows, cols) offsets of their pixels from the centre (host int64
+    arrays, read only): the form the compiled dilation takes."""
+    host = backend.select("numpy")
+    offsets = []
+    for footprint in _host_footprints(support):
+        rows, cols = host.nonzero(footprint)
+        offsets.append((host.astype(rows - footprint.shape[0] // 2, host.int64),
+                        host.astype(cols - footprint.shape[1] // 2, host.int64)))
+    return offsets[0], offsets[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,8 +111,11 @@ def _host_footprints(support: str) -> tuple[Any, Any]:
                      f"(exact disk); got {support!r}")
 
 
-def _dilated_core(s: Any, footprint: Any) -> Any:
-    """``dilate(s > 0.1 max(s), footprint)`` as a bool (h, w) mask, dilating only the region the result can reach."""
+def _dilated_core(s: Any, footprint: Any, offsets: tuple[Any, Any]) -> Any:
+    """``dilate(s > 0.1 max(s), footprint)`` as a bool (h, w) mask, dilating only the region the result can reach
+    (NumPy: one compiled pass, the footprint given by its pixels' ``offsets`` from the centre)."""
+    if solver_kernels.compiled_host(s):
+        return solver_kernels.threshold_dilate(s, SUPPORT_LEVEL, offsets)
     xp = backend.get_namespace(s)
     seed = s > SUPPORT_LEVEL * xp.max(s)
     out = xp.zeros(s.shape, dtype=xp.bool, device=s.device)
@@ -119,36 +127,64 @@ def _dilated_core(s: Any, footprint: Any) -> Any:
     return out
 
 
+def _leaves(core: Any, mask: Any) -> bool:
+    """Whether the core (bool (h, w)) has a pixel outside the support mask."""
+    if solver_kernels.compiled_host(core, mask):
+        return solver_kernels.any_outside(core, mask)
+    xp = backend.get_namespace(core)
+    return bool(xp.any(core & ~mask))
+
+
 def _load_support(Yt: Any, mask: Any) -> _Support:
     """The pixel-major movie ``Yt`` (h, w, n) on the pixels of ``mask`` (bool (h, w), non-empty) as ``B (p, n)``."""
     xp = backend.get_namespace(Yt)
-    box = bounding_box(mask)
-    r0, r1, c0, c1 = box
-    mask_flat = xp.reshape(mask[r0:r1, c0:c1], (-1,))
-    columns = xp.nonzero(mask_flat)[0]
-    return _Support(box=box, mask_flat=mask_flat, mask=mask, B=support_rows(Yt, box, columns))
+    h, w, n = Yt.shape
+    pixels = xp.nonzero(xp.reshape(mask, (-1,)))[0]
+    return _Support(mask=mask, pixels=pixels, B=xp.take(xp.reshape(Yt, (h * w, n)), pixels, axis=0))
 
 
 def _on_support(values: Any, support: _Support, frame_shape: tuple[int, int]) -> Any:
     """Full (h, w) float32 image holding ``values`` (p,) on the support pixels, zero elsewhere."""
     xp = backend.get_namespace(values)
-    r0, r1, c0, c1 = support.box
-    image = xp.zeros(frame_shape, dtype=xp.float32, device=values.device)
-    image[r0:r1, c0:c1] = xp.reshape(_scatter_to_mask(values, support.mask_flat), (r1 - r0, c1 - c0))
-    return image
+    image = xp.zeros((frame_shape[0] * frame_shape[1],), dtype=xp.float32, device=values.device)
+    image[xp.reshape(support.mask, (-1,))] = values
+    return xp.reshape(image, frame_shape)
 
 
 def _support_values(image: Any, support: _Support) -> Any:
     """``image`` (h, w) on the support pixels: (p,)."""
     xp = backend.get_namespace(image)
-    r0, r1, c0, c1 = support.box
-    return xp.reshape(image[r0:r1, c0:c1], (-1,))[support.mask_flat]
+    return xp.take(xp.reshape(image, (-1,)), support.pixels)
 
 
 def _relative_change(new: Any, old: Any) -> float:
-    """``sum |new - old| / sum(new + old) * 2`` (float32 arithmetic, spec §5.4)."""
+    """``sum |new - old| / sum(new + old) * 2`` (float32 arithmetic, spec §5.4; NumPy: one compiled pass, the sums
+    in NumPy's order)."""
+    if solver_kernels.compiled_host(new, old):
+        return solver_kernels.relative_change(new, old)
     xp = backend.get_namespace(new)
     return float(xp.sum(xp.abs(new - old)) / xp.sum(new + old) * 2.0)
+
+
+def _active_frames(t: Any, noise_std: Any) -> tuple[Any, Any]:
+    """The frames where the trace ``t`` (n,) exceeds ``3 sqrt(2) noise_std`` (int (f,)) and its values there (f,)."""
+    threshold = ACTIVE_NOISE_FACTOR * noise_std
+    if solver_kernels.compiled_host(t):
+        return solver_kernels.entries_above(t, threshold)
+    xp = backend.get_namespace(t)
+    frames = xp.nonzero(t > threshold)[0]
+    return frames, xp.take(t, frames)
+
+
+def _unit_image(values: Any, support: _Support, frame_shape: tuple[int, int]) -> tuple[Any, bool]:
+    """The (h, w) image holding ``values`` (p,) on the support pixels, scaled to max 1 (divided by
+    ``max(max, 1e-10)``), and whether it has a non-zero pixel."""
+    if solver_kernels.compiled_host(values, support.pixels):
+        return solver_kernels.scaled_image(values, support.pixels, frame_shape, IMAGE_FLOOR)
+    xp = backend.get_namespace(values)
+    s = _on_support(values, support, frame_shape)
+    s = s / xp.clip(xp.max(s), min=IMAGE_FLOOR)
+    return s, float(xp.sum(s)) != 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,6 +240,7 @@ def fit_single_cell_on_movie(Yt: Any, s0: Any, noise_std: float, size_limit: flo
     device = Yt.device
     frame_shape = (Yt.shape[0], Yt.shape[1])
     core_fp, support_fp = _support_footprints(support, xp, device)
+    core_offsets, support_offsets = _host_offsets(support)
     s = xp.astype(s0, xp.float32)
     if tuple(s.shape) != frame_shape:
         raise InputError(f"seed image s0 must have the frame shape {frame_shape}; got {tuple(s.shape)}")
@@ -218,28 +255,24 @@ def fit_single_cell_on_movie(Yt: Any, s0: Any, noise_std: float, size_limit: flo
     kappa_trace = ADAPTIVE_KAPPA_START if adaptive_kappa else kappa_t
     for it in range(max_iter):
         s_before, t_before = s, t
-        core = _dilated_core(s, core_fp)
-        if current is None or bool(xp.any(core & ~current.mask)):
-            current = _load_support(Yt, _dilated_core(s, support_fp))
+        core = _dilated_core(s, core_fp, core_offsets)
+        if current is None or _leaves(core, current.mask):
+            current = _load_support(Yt, _dilated_core(s, support_fp, support_offsets))
         t = solve_single_source(_support_values(s, current), current.B, noise_std, kappa_trace, max_iter,
                                 adaptive=adaptive_kappa)
         if float(xp.sum(t)) == 0:
             active = None
             break
-        is_active = t > ACTIVE_NOISE_FACTOR * noise.estimate_noise_std(t)
-        frames = xp.nonzero(is_active)[0]
+        frames, t_act = _active_frames(t, noise.estimate_noise_std(t))
         if frames.shape[0] == 0:  # no active frame: the reference's image turns NaN and fails the area check
             s = xp.zeros(frame_shape, dtype=xp.float32, device=device)
             active = None
             break
-        t_act = xp.take(t, frames)
         active = (current, t_act, frames)
         B_act = solver_kernels.gather_pixels_transposed(current.B, frames)  # the active frames' rows (f, p)
-        s_sub = solve_single_source(t_act, B_act, noise_std, kappa_s, max_iter)
-        s = _on_support(s_sub, current, frame_shape)
-        s = s / xp.clip(xp.max(s), min=1e-10)
-        n_support = current.B.shape[0]
-        if float(xp.sum(s)) == 0 or n_support > size_limit:
+        s, nonzero = _unit_image(solve_single_source(t_act, B_act, noise_std, kappa_s, max_iter), current,
+                                 frame_shape)
+        if not nonzero or current.B.shape[0] > size_limit:
             break
         s_change[it] = _relative_change(s, s_before)
         t_change[it] = (_relative_change(t, xp.full_like(t, 1e6)) if t_before is None

@@ -380,6 +380,85 @@ def single_source_iterations(a, data, x, kappa, noise_std, a_sum, lam, first, la
 
 
 @_jit
+def threshold_dilate(image, level, rows, cols, out):  # pragma: no cover
+    """``out`` (h, w) bool, overwritten: the pixels within the neighbourhood offsets ``(rows[o], cols[o])`` (int64)
+    of a pixel where ``image > level * max(image)`` (float32 product), zero padding: the Minkowski sum, as
+    ``scipy.ndimage.binary_dilation`` of the thresholded image by a symmetric footprint."""
+    h, w = image.shape
+    threshold = level * np.max(image)
+    out[...] = False
+    for r in range(h):
+        for c in range(w):
+            if image[r, c] > threshold:
+                for o in range(rows.shape[0]):
+                    rr = r + rows[o]
+                    cc = c + cols[o]
+                    if rr >= 0 and rr < h and cc >= 0 and cc < w:
+                        out[rr, cc] = True
+    return out
+
+
+@_jit
+def any_outside(inner, outer):  # pragma: no cover
+    """Whether a true pixel of the bool image ``inner`` is false in ``outer`` (same shape)."""
+    a = inner.ravel()
+    b = outer.ravel()
+    for i in range(a.shape[0]):
+        if a[i] and not b[i]:
+            return True
+    return False
+
+
+@_jit
+def entries_above(values, threshold):  # pragma: no cover
+    """The positions (int64) and values of the entries of the 1-D ``values`` above ``threshold``, in order."""
+    count = 0
+    for i in range(values.shape[0]):
+        if values[i] > threshold:
+            count += 1
+    positions = np.empty(count, dtype=np.int64)
+    kept = np.empty(count, dtype=values.dtype)
+    k = 0
+    for i in range(values.shape[0]):
+        if values[i] > threshold:
+            positions[k] = i
+            kept[k] = values[i]
+            k += 1
+    return positions, kept
+
+
+@_jit
+def scaled_image(values, pixels, h, w, floor):  # pragma: no cover
+    """An (h, w) image holding ``values`` at the flat (row-major) ``pixels``, zero elsewhere, divided by
+    ``max(max(image), floor)`` (float32 division), and whether a pixel of the result is non-zero."""
+    out = np.zeros((h, w), dtype=values.dtype)
+    flat = out.ravel()
+    for q in range(pixels.shape[0]):
+        flat[pixels[q]] = values[q]
+    top = np.max(out)
+    divisor = floor if top < floor else top  # NumPy's clip: a NaN maximum propagates
+    nonzero = False
+    for i in range(flat.shape[0]):
+        flat[i] = flat[i] / divisor
+        if flat[i] != 0:
+            nonzero = True
+    return out, nonzero
+
+
+@_jit
+def relative_change(new, old, scratch):  # pragma: no cover
+    """``sum(|new - old|) / sum(new + old) * 2`` of C-contiguous float arrays of one shape, as NumPy computes it in
+    their precision (both sums pairwise, :func:`_pairwise_sum`); ``scratch`` holds ``2 * new.size`` values."""
+    a = new.ravel()
+    b = old.ravel()
+    n = a.shape[0]
+    for i in range(n):
+        scratch[i] = abs(a[i] - b[i])
+        scratch[n + i] = a[i] + b[i]
+    return (_pairwise_sum(scratch, 0, n) / _pairwise_sum(scratch, n, n)) * scratch.dtype.type(2.0)
+
+
+@_jit
 def subtract_outer(movie, width, r0, r1, c0, c1, image, trace):  # pragma: no cover
     """``movie[p, :] -= image[p] * trace`` in place for the pixels p of a box whose ``image`` value is positive.
 

@@ -360,6 +360,59 @@ def write_pixel_major(Yt: Any, frames: Any, start: int) -> None:
     Yt[:, :, start:start + c] = xp.permute_dims(frames, (1, 2, 0))
 
 
+def compiled_host(*arrays: Any) -> bool:
+    """Whether the compiled NumPy helpers below apply: NumPy arrays, each C-contiguous. Cell finding's single-cell
+    fit (:mod:`~nwb_extract.engine.cellfit`) takes them for its per-alternation bookkeeping (a few calls instead of
+    dozens of small array operations, most of them holding the GIL); the Array API code beside each call computes
+    the same values in every namespace."""
+    return all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays)
+
+
+def threshold_dilate(image: np.ndarray, level: float, offsets: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``dilate(image > level * max(image), footprint)`` for a float32 (h, w) NumPy image (:func:`compiled_host`):
+    bool (h, w); ``offsets`` are the (rows, cols) int64 offsets of the symmetric footprint's pixels from its
+    centre; the threshold is the float32 product."""
+    from nwb_extract.engine import cpu_kernels
+
+    out = np.empty(image.shape, dtype=np.bool_)
+    return cpu_kernels.threshold_dilate(image, np.float32(level), offsets[0], offsets[1], out)
+
+
+def any_outside(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """``any(inner & ~outer)`` of two bool NumPy images of one shape (:func:`compiled_host`)."""
+    from nwb_extract.engine import cpu_kernels
+
+    return bool(cpu_kernels.any_outside(inner, outer))
+
+
+def entries_above(values: np.ndarray, threshold: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(nonzero(values > threshold)[0], values there)`` of a 1-D float32 NumPy array (:func:`compiled_host`); the
+    threshold is compared in float32."""
+    from nwb_extract.engine import cpu_kernels
+
+    return cpu_kernels.entries_above(values, np.float32(threshold))
+
+
+def scaled_image(values: np.ndarray, pixels: np.ndarray, frame_shape: tuple[int, int],
+                 floor: float) -> tuple[np.ndarray, bool]:
+    """The (h, w) float32 image holding ``values`` (p,) at the flat row-major ``pixels`` (int64 (p,)), zero
+    elsewhere, divided by ``max(max(image), floor)``; and whether it has a non-zero pixel (NumPy,
+    :func:`compiled_host`)."""
+    from nwb_extract.engine import cpu_kernels
+
+    image, nonzero = cpu_kernels.scaled_image(values, pixels, int(frame_shape[0]), int(frame_shape[1]),
+                                              np.float32(floor))
+    return image, bool(nonzero)
+
+
+def relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    """``float(sum(|new - old|) / sum(new + old) * 2)`` of float NumPy arrays of one shape and dtype
+    (:func:`compiled_host`), the sums in NumPy's pairwise order: the value NumPy's own expression gives."""
+    from nwb_extract.engine import cpu_kernels
+
+    return float(cpu_kernels.relative_change(new, old, np.empty(2 * new.size, dtype=new.dtype)))
+
+
 def subtract_outer(Yt: Any, box: tuple[int, int, int, int], image: Any, trace: Any) -> None:
     """``Yt[r, c, :] -= image[r, c] * trace`` in place inside ``box`` ``(r0, r1, c0, c1)`` (stop exclusive): Yt (h, w, n)
     float32 pixel-major, image (h, w) and trace (n,) float32, the image non-negative and the trace finite (pixels where
