@@ -380,25 +380,6 @@ def single_source_iterations(a, data, x, kappa, noise_std, a_sum, lam, first, la
 
 
 @_jit
-def threshold_dilate(image, level, rows, cols, out):  # pragma: no cover
-    """``out`` (h, w) bool, overwritten: the pixels within the neighbourhood offsets ``(rows[o], cols[o])`` (int64)
-    of a pixel where ``image > level * max(image)`` (float32 product), zero padding: the Minkowski sum, as
-    ``scipy.ndimage.binary_dilation`` of the thresholded image by a symmetric footprint."""
-    h, w = image.shape
-    threshold = level * np.max(image)
-    out[...] = False
-    for r in range(h):
-        for c in range(w):
-            if image[r, c] > threshold:
-                for o in range(rows.shape[0]):
-                    rr = r + rows[o]
-                    cc = c + cols[o]
-                    if rr >= 0 and rr < h and cc >= 0 and cc < w:
-                        out[rr, cc] = True
-    return out
-
-
-@_jit
 def any_outside(inner, outer):  # pragma: no cover
     """Whether a true pixel of the bool image ``inner`` is false in ``outer`` (same shape)."""
     a = inner.ravel()

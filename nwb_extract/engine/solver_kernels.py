@@ -371,11 +371,12 @@ def compiled_host(*arrays: Any) -> bool:
 def threshold_dilate(image: np.ndarray, level: float, offsets: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """``dilate(image > level * max(image), footprint)`` for a float32 (h, w) NumPy image (:func:`compiled_host`):
     bool (h, w); ``offsets`` are the (rows, cols) int64 offsets of the symmetric footprint's pixels from its
-    centre; the threshold is the float32 product."""
+    centre (the compiled dilation of :func:`cpu_kernels.dilate_stack`); the threshold is the float32 product."""
     from nwb_extract.engine import cpu_kernels
 
-    out = np.empty(image.shape, dtype=np.bool_)
-    return cpu_kernels.threshold_dilate(image, np.float32(level), offsets[0], offsets[1], out)
+    seed = image > np.float32(level) * np.max(image)
+    out = np.empty((1, *image.shape), dtype=np.bool_)
+    return cpu_kernels.dilate_stack(seed[None], offsets[0], offsets[1], out)[0]
 
 
 def any_outside(inner: np.ndarray, outer: np.ndarray) -> bool:
